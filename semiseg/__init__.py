@@ -1,0 +1,3 @@
+"""semiseg: supervised and semi-supervised semantic segmentation in PyTorch."""
+
+__version__ = "0.1.0"

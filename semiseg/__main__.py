@@ -1,0 +1,3 @@
+from semiseg.cli import main
+
+raise SystemExit(main())

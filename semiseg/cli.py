@@ -1,0 +1,52 @@
+"""The single `semiseg` entry point.
+
+Each sub-command lives in the module that owns its work; this file only maps command names to those
+modules. A command module exposes ``configure(parser)`` (adds its arguments, or nested sub-commands)
+and ``run(args) -> int`` (the exit code). Modules are imported only when their command is chosen, so
+``semiseg data check`` does not pay for importing the training engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("semiseg.engine.quickstart", "train a small model on the built-in synthetic data"),
+    "train": ("semiseg.engine.commands_train", "train a model from a YAML recipe"),
+    "eval": ("semiseg.engine.commands_eval", "evaluate a checkpoint on a dataset"),
+    "predict": ("semiseg.engine.commands_predict", "write coloured masks for a folder of images"),
+    "export": ("semiseg.export", "export a checkpoint to ONNX"),
+    "data": ("semiseg.data.cli", "inspect and validate datasets"),
+    "bench": ("semiseg.benchmark", "measure training/inference speed of a model"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semiseg", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            importlib.import_module(module_name).configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in COMMANDS:
+        command = None
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
