@@ -1,0 +1,46 @@
+"""Datasets, transforms, palettes and labeled/unlabeled splits (contract: docs/internals.md, "Data").
+
+``build_dataset(kind, root, split, transform=..., **options)`` is the one entry point; kinds:
+
+    synthetic   built-in procedural scenes, no files (root is ignored)
+    voc         PASCAL VOC 2012, VOCdevkit layout, SegmentationClass masks
+    voc_aug     VOC 2012 with SBD SegmentationClassAug masks (split "train" = train_aug, 10,582 images)
+    folder      ROOT/[SPLIT/]images + masks|labels matched by stem (options: classes, palette, binary, ...)
+    camvid      ROOT/{train,val,test}/{images,labels}, 11 classes
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from .errors import DataError
+from .loaders import InfiniteLoader
+
+# kind -> "module:builder"; builders take (root, split, *, transform, **options). Imported on use.
+DATASETS: dict[str, str] = {
+    "synthetic": "semiseg.data.synthetic:_build",
+    "voc": "semiseg.data.voc:_build",
+    "voc_aug": "semiseg.data.voc:_build_aug",
+    "folder": "semiseg.data.folder:FolderDataset",
+    "camvid": "semiseg.data.camvid:camvid",
+}
+
+
+def build_dataset(kind: str, root=None, split: str = "train", *, transform: Callable | None = None, **options):
+    """Build a dataset by kind (see the module docstring); options go to that kind's class."""
+    if kind not in DATASETS:
+        raise DataError(f"unknown dataset kind {kind!r}", None, f"use one of {', '.join(DATASETS)}")
+    if root is None and kind != "synthetic":
+        raise DataError(f"dataset kind {kind!r} needs a root folder", None, "pass root=PATH (CLI: the dataset path)")
+    module_name, _, attr = DATASETS[kind].partition(":")
+    builder = getattr(importlib.import_module(module_name), attr)
+    try:
+        return builder(root, split, transform=transform, **options)
+    except TypeError as e:  # an option this kind does not have: say which kind and what it takes
+        if "unexpected keyword" in str(e):
+            raise DataError(f"{e}", None, f"check the options for dataset kind {kind!r} (see semiseg.data.{module_name.rsplit('.', 1)[1]})") from None
+        raise
+
+
+__all__ = ["DATASETS", "DataError", "InfiniteLoader", "build_dataset"]

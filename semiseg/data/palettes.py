@@ -1,0 +1,166 @@
+"""Class names and colours, and the vectorised conversion between colour masks and class indices.
+
+The PASCAL VOC colormap is defined by a bit trick (bits of the class index spread over the high bits
+of R, G and B), so it is generated rather than typed in; that also gives the colour of the VOC "void"
+border, index 255 -> (224, 224, 192). CamVid uses the 11-class colours of the SegNet tutorial copy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import DataError
+
+VOC_CLASSES = [
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]
+
+CAMVID_CLASSES = [
+    "sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car", "pedestrian", "bicyclist",
+]
+CAMVID_PALETTE = np.array(
+    [
+        [128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
+        [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192],
+    ],
+    dtype=np.uint8,
+)
+
+
+def voc_colormap(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC colormap, (n, 3) uint8.
+
+    Bit ``3*k + c`` of the index becomes bit ``7 - k`` of channel ``c`` (R, G, B), for k = 0..7.
+    """
+    index = np.arange(n, dtype=np.int64)
+    cmap = np.zeros((n, 3), dtype=np.int64)
+    for k in range(8):
+        for c in range(3):
+            cmap[:, c] |= ((index >> (3 * k + c)) & 1) << (7 - k)
+    return cmap.astype(np.uint8)
+
+
+VOC_PALETTE = voc_colormap(21)
+VOC_IGNORE_COLOR = tuple(int(v) for v in voc_colormap(256)[255])  # (224, 224, 192), the void border
+
+# name -> (class names, palette); used by --classes / --palette and the folder dataset's presets.
+PRESETS: dict[str, tuple[list[str], np.ndarray]] = {
+    "voc": (VOC_CLASSES, VOC_PALETTE),
+    "camvid": (CAMVID_CLASSES, CAMVID_PALETTE),
+}
+
+
+def default_palette(num_classes: int) -> np.ndarray:
+    """Colours for a dataset that brings none: the VOC colormap, which has distinct colours for 256 indices."""
+    return voc_colormap(256)[:num_classes].copy()
+
+
+def _pack(rgb: np.ndarray) -> np.ndarray:
+    """RGB (..., 3) uint8 -> one int32 per colour, so colour lookup becomes integer search."""
+    rgb = rgb.astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def colors_to_index(
+    rgb: np.ndarray,
+    palette: np.ndarray,
+    *,
+    ignore_index: int = 255,
+    ignore_colors: tuple[tuple[int, int, int], ...] = (),
+    path: str | None = None,
+) -> np.ndarray:
+    """Convert an (H, W, 3) colour mask to (H, W) uint8 class indices through ``palette`` (K, 3).
+
+    Colours in ``ignore_colors`` map to ``ignore_index``. Any other colour is an error listing the
+    colours found (JPEG-compressed masks are the usual cause). Vectorised: colours are packed into
+    integers and looked up with ``searchsorted`` in the sorted palette, no per-pixel Python.
+    """
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    keys = np.concatenate([_pack(palette), _pack(np.asarray(ignore_colors, dtype=np.uint8).reshape(-1, 3))])
+    values = np.concatenate(
+        [np.arange(len(palette)), np.full(len(ignore_colors), ignore_index)]
+    ).astype(np.uint8)
+    # First occurrence wins if a palette repeats a colour.
+    keys, first = np.unique(keys, return_index=True)
+    values = values[first]
+
+    packed = _pack(rgb)
+    pos = np.clip(np.searchsorted(keys, packed), 0, len(keys) - 1)
+    known = keys[pos] == packed
+    if not known.all():
+        bad, counts = np.unique(packed[~known], return_counts=True)
+        order = np.argsort(-counts)[:5]
+        shown = ", ".join(
+            f"({b >> 16}, {(b >> 8) & 255}, {b & 255}) x{c}" for b, c in zip(bad[order], counts[order])
+        )
+        more = f" and {len(bad) - len(order)} more" if len(bad) > len(order) else ""
+        raise DataError(
+            f"colour mask has {int((~known).sum())} pixels whose colour is not in the palette: {shown}{more}",
+            path,
+            "give the palette the masks were drawn with (folder option palette=..., CLI --palette), or save "
+            "masks as index PNGs; masks must be lossless (PNG, not JPEG)",
+        )
+    return values[pos]
+
+
+def index_to_colors(mask: np.ndarray, palette: np.ndarray, *, ignore_color=(255, 255, 255)) -> np.ndarray:
+    """Render (H, W) class indices as an (H, W, 3) uint8 image; indices outside the palette get ``ignore_color``."""
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    lut = np.tile(np.asarray(ignore_color, dtype=np.uint8), (256, 1))
+    lut[: len(palette)] = palette[:256]
+    mask = np.asarray(mask)
+    return lut[np.clip(mask, 0, 255).astype(np.uint8)]
+
+
+def resolve_classes(classes, palette=None) -> tuple[list[str], np.ndarray]:
+    """Turn the user's ``classes`` / ``palette`` options into (names, (K, 3) uint8 palette).
+
+    ``classes``: a preset name ("voc", "camvid"), a comma-separated string, a path to a text file with
+    one name per line, an int (names "class0".."classN-1"), or a list of names. ``palette``: None (the
+    preset's, else VOC colours), a preset name, or a (K, 3) array-like.
+    """
+    import os
+
+    preset_palette = None
+    if isinstance(classes, str):
+        if classes.lower() in PRESETS:
+            names, preset_palette = PRESETS[classes.lower()]
+            names = list(names)
+        elif os.path.isfile(classes):
+            with open(classes, encoding="utf-8") as f:
+                names = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        elif "," in classes:
+            names = [c.strip() for c in classes.split(",") if c.strip()]
+        elif classes.isdigit():
+            names = [f"class{i}" for i in range(int(classes))]
+        else:
+            raise DataError(
+                f"unknown class list {classes!r}",
+                None,
+                f"use a preset ({', '.join(PRESETS)}), a comma-separated list, a number, or a text file with one name per line",
+            )
+    elif isinstance(classes, int):
+        names = [f"class{i}" for i in range(classes)]
+    elif classes is None:
+        raise DataError("no class list given", None, "pass classes=... (CLI --classes), e.g. 'camvid' or 'background,object'")
+    else:
+        names = [str(c) for c in classes]
+    if not names:
+        raise DataError("the class list is empty", None, "give at least one class name")
+    if len(names) > 255:
+        raise DataError(f"{len(names)} classes; at most 255 fit in uint8 masks with 255 as ignore", None, "merge classes")
+
+    if palette is None:
+        pal = preset_palette if preset_palette is not None else default_palette(len(names))
+    elif isinstance(palette, str):
+        if palette.lower() not in PRESETS:
+            raise DataError(f"unknown palette {palette!r}", None, f"use one of {', '.join(PRESETS)} or a (K, 3) list of colours")
+        pal = PRESETS[palette.lower()][1]
+    else:
+        pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    if len(pal) < len(names):
+        raise DataError(
+            f"palette has {len(pal)} colours for {len(names)} classes", None, "give one colour per class"
+        )
+    return names, np.ascontiguousarray(pal[: len(names)], dtype=np.uint8)

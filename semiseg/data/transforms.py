@@ -1,0 +1,168 @@
+"""Joint image/mask transforms on torchvision.transforms.v2 and tv_tensors.
+
+Geometric transforms see the image (``tv_tensors.Image``) and the mask (``tv_tensors.Mask``) together,
+so v2 resizes masks with nearest-neighbour and pads them with their own fill value; photometric ones
+touch only the image. A transform is called as ``transform(image, mask) -> (image, mask)`` and returns
+a normalised float32 image (3, H, W) and an int64 mask (H, W) as plain tensors.
+
+Normalisation modes:
+  "imagenet": RGB scaled to 0..1, minus the ImageNet mean, divided by its std (torchvision weights).
+  "caffe":    BGR on the 0..255 scale minus the caffe mean, no std (original DeepLab-v2 / FCN weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from .errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
+NORMALIZATIONS = ("imagenet", "caffe")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in NORMALIZATIONS:
+        raise DataError(f"unknown normalization {mode!r}", None, f"use one of {', '.join(NORMALIZATIONS)}")
+
+
+def mean_rgb_uint8(mode: str = "imagenet") -> tuple[int, int, int]:
+    """The dataset mean as uint8 RGB: the value padding uses, so padded pixels normalise to about 0."""
+    _check_mode(mode)
+    if mode == "imagenet":
+        return tuple(round(255 * m) for m in IMAGENET_MEAN)
+    return tuple(round(m) for m in reversed(CAFFE_MEAN_BGR))
+
+
+def normalize(image: torch.Tensor, mode: str = "imagenet") -> torch.Tensor:
+    """uint8 (or 0..255 float) RGB (..., 3, H, W) -> float32 model input in the given mode."""
+    _check_mode(mode)
+    x = image.as_subclass(torch.Tensor).to(torch.float32)
+    if mode == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+        return (x - mean) / std
+    return x.flip(-3) - torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)
+
+
+def denormalize(image: torch.Tensor, mode: str = "imagenet") -> torch.Tensor:
+    """Undo ``normalize``: model input (..., 3, H, W) -> uint8 RGB, for display and photometric augmentation."""
+    _check_mode(mode)
+    x = image.detach().as_subclass(torch.Tensor).to(torch.float32).cpu()
+    if mode == "imagenet":
+        x = x * (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+    else:
+        x = (x + torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)).flip(-3)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+class RandomScale(v2.Transform):
+    """Resize by a factor drawn uniformly from ``scale_range`` (relative to the input's own size)."""
+
+    def __init__(self, scale_range: Sequence[float] = (0.5, 2.0)):
+        super().__init__()
+        lo, hi = scale_range
+        if not 0 < lo <= hi:
+            raise DataError(f"scale range must satisfy 0 < min <= max, got {scale_range}", None, "e.g. (0.5, 2.0)")
+        self.scale_range = (float(lo), float(hi))
+
+    def make_params(self, flat_inputs: list) -> dict:
+        h, w = next(F.get_size(x) for x in flat_inputs if isinstance(x, (tv_tensors.Image, tv_tensors.Mask)))
+        s = float(torch.empty(1).uniform_(*self.scale_range))
+        return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
+
+    def transform(self, inpt, params: dict):
+        # v2 dispatches on type: bilinear + antialias for images, nearest for masks.
+        return F.resize(inpt, params["size"], antialias=True)
+
+
+class NormalizeImage(v2.Transform):
+    """Image -> normalised float32 in ``mode``; masks pass through."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, mode: str = "imagenet"):
+        super().__init__()
+        _check_mode(mode)
+        self.mode = mode
+
+    def transform(self, inpt, params: dict):
+        return tv_tensors.Image(normalize(inpt, self.mode))
+
+
+class ToPlainTensors(v2.Transform):
+    """Last step: plain tensors for the collate function and the loss; masks as int64."""
+
+    _transformed_types = (tv_tensors.Image, tv_tensors.Mask)
+
+    def transform(self, inpt, params: dict):
+        out = inpt.as_subclass(torch.Tensor)
+        return out.long() if isinstance(inpt, tv_tensors.Mask) else out
+
+
+def build_strong_augment(*, blur_kernel: int = 9) -> v2.Compose:
+    """Photometric "strong" augmentation for semi-supervised methods, on uint8 RGB images.
+
+    Colour jitter (p=0.8), grayscale (p=0.2), Gaussian blur (p=0.5). Masks are untouched by these ops.
+    """
+    return v2.Compose([
+        v2.RandomApply([v2.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.GaussianBlur(kernel_size=blur_kernel, sigma=(0.1, 2.0))], p=0.5),
+    ])
+
+
+def strong_augment_batch(images: torch.Tensor, normalization: str = "imagenet", augment: v2.Compose | None = None) -> torch.Tensor:
+    """Strong view of an already normalised batch (N, 3, H, W): denormalise, augment each image with its
+    own random parameters, normalise again. For methods that need weak and strong views of one crop."""
+    augment = augment or build_strong_augment()
+    out = [normalize(augment(tv_tensors.Image(denormalize(x, normalization))), normalization) for x in images]
+    return torch.stack(out).to(images.device, images.dtype)
+
+
+def _pair(size) -> list[int]:
+    if isinstance(size, int):
+        return [size, size]
+    h, w = size
+    return [int(h), int(w)]
+
+
+def build_train_transform(
+    crop_size: int | Sequence[int],
+    *,
+    scale_range: Sequence[float] | None = (0.5, 2.0),
+    hflip: bool = True,
+    strong: bool = False,
+    normalization: str = "imagenet",
+    ignore_index: int = 255,
+) -> v2.Compose:
+    """Random scale -> random crop (padding the image with the mean, the mask with ``ignore_index``)
+    -> horizontal flip -> optional strong photometric augmentation -> normalisation."""
+    _check_mode(normalization)
+    steps: list = []
+    if scale_range is not None:
+        steps.append(RandomScale(scale_range))
+    steps.append(v2.RandomCrop(_pair(crop_size), pad_if_needed=True,
+                               fill={tv_tensors.Image: mean_rgb_uint8(normalization), tv_tensors.Mask: ignore_index}))
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+    if strong:
+        steps.append(build_strong_augment())
+    steps += [NormalizeImage(normalization), ToPlainTensors()]
+    return v2.Compose(steps)
+
+
+def build_eval_transform(*, normalization: str = "imagenet", size: int | Sequence[int] | None = None) -> v2.Compose:
+    """Normalisation only (whole-image evaluation); ``size`` resizes image and mask (nearest) first."""
+    _check_mode(normalization)
+    steps: list = []
+    if size is not None:
+        steps.append(v2.Resize(_pair(size), antialias=True))
+    steps += [NormalizeImage(normalization), ToPlainTensors()]
+    return v2.Compose(steps)
