@@ -1,0 +1,139 @@
+"""``semiseg data``: inspect and validate datasets.
+
+    semiseg data check PATH --classes camvid          validate a folder dataset (CamVid names/colours)
+    semiseg data check PATH --classes background,fg --binary
+    semiseg data check VOCdevkit --kind voc --split val
+    semiseg data info synthetic                       classes, palette and size of a dataset
+    semiseg data split PATH --classes camvid --fraction 0.125 --seed 0 -o split.txt
+    semiseg data preview synthetic --out DIR -n 8     image | coloured mask PNGs to look at
+
+PATH's kind is guessed (a VOC tree -> voc, the word "synthetic" -> synthetic, otherwise a folder of
+images + masks, which needs --classes); --kind overrides the guess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from . import DATASETS, build_dataset
+from .errors import DataError
+
+
+def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="dataset folder, or 'synthetic'")
+    p.add_argument("--kind", choices=["auto", *DATASETS], default="auto", help="dataset kind (default: guessed from PATH)")
+    p.add_argument("--split", default=None, help="split name (train/val/test; VOC: train/val/trainval)")
+    p.add_argument("--classes", default=None,
+                   help="folder datasets: a preset (camvid, voc), 'a,b,c', a number, or a text file with one name per line")
+    p.add_argument("--palette", default=None, help="colours of RGB colour masks: a preset name (voc, camvid)")
+    p.add_argument("--binary", action="store_true", help="masks are binary, stored as 0/255 (255 -> class 1)")
+    p.add_argument("--ignore-index", type=int, default=255)
+    p.add_argument("--image-dir", default=None, help="image folder inside PATH (default: images/, img/, ...)")
+    p.add_argument("--mask-dir", default=None, help="mask folder inside PATH (default: masks/, labels/, ...)")
+    p.add_argument("--mask-suffix", default="", help="mask stem = image stem + this (e.g. _mask)")
+    p.add_argument("--allow-unlabeled", action="store_true", help="images without masks are unlabeled, not an error")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    p = sub.add_parser("check", help="validate a dataset: counts, sizes, class frequencies, every problem")
+    _add_dataset_args(p)
+    p.add_argument("--limit", type=int, default=None, help="check only the first N samples")
+    p.add_argument("--workers", type=int, default=2, help="reader threads")
+
+    p = sub.add_parser("info", help="classes, palette and size of a dataset")
+    _add_dataset_args(p)
+
+    p = sub.add_parser("split", help="write a labeled/unlabeled split file")
+    _add_dataset_args(p)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--fraction", type=float, help="labeled fraction, e.g. 0.125")
+    group.add_argument("--count", type=int, help="number of labeled samples")
+    group.add_argument("--id-file", help="labeled sample names, one per line")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help="split file to write")
+
+    p = sub.add_parser("preview", help="write image | coloured mask PNGs for a few samples")
+    _add_dataset_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("-n", "--count", type=int, default=8)
+    parser.set_defaults(_data_parser=parser)
+
+
+def guess_kind(path: str) -> str:
+    if path == "synthetic":
+        return "synthetic"
+    from .voc import find_voc_root
+
+    try:
+        find_voc_root(path)
+        return "voc"
+    except DataError:
+        return "folder"
+
+
+def open_dataset(args: argparse.Namespace, *, strict: bool):
+    kind = guess_kind(args.path) if args.kind == "auto" else args.kind
+    if kind == "synthetic":
+        return kind, build_dataset("synthetic", split=args.split or "train")
+    if kind in ("voc", "voc_aug"):
+        return kind, build_dataset(kind, args.path, args.split or "train", strict=strict)
+    options = dict(palette=args.palette, ignore_index=args.ignore_index, binary=args.binary,
+                   image_dir=args.image_dir, mask_dir=args.mask_dir, mask_suffix=args.mask_suffix,
+                   require_masks=not args.allow_unlabeled, strict=strict)
+    if kind == "camvid":
+        if args.classes is not None:
+            options["classes"] = args.classes
+        return kind, build_dataset("camvid", args.path, args.split or "train",
+                                   **{k: v for k, v in options.items() if v is not None})
+    if args.classes is None:
+        raise DataError("a folder dataset needs its class list", args.path,
+                        "pass --classes camvid|voc|'background,object'|N|FILE (or --kind voc/camvid)")
+    return kind, build_dataset("folder", args.path, args.split, classes=args.classes, **options)
+
+
+def _preview(dataset, out: str, count: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from .palettes import index_to_colors
+
+    os.makedirs(out, exist_ok=True)
+    for i in range(min(count, len(dataset))):
+        image, mask = dataset.read(i)
+        tile = np.concatenate([image, index_to_colors(mask, dataset.palette)], axis=1)
+        path = os.path.join(out, f"{dataset.names[i]}.png")
+        Image.fromarray(tile).save(path)
+        print(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not getattr(args, "data_command", None):
+        args._data_parser.print_help()
+        return 2
+    try:
+        if args.data_command == "check":
+            from .check import check_dataset
+
+            kind, dataset = open_dataset(args, strict=False)
+            report = check_dataset(dataset, description=f"{kind} {args.path}", limit=args.limit, workers=args.workers)
+            print(report.format())
+            return 0 if report.ok else 1
+        kind, dataset = open_dataset(args, strict=True)
+        if args.data_command == "info":
+            print(f"{kind} {args.path}: {len(dataset)} samples, ignore index {dataset.ignore_index}")
+            for i, (name, rgb) in enumerate(zip(dataset.classes, dataset.palette.tolist())):
+                print(f"  {i:>3} {name:<16} {tuple(rgb)}")
+        elif args.data_command == "split":
+            from .splits import make_split
+
+            split = make_split(dataset.names, fraction=args.fraction, count=args.count, id_file=args.id_file, seed=args.seed)
+            path = split.save(args.output)
+            print(f"{path}: {len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled (seed {args.seed})")
+        elif args.data_command == "preview":
+            _preview(dataset, args.out, args.count)
+        return 0
+    except DataError as e:
+        print(f"error: {e}")
+        return 1
