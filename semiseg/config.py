@@ -1,0 +1,409 @@
+"""Typed run configuration: dataclasses with the papers' defaults, YAML recipes and dotted overrides.
+
+A recipe is a YAML file whose sections mirror :class:`Config`::
+
+    _base_: ../base.yaml            # optional: start from another recipe (path relative to this file)
+    model: {name: deeplabv2_resnet101, options: {freeze_bn: true}}
+    data: {kind: voc_aug, root: data/VOCdevkit, labeled: {fraction: 0.125}}
+    optim: {lr: 2.5e-4}
+    train: {iterations: 20000, precision: bf16}
+
+``load_config(path, ["optim.lr=0.01", "data.crop_size=[256,256]"])`` applies dotted overrides after the
+file; their values are parsed as YAML (``null``, lists, numbers). Every key is checked against the
+dataclass fields, so ``optim.lrr=0.01`` fails with the list of valid keys instead of being ignored.
+Free-form option dicts (``model.options``, ``data.options``, ``method.options``) accept any key; the
+model builder, dataset or method that receives them checks them.
+
+Defaults are those of AdvSemiSeg / DeepLab-v2 on PASCAL VOC (Hung et al. 2018): SGD lr 2.5e-4 with 10x on
+the classifier, momentum 0.9, weight decay 5e-4, poly power 0.9, 20k iterations, batch 10, 321x321 crops,
+random scale 0.5-1.5 and mirroring. Recipes name every number that differs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union  # Union: get_origin() of Optional[...] hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the schema; the message names the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "deeplabv2_resnet101"  # a name of semiseg.models.available_models(), or "package.module:builder"
+    pretrained_backbone: bool | str = True  # ImageNet weights (torchvision cache) or a local file path
+    weights: str | None = None  # initial weights of the whole model (load_weights: original releases too)
+    options: dict = field(default_factory=dict)  # passed to the builder, e.g. {output_stride: 8}
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
+
+
+@dataclass
+class LabeledConfig:
+    """Which training samples keep their labels; all of them when fraction, count and id_file are unset."""
+
+    fraction: float | None = None  # e.g. 0.125 for 1/8 of the labels
+    count: int | None = None  # or an absolute number of labeled images
+    id_file: str | None = None  # or a list of labeled names (one per line, or a saved split)
+    seed: int = 0  # the split's permutation seed (the original AdvSemiSeg split was unseeded)
+
+
+@dataclass
+class DataConfig:
+    kind: str = "voc_aug"  # synthetic | voc | voc_aug | folder | camvid, or "package.module:builder"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    options: dict = field(default_factory=dict)  # dataset options, e.g. {length: 400, size: 128} for synthetic
+    crop_size: list[int] = field(default_factory=lambda: [321, 321])  # (height, width)
+    scale_range: list[float] | None = field(default_factory=lambda: [0.5, 1.5])  # null: no random scale
+    hflip: bool = True
+    normalization: str = "auto"  # auto (what the model's weights expect) | imagenet | caffe
+    batch_size: int = 10  # images per optimizer step summed over all processes and accumulation steps
+    num_workers: int = 2  # per process
+    labeled: LabeledConfig = field(default_factory=LabeledConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 2.5e-4  # base learning rate; a parameter group gets lr * lr_mult
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    lr_mult: dict = field(default_factory=dict)  # override the model's group multipliers: {head: 10.0}
+    power: float = 0.9  # poly decay: lr * (1 - it / iterations) ** power
+    min_lr: float = 0.0  # floor of the poly decay (as a fraction-free absolute lr)
+    warmup_iters: int = 0  # linear warmup from lr * warmup_factor to the poly curve
+    warmup_factor: float = 1e-3
+    grad_clip: float | None = None  # max global grad norm, null = no clipping
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce"  # ce | dice | ce+dice (semiseg.losses.build_loss)
+    class_weights: list[float] | None = None  # one weight per class
+    dice_factor: float = 1.0  # ce + dice_factor * dice
+    per_image: bool = False  # average the cross-entropy per image first (d2l)
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class MethodConfig:
+    name: str = "supervised"  # a key of semiseg.engine.methods.METHODS
+    options: dict = field(default_factory=dict)  # checked by the method
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 20000  # optimizer steps
+    accum_steps: int = 1  # micro-batches per optimizer step (data.batch_size is split across them)
+    device: str = "auto"  # auto | cpu | cuda | cuda:1
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: measured fastest correct mode per device)
+    channels_last: bool | str = "auto"
+    compile: bool = False  # torch.compile the model (slow first steps, faster later)
+    eval_interval: int = 1000  # iterations between evaluations on data.val_split; 0 = only at the end
+    checkpoint_interval: int = 1000  # iterations between writes of last.pt
+    log_interval: int = 20  # iterations between metrics.jsonl lines
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
+    tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 1  # whole images of different sizes cannot be batched unless equal in size
+    mode: str = "whole"  # whole-image inference (sliding window and multi-scale come with inference.py)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs"  # the run folder is output_dir/name
+    name: str = ""  # default: the recipe's file name without extension
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.output_dir, self.name or "run")
+
+
+# ---------------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checks
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert the harmless cases (int -> float, "1e-3" -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        # Try the exact-type arms first so that ``bool | str`` keeps "auto" a string and True a bool.
+        for arm in typing.get_args(tp):
+            try:
+                return _coerce(value, arm, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}")
+        return _from_dict(tp, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return copy.deepcopy(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # 2e4 is a float in YAML
+        if isinstance(value, str):
+            try:
+                f = float(value)
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number everyone means.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = prefix or "the top level"
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)} in {where}; "
+            f"valid keys: {', '.join(names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def dataclass_from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
+    """Build any config dataclass from plain data with the same checks (used for method options)."""
+    return _from_dict(cls, data or {}, prefix)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build a :class:`Config` from nested plain data (a loaded YAML or a checkpoint's ``config``)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping at the top level, got {type(data).__name__}")
+    return _from_dict(Config, data)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------
+# files and overrides
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"{path}: _base_ chain loops back to itself ({' -> '.join(seen + (path,))})")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"recipe not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping (model:, data:, train: ...), got {type(data).__name__}")
+    bases = data.pop("_base_", None)
+    if bases is None:
+        return data
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        merged = _deep_merge(merged, _read_yaml(os.path.join(os.path.dirname(path), base), seen + (path,)))
+    return _deep_merge(merged, data)
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return _hints(cls)[name]
+
+
+def apply_override(data: dict, override: str) -> dict:
+    """Apply ``"section.key=value"`` to nested ``data`` (in place) and return it.
+
+    The dotted path is checked against the schema before anything is set; below a free-form dict field
+    (``model.options.output_stride=8``) any key is accepted.
+    """
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key=value, e.g. optim.lr=0.01")
+    dotted, _, raw = override.partition("=")
+    dotted = dotted.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # e.g. an unquoted path with a colon: keep the text
+    parts = dotted.split(".")
+    cls: Any = Config
+    node = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if cls is not None:
+            names = [f.name for f in dataclasses.fields(cls)]
+            if part not in names:
+                where = ".".join(parts[:i]) or "the top level"
+                raise ConfigError(
+                    f"unknown key {part!r} in override {override!r} ({where}); valid keys: {', '.join(names)}"
+                )
+            tp = _field_type(cls, part)
+            next_cls = tp if dataclasses.is_dataclass(tp) else None
+            if not last and next_cls is None and not (tp is dict or typing.get_origin(tp) is dict):
+                raise ConfigError(f"override {override!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            cls = next_cls
+        if last:
+            node[part] = value
+        else:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+    return data
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a recipe (or start from the defaults when ``path`` is None) and apply dotted overrides."""
+    data = _read_yaml(os.fspath(path)) if path is not None else {}
+    for override in overrides:
+        apply_override(data, override)
+    cfg = config_from_dict(data)
+    if not cfg.name and path is not None:
+        cfg.name = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+    validate(cfg)
+    return cfg
+
+
+def override_config(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """A copy of ``cfg`` with dotted overrides applied (used when resuming with changes)."""
+    data = config_to_dict(cfg)
+    for override in overrides:
+        apply_override(data, override)
+    out = config_from_dict(data)
+    validate(out)
+    return out
+
+
+def validate(cfg: Config) -> None:
+    """Checks that need more than one field's type; each message says what to change."""
+    d, t, o = cfg.data, cfg.train, cfg.optim
+    if len(d.crop_size) != 2 or min(d.crop_size) < 1:
+        raise ConfigError(f"data.crop_size must be [height, width] with positive values, got {d.crop_size}")
+    if d.scale_range is not None and (len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]):
+        raise ConfigError(f"data.scale_range must be [min, max] with 0 < min <= max (or null), got {d.scale_range}")
+    if d.normalization not in ("auto", "imagenet", "caffe"):
+        raise ConfigError(f"data.normalization must be auto, imagenet or caffe, got {d.normalization!r}")
+    if d.batch_size < 1 or t.accum_steps < 1:
+        raise ConfigError("data.batch_size and train.accum_steps must be >= 1")
+    if d.batch_size % t.accum_steps:
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} is not divisible by train.accum_steps={t.accum_steps}; the batch "
+            "is the number of images per optimizer step, split into accum_steps micro-batches"
+        )
+    if sum(x is not None for x in (d.labeled.fraction, d.labeled.count, d.labeled.id_file)) > 1:
+        raise ConfigError("set at most one of data.labeled.fraction, data.labeled.count, data.labeled.id_file")
+    if t.iterations < 1:
+        raise ConfigError(f"train.iterations must be >= 1, got {t.iterations}")
+    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
+    if isinstance(t.channels_last, str) and t.channels_last != "auto":
+        raise ConfigError(f"train.channels_last must be true, false or auto, got {t.channels_last!r}")
+    if min(t.eval_interval, t.checkpoint_interval) < 0 or t.log_interval < 1:
+        raise ConfigError("train.eval_interval and train.checkpoint_interval must be >= 0, train.log_interval >= 1")
+    if o.name != "sgd":
+        raise ConfigError(f"optim.name {o.name!r} is not supported; the segmentation network uses sgd")
+    if o.warmup_iters < 0 or not 0 < o.warmup_factor <= 1:
+        raise ConfigError("optim.warmup_iters must be >= 0 and optim.warmup_factor in (0, 1]")
+    if cfg.eval.mode != "whole":
+        raise ConfigError(f"eval.mode {cfg.eval.mode!r} is not available yet; use whole")
+
+
+def dump_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically, so a killed run never leaves half a file)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("# resolved semiseg config: every value this run used (defaults included)\n")
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "Config", "ModelConfig", "DataConfig", "LabeledConfig", "OptimConfig", "LossConfig", "MethodConfig",
+    "TrainConfig", "EvalConfig", "ConfigError", "load_config", "dump_config", "config_from_dict",
+    "config_to_dict", "dataclass_from_dict", "override_config", "apply_override", "validate",
+]

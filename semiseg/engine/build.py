@@ -1,0 +1,161 @@
+"""Config -> the objects of a run: datasets, split, model, optimizer, loss.
+
+The only place where the engine meets the data, models and losses packages, through the contracts of
+docs/internals.md. ``model.name`` and ``data.kind`` may also be ``"package.module:function"`` to plug in
+a model or dataset that is not in the registries (same signatures as ``build_model`` / ``build_dataset``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from semiseg.config import Config, ConfigError
+
+
+def _import(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot import {target!r} ({e}); use 'package.module:function'") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# data
+
+
+def build_dataset(cfg: Config, split: str, transform=None):
+    """A dataset of ``cfg.data`` for ``split``; its transform is set by the caller."""
+    d = cfg.data
+    if ":" in d.kind:
+        return _import(d.kind)(d.root, split, transform=transform, **d.options)
+    from semiseg.data import build_dataset as data_build_dataset
+
+    return data_build_dataset(d.kind, d.root, split, transform=transform, **d.options)
+
+
+def train_transform(cfg: Config, normalization: str, ignore_index: int):
+    from semiseg.data.transforms import build_train_transform
+
+    d = cfg.data
+    return build_train_transform(d.crop_size, scale_range=d.scale_range, hflip=d.hflip,
+                                 normalization=normalization, ignore_index=ignore_index)
+
+
+def eval_transform(normalization: str):
+    from semiseg.data.transforms import build_eval_transform
+
+    return build_eval_transform(normalization=normalization)
+
+
+def make_or_load_split(cfg: Config, names: list[str], path: str | None):
+    """The labeled/unlabeled split: loaded from ``path`` when it exists (resume), else made from the config.
+
+    Without fraction/count/id_file every sample is labeled.
+    """
+    from semiseg.data.splits import Split, make_split
+
+    if path is not None and os.path.isfile(path):
+        return Split.load(path)
+    lab = cfg.data.labeled
+    if lab.fraction is None and lab.count is None and lab.id_file is None:
+        return Split(sorted(names), [], lab.seed, {"fraction": 1.0, "total": len(names)})
+    return make_split(names, fraction=lab.fraction, count=lab.count, id_file=lab.id_file, seed=lab.seed)
+
+
+@dataclass
+class DatasetInfo:
+    """What eval, predict and the checkpoint need to know about the data, as plain values."""
+
+    classes: list[str]
+    palette: list[list[int]]
+    num_classes: int
+    ignore_index: int
+    normalization: str
+
+    @classmethod
+    def of(cls, dataset, normalization: str) -> DatasetInfo:
+        palette = getattr(dataset, "palette", None)
+        if palette is None:
+            from semiseg.data.palettes import default_palette
+
+            palette = default_palette(dataset.num_classes)
+        return cls(list(dataset.classes), np.asarray(palette, dtype=np.uint8).tolist(), int(dataset.num_classes),
+                   int(getattr(dataset, "ignore_index", 255)), normalization)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# ---------------------------------------------------------------------------------------------------
+# model
+
+
+def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True) -> nn.Module:
+    """The network of ``cfg.model``; ``pretrained=False`` skips backbone and init weights (a checkpoint
+    will be loaded over them anyway)."""
+    m = cfg.model
+    backbone = m.pretrained_backbone if pretrained else False
+    if ":" in m.name:
+        model = _import(m.name)(num_classes, pretrained_backbone=backbone, **m.options)
+    else:
+        from semiseg.models import build_model as models_build_model
+
+        model = models_build_model(m.name, num_classes, pretrained_backbone=backbone, **m.options)
+    if pretrained and m.weights:
+        from semiseg.models import load_weights
+
+        load_weights(model, m.weights)
+    return model
+
+
+def model_normalization(cfg: Config, model: nn.Module) -> str:
+    if cfg.data.normalization != "auto":
+        return cfg.data.normalization
+    return getattr(model, "normalization", "imagenet")
+
+
+def param_groups(model: nn.Module, lr_mult_overrides: dict[str, float]) -> list[dict]:
+    """The model's parameter groups (``model.param_groups()``, else one group at 1x), with recipe overrides."""
+    if hasattr(model, "param_groups"):
+        groups = [dict(g) for g in model.param_groups()]
+    else:
+        groups = [{"name": "all", "params": [p for p in model.parameters() if p.requires_grad], "lr_mult": 1.0}]
+    names = [g["name"] for g in groups]
+    unknown = [k for k in lr_mult_overrides if k not in names]
+    if unknown:
+        raise ConfigError(f"optim.lr_mult names unknown parameter groups {unknown}; this model has {names}")
+    for g in groups:
+        g["lr_mult"] = float(lr_mult_overrides.get(g["name"], g.get("lr_mult", 1.0)))
+        g["params"] = [p for p in g["params"] if p.requires_grad]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD over the parameter groups; each group's lr is ``optim.lr * lr_mult`` (1x backbone, 10x head)."""
+    o = cfg.optim
+    groups = param_groups(model, o.lr_mult)
+    for g in groups:
+        g["lr"] = o.lr * g["lr_mult"]
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+
+
+def build_criterion(cfg: Config, num_classes: int, ignore_index: int) -> nn.Module:
+    from semiseg.losses import build_loss
+
+    weights = cfg.loss.class_weights
+    if weights is not None and len(weights) != num_classes:
+        raise ConfigError(f"loss.class_weights has {len(weights)} values but the dataset has {num_classes} classes")
+    return build_loss(cfg.loss.name, weight=weights, ignore_index=ignore_index, per_image=cfg.loss.per_image,
+                      label_smoothing=cfg.loss.label_smoothing, dice_factor=cfg.loss.dice_factor)
+
+
+__all__ = ["build_dataset", "train_transform", "eval_transform", "make_or_load_split", "DatasetInfo",
+           "build_model", "model_normalization", "param_groups", "build_optimizer", "build_criterion"]

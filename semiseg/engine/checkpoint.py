@@ -1,0 +1,139 @@
+"""Checkpoints: atomic writes, data-only loading, and RNG state as plain tensors.
+
+A checkpoint is a dict of tensors and plain Python values only, so it loads with
+``torch.load(weights_only=True)`` (no pickled code runs when opening a file someone sent you). The RNG
+states of torch, numpy and ``random`` are converted to tensors and ints for that reason.
+
+Writes go to a temporary file in the same directory, are fsynced, then renamed over the target with
+``os.replace`` (atomic on POSIX and Windows): a run killed at any moment leaves either the old or the new
+checkpoint, never half of one. A stale temporary file from a killed write is harmless and is removed
+on the next write.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "semiseg-checkpoint/1"
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or not a semiseg checkpoint."""
+
+
+def _fsync_dir(path: str) -> None:
+    # The rename itself is only durable once the directory entry is on disk (POSIX; a no-op elsewhere).
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> str:
+    """``torch.save(obj, path)`` so that ``path`` is never observed half-written."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    for stale in glob.glob(os.path.join(directory, f".{os.path.basename(path)}.tmp-*")):
+        try:
+            os.remove(stale)
+        except OSError:
+            pass
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike, prefer: str = LAST) -> str:
+    """A checkpoint file from a file path or a run folder (``prefer`` inside it, else the other one)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for name in (prefer, BEST if prefer == LAST else LAST):
+            candidate = os.path.join(path, name)
+            if os.path.isfile(candidate):
+                return candidate
+        raise CheckpointError(f"no checkpoint in {path}: expected {LAST} or {BEST} (did the run write one yet?)")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a semiseg checkpoint as data only (``weights_only=True``)."""
+    path = os.fspath(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except Exception as e:  # truncated or foreign files fail in many ways inside the unpickler
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a semiseg training checkpoint (no 'format': {FORMAT!r}); to start from plain "
+            "weights set model.weights=PATH instead"
+        )
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------------
+# RNG state as weights_only-loadable data
+
+
+def capture_rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+__all__ = [
+    "FORMAT", "LAST", "BEST", "CheckpointError", "atomic_save", "resolve_checkpoint", "load_checkpoint",
+    "capture_rng_state", "restore_rng_state",
+]

@@ -1,0 +1,356 @@
+"""The training loop every method uses.
+
+The loop owns the device, precision, DDP, the data streams, optimizer steps and schedules, gradient
+accumulation, the NaN check, checkpoints, logs and evaluation; the method (engine/methods/) owns its
+training step. Read :meth:`Trainer.fit` top to bottom for the order of events in one iteration.
+
+Iterations count optimizer steps. ``data.batch_size`` images go into each step: every one of the W
+processes loads ``batch_size / (W * accum_steps)`` images per micro-step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from semiseg import __version__
+from semiseg.config import Config, ConfigError, config_to_dict, dump_config
+from semiseg.engine import build, distributed as dist
+from semiseg.engine.checkpoint import BEST, FORMAT, LAST, atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
+from semiseg.engine.context import TrainContext
+from semiseg.engine.evaluate import evaluate, make_eval_loader
+from semiseg.engine.logger import MetricsLog
+from semiseg.engine.methods import build_method
+from semiseg.engine.precision import make_grad_scaler, resolve_channels_last, resolve_device, resolve_precision
+from semiseg.engine.run_dir import CONFIG, SPLIT, RunDirError, prepare_run_dir
+from semiseg.engine.schedule import build_scheduler
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the weights of that step were not applied and nothing was saved."""
+
+    def __init__(self, message: str, iteration: int):
+        super().__init__(message)
+        self.iteration = iteration
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Builds a run from a config and trains it: ``Trainer(cfg, run_dir).fit()``.
+
+    ``resume=True`` continues the run in ``run_dir`` from its ``last.pt`` (model, optimizers, schedules,
+    grad scaler, method state, data stream positions, RNG states, best metric); ``overwrite=True`` replaces
+    an existing run folder. Without either, an existing non-empty folder is refused.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str, *, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True):
+        self.cfg = cfg
+        t = cfg.train
+        self.device = dist.init_distributed(resolve_device(t.device))
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.is_main = self.rank == 0
+        self.progress = progress
+
+        # Rank 0 decides about the folder; the others learn the outcome so that no rank waits forever.
+        error = None
+        if self.is_main:
+            try:
+                run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+            except RunDirError as e:
+                error = str(e)
+        error, run_dir = dist.broadcast_object((error, os.path.abspath(run_dir)))
+        if error:
+            raise RunDirError(error)
+        self.run_dir = run_dir
+        ckpt = load_checkpoint(os.path.join(run_dir, LAST)) if resume else None
+
+        micro = t.accum_steps * self.world_size
+        if cfg.data.batch_size % micro:
+            raise ConfigError(
+                f"data.batch_size={cfg.data.batch_size} cannot be split into {self.world_size} process(es) x "
+                f"{t.accum_steps} accumulation step(s); make it a multiple of {micro}"
+            )
+        self.per_rank_batch = cfg.data.batch_size // micro
+        self.precision = resolve_precision(t.precision, self.device)
+        self.channels_last = resolve_channels_last(t.channels_last, self.device)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(t.seed)  # same on every rank: identical initial weights
+
+        # ---- data
+        train_set = build.build_dataset(cfg, cfg.data.train_split)
+        val_set = build.build_dataset(cfg, cfg.data.val_split)
+        num_classes, ignore_index = int(train_set.num_classes), int(getattr(train_set, "ignore_index", 255))
+
+        # ---- model (pretrained weights only for a fresh run: a resume loads its own)
+        model = build.build_model(cfg, num_classes, pretrained=ckpt is None)
+        normalization = build.model_normalization(cfg, model)
+        self.dataset_info = build.DatasetInfo.of(train_set, normalization)
+        train_set.transform = build.train_transform(cfg, normalization, ignore_index)
+        val_set.transform = build.eval_transform(normalization)
+
+        split = build.make_or_load_split(cfg, list(train_set.names), os.path.join(run_dir, SPLIT) if ckpt else None)
+        labeled_idx, unlabeled_idx = split.indices(list(train_set.names))
+        if self.is_main and ckpt is None:
+            split.save(os.path.join(run_dir, SPLIT))
+
+        if cfg.model.sync_bn and self.world_size > 1:
+            if self.device.type != "cuda":
+                raise ConfigError("model.sync_bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
+                                  "on CPU set model.sync_bn=false: each process then normalises its own batch")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = build.build_optimizer(cfg, model)
+        train_model: nn.Module = model
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if t.compile:
+            train_model = torch.compile(train_model)
+        if self.rank > 0:
+            seed_everything(t.seed + self.rank)  # different dropout per process from here on
+
+        criterion = build.build_criterion(cfg, num_classes, ignore_index).to(self.device)
+        labeled = Subset(train_set, labeled_idx)
+        unlabeled = Subset(train_set, unlabeled_idx) if unlabeled_idx else None
+        ctx = TrainContext(cfg=cfg, model=train_model, raw_model=model, criterion=criterion, device=self.device,
+                           precision=self.precision, channels_last=self.channels_last,
+                           scaler=make_grad_scaler(self.precision, self.device), rank=self.rank,
+                           world_size=self.world_size, per_rank_batch=self.per_rank_batch, num_classes=num_classes,
+                           ignore_index=ignore_index, normalization=normalization, labeled_dataset=labeled,
+                           unlabeled_dataset=unlabeled)
+        o = cfg.optim
+        ctx.add_optimizer("model", self.optimizer,
+                          scheduler=build_scheduler(self.optimizer, max_iters=t.iterations, power=o.power,
+                                                    warmup_iters=o.warmup_iters, warmup_factor=o.warmup_factor,
+                                                    min_lr=o.min_lr, base_lr=o.lr))
+        ctx.add_stream("labeled", labeled)
+        self.method = build_method(cfg.method)
+        if self.method.needs_unlabeled:
+            if unlabeled is None:
+                raise ConfigError(f"method {cfg.method.name!r} needs unlabeled images but every training sample is "
+                                  "labeled; set data.labeled.fraction (or count / id_file)")
+            ctx.add_stream("unlabeled", unlabeled)
+        self.method.setup(ctx)
+        self.ctx = ctx
+
+        self.val_set = val_set
+        self.val_loader = make_eval_loader(val_set, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
+                                           pin_memory=self.device.type == "cuda")
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+
+        self.iteration = 0
+        self.best = {"miou": None, "iteration": None}
+        self.last_eval: dict[str, Any] | None = None
+        self.last_cm = None
+        self.last_saved: int | None = None
+        if ckpt is not None:
+            self._load_state(ckpt)
+        if self.is_main:
+            dump_config(cfg, os.path.join(run_dir, CONFIG))
+        self.log = MetricsLog(run_dir, enabled=self.is_main, tensorboard=t.tensorboard,
+                              resume_iteration=self.iteration if ckpt is not None else None)
+        if ckpt is not None:
+            self.log.log("resume", self.iteration, {"world_size": self.world_size})
+        dist.barrier()
+
+    # ------------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to ``train.iterations``; returns the final evaluation and the best checkpoint's record."""
+        t = self.cfg.train
+        pbar = None
+        if self.is_main and self.progress:
+            from tqdm import tqdm
+
+            pbar = tqdm(total=t.iterations, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True)
+        window: dict[str, float] = {}
+        window_steps, window_start = 0, time.perf_counter()
+        try:
+            while self.iteration < t.iterations:
+                losses = self._step()
+                self.iteration += 1
+                it = self.iteration
+                for k, v in losses.items():
+                    window[k] = window.get(k, 0.0) + v
+                window_steps += 1
+                lr = self.step_lr
+                if pbar is not None:
+                    pbar.set_postfix({"loss": f"{losses['loss']:.4f}", "lr": f"{lr:.2e}"}, refresh=False)
+                    pbar.update(1)
+                if it % t.log_interval == 0 or it == t.iterations:
+                    elapsed = time.perf_counter() - window_start
+                    values = {k: v / window_steps for k, v in window.items()}
+                    values["lr"] = lr
+                    values["img_per_s"] = window_steps * self.cfg.data.batch_size / max(elapsed, 1e-9)
+                    self.log.log("train", it, values)
+                    window, window_steps, window_start = {}, 0, time.perf_counter()
+                final = it == t.iterations
+                improved = False
+                if final or (t.eval_interval > 0 and it % t.eval_interval == 0):
+                    improved = self._evaluate(pbar)
+                if final or improved or (t.checkpoint_interval > 0 and it % t.checkpoint_interval == 0):
+                    self._save(best=improved)
+        finally:
+            if pbar is not None:
+                pbar.close()
+            self.log.close()
+        return {"iteration": self.iteration, "metrics": self.last_eval, "best": dict(self.best),
+                "run_dir": self.run_dir}
+
+    def _step(self) -> dict[str, float]:
+        """One optimizer step: accumulation micro-steps, NaN check, optimizer/scheduler steps."""
+        ctx, it = self.ctx, self.iteration
+        for m in [ctx.raw_model, *ctx.modules.values()]:
+            m.train()
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(ctx.accum_steps):
+            batch = next(ctx.streams["labeled"])
+            unlabeled = next(ctx.streams["unlabeled"]) if self.method.needs_unlabeled else None
+            with dist.no_sync(ctx.ddp_modules, skip=micro < ctx.accum_steps - 1):
+                out = self.method.training_step(batch, unlabeled, it)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / ctx.accum_steps
+        names = list(sums)
+        values = dist.all_reduce_mean(torch.stack([sums[k] for k in names]).to(self.device)).tolist()
+        losses = dict(zip(names, values))
+        if not all(math.isfinite(v) for v in values):
+            raise TrainingDiverged(self._diverged_message(it + 1, losses), it + 1)
+
+        scaler = ctx.scaler
+        clip = self.cfg.optim.grad_clip
+        if clip is not None:
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], clip)
+        for opt in ctx.optimizers.values():
+            if scaler is not None:
+                scaler.step(opt)
+            else:
+                opt.step()
+        if scaler is not None:
+            scaler.update()
+        for opt in ctx.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used, for the log
+        for sched in ctx.schedulers.values():
+            sched.step()
+        return losses
+
+    def _diverged_message(self, iteration: int, losses: dict[str, float]) -> str:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+        last = os.path.join(self.run_dir, LAST)
+        if self.last_saved is not None or os.path.isfile(last):
+            saved = f"the last good checkpoint is {last} (iteration {self.last_saved if self.last_saved is not None else '?'}), unchanged"
+        else:
+            saved = f"no checkpoint was written yet (train.checkpoint_interval={self.cfg.train.checkpoint_interval})"
+        return (f"training diverged: non-finite loss at iteration {iteration} ({shown}). The update of that "
+                f"iteration was not applied and nothing was saved; {saved}. Try a lower optim.lr, "
+                "optim.grad_clip=10, train.precision=fp32, or check the data; then `semiseg train --resume "
+                f"{self.run_dir}` with the change as key=value.")
+
+    # ------------------------------------------------------------------------------------------------
+    def _evaluate(self, pbar=None) -> bool:
+        """Evaluate on the validation split (the code of `semiseg eval`); True when mIoU improved."""
+        from semiseg.metrics import to_json_dict
+
+        cm = evaluate(self.model, self.val_loader, self.num_classes, device=self.device, precision=self.precision,
+                      channels_last=self.channels_last, ignore_index=self.ignore_index)
+        metrics = to_json_dict(cm.compute())
+        self.last_cm, self.last_eval = cm, metrics
+        self.log.log("eval", self.iteration, {"split": self.cfg.data.val_split, **metrics})
+        miou = metrics["miou"]
+        improved = miou is not None and (self.best["miou"] is None or miou > self.best["miou"])
+        if improved:
+            self.best = {"miou": miou, "iteration": self.iteration}
+        if self.is_main:
+            best = self.best["miou"]
+            text = f"iteration {self.iteration}: {self.cfg.data.val_split} mIoU "
+            text += "undefined (no labelled pixel)" if miou is None else f"{100 * miou:.2f}"
+            if best is not None:
+                text += f" (best {100 * best:.2f} at iteration {self.best['iteration']})"
+            if pbar is not None:
+                pbar.write(text)
+        return improved
+
+    # ------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        ctx = self.ctx
+        return {
+            "format": FORMAT,
+            "semiseg_version": __version__,
+            "torch_version": torch.__version__,
+            "iteration": self.iteration,
+            "config": config_to_dict(self.cfg),
+            "dataset": self.dataset_info.to_dict(),
+            "model": self.model.state_dict(),
+            "modules": {k: m.state_dict() for k, m in ctx.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in ctx.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in ctx.schedulers.items()},
+            "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
+            "method": self.method.state_dict(),
+            "streams": {k: s.state_dict() for k, s in ctx.streams.items()},
+            # one RNG state per process (a collective: every rank calls state_dict)
+            "rng": dist.all_gather_object(capture_rng_state()),
+            "world_size": self.world_size,
+            "best": dict(self.best),
+            "metrics": self.last_eval,
+        }
+
+    def _save(self, best: bool) -> None:
+        state = self.state_dict()
+        if self.is_main:
+            atomic_save(state, os.path.join(self.run_dir, LAST))
+            if best:
+                atomic_save(state, os.path.join(self.run_dir, BEST))
+        self.last_saved = self.iteration
+        dist.barrier()
+
+    def _load_state(self, ckpt: dict[str, Any]) -> None:
+        ctx = self.ctx
+        self.model.load_state_dict(ckpt["model"])
+        for k, m in ctx.modules.items():
+            m.load_state_dict(ckpt["modules"][k])
+        for k, o in ctx.optimizers.items():
+            o.load_state_dict(ckpt["optimizers"][k])
+        for k, s in ctx.schedulers.items():
+            s.load_state_dict(ckpt["schedulers"][k])
+        if ctx.scaler is not None and ckpt.get("scaler"):
+            ctx.scaler.load_state_dict(ckpt["scaler"])
+        self.method.load_state_dict(ckpt.get("method") or {})
+        for k, s in ctx.streams.items():
+            if k in ckpt["streams"]:
+                s.load_state_dict(ckpt["streams"][k])
+        self.iteration = int(ckpt["iteration"])
+        self.last_saved = self.iteration
+        self.best = dict(ckpt.get("best") or self.best)
+        self.last_eval = ckpt.get("metrics")
+        if self.iteration > self.cfg.train.iterations:
+            raise ConfigError(f"the checkpoint is at iteration {self.iteration}, past train.iterations="
+                              f"{self.cfg.train.iterations}; raise train.iterations to train longer")
+        rngs = ckpt["rng"]
+        restore_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+
+
+def train(cfg: Config, run_dir: str, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir``; see :class:`Trainer`."""
+    return Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, progress=progress).fit()
+
+
+__all__ = ["Trainer", "TrainingDiverged", "train", "seed_everything"]
