@@ -1,0 +1,116 @@
+"""Joint image/mask transforms: geometry stays aligned, padding uses mean/ignore, normalisation modes."""
+
+import numpy as np
+import pytest
+import torch
+from torchvision import tv_tensors
+
+from semiseg.data import DataError
+from semiseg.data.palettes import voc_colormap
+from semiseg.data.transforms import (
+    CAFFE_MEAN_BGR,
+    build_eval_transform,
+    build_strong_augment,
+    build_train_transform,
+    denormalize,
+    mean_rgb_uint8,
+    normalize,
+    strong_augment_batch,
+)
+
+PALETTE = torch.from_numpy(voc_colormap(8).astype(np.int64))  # distinct, far-apart colours
+
+
+def _coded_pair(h=30, w=40, seed=0, block=5):
+    """An image whose colour encodes its mask's class at every pixel, so alignment can be checked after."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, 8, (h // block, w // block), generator=g)
+    mask = coarse.repeat_interleave(block, 0).repeat_interleave(block, 1)
+    image = PALETTE[mask].permute(2, 0, 1).to(torch.uint8)
+    return tv_tensors.Image(image), tv_tensors.Mask(mask)
+
+
+def _decode(image_uint8):
+    """Class of each pixel from its colour: nearest palette colour."""
+    dist = ((image_uint8.permute(1, 2, 0)[..., None, :].long() - PALETTE) ** 2).sum(-1)
+    return dist.argmin(-1)
+
+
+@pytest.mark.parametrize("mode", ["imagenet", "caffe"])
+def test_crop_and_flip_keep_image_and_mask_aligned(mode):
+    torch.manual_seed(0)
+    t = build_train_transform((24, 32), scale_range=None, normalization=mode)
+    for seed in range(10):
+        image, mask = t(*_coded_pair(seed=seed))
+        assert image.shape == (3, 24, 32) and image.dtype == torch.float32 and type(image) is torch.Tensor
+        assert mask.shape == (24, 32) and mask.dtype == torch.int64 and type(mask) is torch.Tensor
+        assert torch.equal(_decode(denormalize(image, mode)), mask)
+
+
+def test_random_scale_resizes_masks_with_nearest_and_stays_aligned():
+    torch.manual_seed(1)
+    t = build_train_transform(40, scale_range=(0.5, 2.0))
+    image0, mask0 = _coded_pair(120, 160, block=20)
+    agree = []
+    for _ in range(10):
+        image, mask = t(image0, mask0)
+        valid = mask != 255
+        assert set(mask.unique().tolist()) <= set(mask0.unique().tolist()) | {255}  # no interpolated labels
+        agree.append((_decode(denormalize(image))[valid] == mask[valid]).float().mean().item())
+    assert min(agree) > 0.85  # only bilinear-blurred boundary pixels may disagree (misaligned: ~0.2)
+
+
+def test_padding_uses_mean_for_image_and_ignore_for_mask():
+    image = tv_tensors.Image(torch.full((3, 10, 10), 200, dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.ones(10, 10, dtype=torch.int64))
+    for mode in ("imagenet", "caffe"):
+        out_img, out_mask = build_train_transform(30, scale_range=None, hflip=False, normalization=mode)(image, mask)
+        pad = out_mask == 255
+        assert pad.sum() == 30 * 30 - 100 and (out_mask[~pad] == 1).all()
+        assert out_img[:, pad].abs().max() < 0.02 * (255 if mode == "caffe" else 1)  # mean-padded -> ~0
+    out_img, out_mask = build_train_transform(30, scale_range=None, ignore_index=7)(image, mask)
+    assert set(out_mask.unique().tolist()) == {1, 7}
+    assert mean_rgb_uint8("imagenet") == (124, 116, 104)
+
+
+def test_caffe_is_bgr_mean_subtracted_and_both_modes_invert():
+    px = torch.tensor([10, 20, 30], dtype=torch.uint8).view(3, 1, 1)
+    out = normalize(px, "caffe").flatten()
+    expected = torch.tensor([30 - CAFFE_MEAN_BGR[0], 20 - CAFFE_MEAN_BGR[1], 10 - CAFFE_MEAN_BGR[2]])
+    torch.testing.assert_close(out, expected)
+    imnet = normalize(px, "imagenet").flatten()
+    torch.testing.assert_close(imnet[0], torch.tensor((10 / 255 - 0.485) / 0.229))
+    image = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8)
+    for mode in ("imagenet", "caffe"):
+        assert torch.equal(denormalize(normalize(image, mode), mode), image)
+    with pytest.raises(DataError, match="unknown normalization"):
+        normalize(image, "bgr")
+
+
+def test_strong_augment_changes_image_only():
+    torch.manual_seed(0)
+    image, mask = _coded_pair()
+    strong = build_strong_augment()
+    changed = 0
+    for _ in range(10):
+        out_image, out_mask = strong(image, mask)
+        assert torch.equal(out_mask, mask) and out_image.shape == image.shape and out_image.dtype == torch.uint8
+        changed += not torch.equal(out_image, image)
+    assert changed >= 7  # colour jitter alone is applied with p=0.8
+    batch = normalize(torch.stack([image, image]))
+    out = strong_augment_batch(batch)
+    assert out.shape == batch.shape and out.dtype == torch.float32
+    assert not torch.equal(out[0], out[1]) or not torch.equal(out[0], batch[0])  # per-image parameters
+
+
+def test_train_transform_with_strong_and_eval_transform():
+    image, mask = _coded_pair()
+    img, msk = build_train_transform(16, strong=True)(image, mask)
+    assert img.shape == (3, 16, 16) and msk.dtype == torch.int64
+    img, msk = build_eval_transform()(image, mask)
+    assert img.shape == (3, 30, 40) and torch.equal(msk, mask.as_subclass(torch.Tensor))
+    img, msk = build_eval_transform(size=(15, 20))(image, mask)
+    assert img.shape == (3, 15, 20) and msk.shape == (15, 20)
+    assert set(msk.unique().tolist()) <= set(mask.unique().tolist())
+    with pytest.raises(DataError, match="scale range"):
+        build_train_transform(16, scale_range=(2.0, 1.0))
