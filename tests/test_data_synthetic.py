@@ -1,0 +1,78 @@
+"""The built-in synthetic dataset: deterministic, varied, every class present, fast to render."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from semiseg.data import DataError, build_dataset
+from semiseg.data.synthetic import CLASSES, SyntheticShapes
+from semiseg.data.transforms import build_train_transform
+
+
+def test_samples_are_deterministic_and_splits_differ():
+    a, b = SyntheticShapes("train"), SyntheticShapes("train")
+    for i in (0, 7):
+        ia, ma = a.read(i)
+        ib, mb = b.read(i)
+        assert np.array_equal(ia, ib) and np.array_equal(ma, mb)
+    assert not np.array_equal(a.read(0)[0], a.read(1)[0])
+    assert not np.array_equal(a.read(0)[0], SyntheticShapes("val").read(0)[0])
+    assert not np.array_equal(a.read(0)[0], SyntheticShapes("train", seed=1).read(0)[0])
+
+
+def test_contract_attributes_and_sample_types():
+    ds = build_dataset("synthetic", split="val", length=5, size=(64, 96))
+    assert len(ds) == 5 and ds.names == [f"val_{i:05d}" for i in range(5)]
+    assert ds.classes == CLASSES and ds.num_classes == len(CLASSES) == 8 and ds.ignore_index == 255
+    assert ds.palette.shape == (8, 3) and len({tuple(c) for c in ds.palette}) == 8
+    s = ds[0]
+    assert s["image"].shape == (3, 64, 96) and s["image"].dtype == torch.uint8
+    assert s["mask"].shape == (64, 96) and s["mask"].dtype == torch.int64
+    assert len(SyntheticShapes("train")) == 800 and len(SyntheticShapes("val")) == 200
+    with pytest.raises(DataError, match="unknown synthetic split"):
+        SyntheticShapes("dev")
+
+
+def test_scenes_have_all_classes_objects_and_clutter():
+    ds = SyntheticShapes("train")
+    hist = np.zeros(len(CLASSES))
+    for i in range(40):
+        image, mask = ds.read(i)
+        assert image.dtype == np.uint8 and mask.max() < len(CLASSES)
+        hist += np.bincount(mask.ravel(), minlength=len(CLASSES))
+        assert (mask > 0).any()
+    share = hist / hist.sum()
+    assert (share[1:] > 0.004).all(), share  # every object class shows up
+    assert 0.6 < share[0] < 0.95  # background dominates, as in real scenes, but not overwhelmingly
+
+
+def test_colour_alone_does_not_identify_the_class():
+    # Disc and square share a colour family: their mean colours must be close, so shape has to decide.
+    ds = SyntheticShapes("train")
+    means = {1: [], 3: []}
+    for i in range(60):
+        image, mask = ds.read(i)
+        for c in means:
+            if (mask == c).sum() > 30:
+                means[c].append(image[mask == c].mean(0))
+    disc, square = np.mean(means[1], 0), np.mean(means[3], 0)
+    assert np.abs(disc - square).max() < 40, (disc, square)
+
+
+def test_rendering_is_fast():
+    ds = SyntheticShapes("train")
+    ds.read(0)
+    start = time.perf_counter()
+    for i in range(20):
+        ds.read(i)
+    per_image = (time.perf_counter() - start) / 20
+    assert per_image < 0.05  # a few ms normally; generous for a busy shared CPU
+
+
+def test_batches_through_a_dataloader_with_train_transform():
+    ds = build_dataset("synthetic", length=8, transform=build_train_transform(64, scale_range=(0.75, 1.25)))
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=0)))
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["mask"].shape == (4, 64, 64)
+    assert batch["mask"].dtype == torch.int64
