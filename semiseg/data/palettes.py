@@ -7,6 +7,8 @@ border, index 255 -> (224, 224, 192). CamVid uses the 11-class colours of the Se
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .errors import DataError
@@ -120,8 +122,6 @@ def resolve_classes(classes, palette=None) -> tuple[list[str], np.ndarray]:
     one name per line, an int (names "class0".."classN-1"), or a list of names. ``palette``: None (the
     preset's, else VOC colours), a preset name, or a (K, 3) array-like.
     """
-    import os
-
     preset_palette = None
     if isinstance(classes, str):
         if classes.lower() in PRESETS:
