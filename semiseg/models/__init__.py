@@ -20,6 +20,8 @@ MODELS: dict[str, str] = {
     "fcn_resnet18": "semiseg.models.fcn_resnet:fcn_resnet18",
     "deeplabv2_resnet101": "semiseg.models.deeplabv2:deeplabv2_resnet101",
     "deeplabv3plus_mobilenetv2": "semiseg.models.deeplabv3plus:deeplabv3plus_mobilenetv2",
+    "deeplabv3plus_resnet50": "semiseg.models.deeplabv3plus:deeplabv3plus_resnet50",
+    "deeplabv3plus_resnet101": "semiseg.models.deeplabv3plus:deeplabv3plus_resnet101",
 }
 
 

@@ -1,0 +1,412 @@
+"""Loading weights into semiseg models, including the original releases' checkpoints, with a report.
+
+``load_weights(model, source)`` takes a path (loaded as data only, ``torch.load(weights_only=True)``; files
+that need arbitrary code to unpickle are refused) or a state dict, unwraps training checkpoints
+(``{"model": ...}``, ``{"state_dict": ...}``, pytorch-fcn's ``{"model_state_dict": ...}``), removes wrapper
+prefixes (``module.`` from DataParallel/DDP, ``Scale.`` from the MS_Deeplab wrapper of AdvSemiSeg's COCO
+initialisation, ``_orig_mod.`` from torch.compile), recognises the layout and renames keys into semiseg's:
+
+==========================  ================================================================================
+layout                      what is converted
+==========================  ================================================================================
+``deeplabv2``               AdvSemiSeg ``Res_Deeplab`` (= semiseg DeepLabV2): same keys
+``torchvision_resnet``      torchvision ResNet: ``fc`` dropped; ``backbone.`` added for DeepLabV3+
+``torchvision_mobilenet_v2`` torchvision MobileNetV2: ``backbone.`` added, ``features.18``/``classifier`` dropped
+``bubbliiiing_deeplabv3plus`` bubbliiiing DeepLabV3+ MobileNetV2 (and its CSAIL ``mobilenet_v2.pth.tar``
+                            backbone): MobileNetV2 block indices renamed to torchvision's nesting
+``pytorch_fcn``             wkentaro/pytorch-fcn FCN-32s/16s/8s: same keys (semiseg.models.fcn_vgg)
+``torchvision_vgg16``       torchvision VGG16 into an FCN: ``fcn_vgg.vgg16_surgery`` (fc6/fc7 as convs)
+``identity``                anything else, e.g. semiseg's own checkpoints: no renaming
+==========================  ================================================================================
+
+Then every checkpoint tensor whose (converted) name and shape match the model is copied. Modes:
+
+* ``mode="convert"`` (default): a tensor whose shape differs is an error, raised before anything is copied
+  and listing both shapes: loading half a network by accident is worse than failing.
+* ``mode="same_shape"``: AdvSemiSeg's caffe-like loading ("only copy the params that exist in the current
+  model"): tensors whose shape differs are skipped, listed in the report with both shapes and announced
+  with a :class:`WeightsWarning`. Use it e.g. to start from a checkpoint with a different number of classes.
+
+``strict=True`` additionally requires that nothing is missing or unexpected. Things that change outputs
+(torchvision's stride placement in DeepLab-v2, bubbliiiing's input scaling) are reported and warned about.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from semiseg.models.pretrained import backbone_state_dict, load_checkpoint_file
+
+MODES = ("convert", "same_shape")
+# Training checkpoints hold the weights under one of these keys (semiseg: "model"; pytorch-fcn: "model_state_dict").
+CONTAINER_KEYS = ("model", "state_dict", "model_state", "model_state_dict")
+# Prefixes that wrappers put in front of every key.
+WRAPPER_PREFIXES = {
+    "module.": "DataParallel/DistributedDataParallel",
+    "Scale.": "MS_Deeplab wrapper (AdvSemiSeg's MS-COCO initialisation)",
+    "_orig_mod.": "torch.compile",
+}
+_LIST_LIMIT = 12  # how many keys __str__ shows per category
+
+
+class WeightsWarning(UserWarning):
+    """Loaded weights that will not give the outputs of the network they come from, or were only partly used."""
+
+
+class SkippedTensor(NamedTuple):
+    key: str
+    checkpoint_shape: tuple[int, ...]
+    model_shape: tuple[int, ...]
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did. Keys are in the model's naming (after conversion).
+
+    ``copied``: loaded. ``skipped``: same name, different shape (only in ``mode="same_shape"``).
+    ``missing``: model tensors the checkpoint has no value for (they keep their previous values).
+    ``unexpected``: checkpoint tensors the model has no place for. ``dropped``: tensors of the recognised
+    layout that semiseg's model does not have by design (ImageNet classifiers, BatchNorm batch counters).
+    """
+
+    source: str
+    layout: str
+    copied: list[str] = field(default_factory=list)
+    skipped: list[SkippedTensor] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Every model tensor got a value and every checkpoint tensor was used."""
+        return not (self.skipped or self.missing or self.unexpected)
+
+    def __str__(self) -> str:
+        lines = [f"weights from {self.source} (layout: {self.layout})", f"  copied     {len(self.copied)} tensors"]
+        lines.append(f"  skipped    {len(self.skipped)} (shape differs)")
+        lines += _listing(f"{s.key}: checkpoint {s.checkpoint_shape} vs model {s.model_shape}" for s in self.skipped)
+        for name, keys in (("missing", self.missing), ("unexpected", self.unexpected)):
+            lines.append(f"  {name:<10} {len(keys)}")
+            lines += _listing(keys)
+        # BatchNorm batch counters are dropped by the dozen and carry no weights: count them, list the rest.
+        counters = [k for k in self.dropped if k.endswith(".num_batches_tracked")]
+        others = [k for k in self.dropped if not k.endswith(".num_batches_tracked")]
+        lines.append(f"  dropped    {len(self.dropped)}" + (f" ({len(counters)} BatchNorm num_batches_tracked)" if counters else ""))
+        lines += _listing(others)
+        lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  WARNING: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _listing(items) -> list[str]:
+    items = list(items)
+    shown = [f"      {item}" for item in items[:_LIST_LIMIT]]
+    if len(items) > _LIST_LIMIT:
+        shown.append(f"      ... and {len(items) - _LIST_LIMIT} more")
+    return shown
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _read_source(source: Any) -> tuple[dict[str, Any], str]:
+    if isinstance(source, (str, os.PathLike)):
+        return _unwrap(load_checkpoint_file(source), str(source)), str(source)
+    if isinstance(source, Mapping):
+        return _unwrap(source, "state dict"), "state dict"
+    raise TypeError(
+        f"load_weights takes a checkpoint path or a state dict, got {type(source).__name__}"
+        + (" (pass module.state_dict())" if isinstance(source, nn.Module) else "")
+    )
+
+
+def _unwrap(obj: Mapping[str, Any], description: str) -> dict[str, Any]:
+    # Descend into training-checkpoint containers until the mapping holds tensors.
+    while not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+            raise ValueError(
+                f"{description} is not a state dict: {', '.join(map(repr, bad[:5]))} "
+                f"{'are' if len(bad) > 1 else 'is'} not a tensor. Training checkpoints must keep the weights under "
+                f"one of {', '.join(CONTAINER_KEYS)}."
+            )
+        obj = inner
+    if not obj:
+        raise ValueError(f"{description} holds no tensors")
+    return dict(obj)
+
+
+def _strip_wrapper_prefixes(state: dict[str, Any], model_keys: set[str], notes: list[str]) -> dict[str, Any]:
+    stripped = True
+    while stripped:  # "module.Scale.conv1.weight" needs two passes
+        stripped = False
+        for prefix, origin in WRAPPER_PREFIXES.items():
+            if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in model_keys):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                notes.append(f"removed the prefix {prefix!r} of every key ({origin})")
+                stripped = True
+    return state
+
+
+# ------------------------------------------------------------------------------------------ conversions
+@dataclass
+class _Conversion:
+    """Working state of one conversion: converters rename ``state`` and record what they did."""
+
+    state: dict[str, Any]
+    model: nn.Module
+    model_keys: set[str]
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def drop(self, predicate: Callable[[str], bool]) -> None:
+        for key in [k for k in self.state if predicate(k)]:
+            del self.state[key]
+            self.dropped.append(key)
+
+    def add_prefix_for(self, prefix: str, probe: str) -> None:
+        """Prefix every key with ``prefix`` if the model holds ``prefix + probe`` (e.g. DeepLabV3+'s backbone)."""
+        if prefix + probe in self.model_keys:
+            self.state = {prefix + k: v for k, v in self.state.items()}
+
+
+def _convert_deeplabv2(c: _Conversion) -> None:
+    if getattr(c.model, "legacy_aspp", None) is False:
+        c.notes.append(
+            "if these are AdvSemiSeg's released weights, build the model with legacy_aspp=True: the original "
+            "code sums only the first two ASPP branches (dilation 6 and 12), and its weights were trained so"
+        )
+
+
+def _convert_torchvision_resnet(c: _Conversion) -> None:
+    c.drop(lambda k: k.startswith("fc."))
+    c.add_prefix_for("backbone.", "conv1.weight")
+    if "layer5.conv2d_list.0.weight" in c.model_keys:  # the caffe-style DeepLab-v2
+        c.warnings.append(
+            "torchvision's ResNet puts the stride in the 3x3 conv of a bottleneck and dilates layer3/layer4 "
+            "from their second block, while DeepLab-v2 (caffe layout) strides in the first 1x1 conv and dilates "
+            "every block: the values load (same names and shapes) but the network computes something different "
+            "from torchvision's. Fine as an initialisation for training; not an equal-output port."
+        )
+
+
+def _convert_torchvision_mobilenet_v2(c: _Conversion) -> None:
+    c.drop(lambda k: k.startswith(("features.18.", "classifier.")))
+    c.add_prefix_for("backbone.", "features.0.0.weight")
+
+
+# bubbliiiing / CSAIL MobileNetV2 blocks are flat Sequentials (conv, bn, relu6, conv, bn, relu6, conv, bn);
+# torchvision nests conv+bn+relu6 in Conv2dNormActivation. Index maps, flat -> torchvision:
+_MBV2_EXPANDED = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2", "7": "3"}  # pw, dw, pw-linear
+_MBV2_NOT_EXPANDED = {"0": "0.0", "1": "0.1", "3": "1", "4": "2"}  # block 1 (expansion 1): dw, pw-linear
+_BUBBLIIIING_BLOCK = re.compile(r"^(backbone\.)?features\.(\d+)\.conv\.(\d+)\.(.+)$")
+
+
+def _convert_bubbliiiing(c: _Conversion) -> None:
+    full_model = any(k.startswith("aspp.") for k in c.state)
+    c.drop(lambda k: k.startswith(("features.18.", "backbone.features.18.", "classifier.")))
+    expanded = {m.group(2) for k in c.state if (m := _BUBBLIIIING_BLOCK.match(k)) and m.group(3) == "6"}
+    renamed: dict[str, Any] = {}
+    for key, value in c.state.items():
+        m = _BUBBLIIIING_BLOCK.match(key)
+        if m:
+            prefix, block, index, rest = m.groups()
+            table = _MBV2_EXPANDED if block in expanded else _MBV2_NOT_EXPANDED
+            if index not in table:  # ReLU6 positions hold no tensors; anything else is not this layout
+                raise ValueError(f"unexpected key {key!r} for a bubbliiiing/CSAIL MobileNetV2 state dict")
+            key = f"{prefix or ''}features.{block}.conv.{table[index]}.{rest}"
+        renamed[key] = value
+    c.state = renamed
+    if not full_model:
+        c.add_prefix_for("backbone.", "features.0.0.weight")
+    else:
+        c.warnings.append(
+            "bubbliiiing's DeepLabV3+ was trained on RGB images scaled to 0..1 (x / 255) without ImageNet "
+            "mean/std; feed such inputs to get its outputs (model.normalization says 'imagenet', which is what "
+            "torchvision's pretrained backbone expects). Build it with the output_stride it was trained with "
+            "(its downsample_factor, 16 by default)."
+        )
+
+
+def _convert_pytorch_fcn(c: _Conversion) -> None:
+    from semiseg.models import fcn_vgg
+
+    c.state = fcn_vgg.convert_pytorch_fcn(c.state)
+    if fcn_vgg.pytorch_fcn_model_name(c.state) == "fcn8s_vgg16" and getattr(c.model, "at_once", None) is False:
+        c.notes.append("FCN8s and FCN8sAtOnce share keys; for FCN8sAtOnce weights build fcn8s_vgg16(..., at_once=True)")
+
+
+def _convert_torchvision_vgg16(c: _Conversion) -> None:
+    from semiseg.models import fcn_vgg
+
+    c.drop(lambda k: k.startswith("classifier.6."))
+    c.state = fcn_vgg.vgg16_surgery(c.state)
+    c.notes.append("torchvision VGG16 -> FCN surgery: classifier.0/3 reshaped into the fc6/fc7 convolutions")
+
+
+def _convert_identity(c: _Conversion) -> None:
+    pass
+
+
+CONVERTERS: dict[str, Callable[[_Conversion], None]] = {
+    "deeplabv2": _convert_deeplabv2,
+    "torchvision_resnet": _convert_torchvision_resnet,
+    "torchvision_mobilenet_v2": _convert_torchvision_mobilenet_v2,
+    "bubbliiiing_deeplabv3plus": _convert_bubbliiiing,
+    "pytorch_fcn": _convert_pytorch_fcn,
+    "torchvision_vgg16": _convert_torchvision_vgg16,
+    "identity": _convert_identity,
+}
+
+
+def detect_layout(state: Mapping[str, Any]) -> str:
+    """Name of the published layout ``state`` (wrapper prefixes already removed) is in; see the module doc."""
+    keys = set(state)
+    if "layer5.conv2d_list.0.weight" in keys:
+        return "deeplabv2"
+    if "fc.weight" in keys and "layer4.0.conv1.weight" in keys:
+        return "torchvision_resnet"
+    # The flat MobileNetV2 blocks have a 4-D tensor at conv.3 of block 1; torchvision's have conv.0.0.
+    if "features.1.conv.3.weight" in keys or "backbone.features.1.conv.3.weight" in keys:
+        return "bubbliiiing_deeplabv3plus"
+    if "features.1.conv.0.0.weight" in keys and "classifier.1.weight" in keys:
+        return "torchvision_mobilenet_v2"
+    if "score_fr.weight" in keys and "conv1_1.weight" in keys:
+        from semiseg.models.fcn_vgg import is_pytorch_fcn_state_dict
+
+        if is_pytorch_fcn_state_dict(state):
+            return "pytorch_fcn"
+    classifier0 = state.get("classifier.0.weight")
+    if "features.0.weight" in keys and isinstance(classifier0, torch.Tensor) and classifier0.dim() == 2:
+        return "torchvision_vgg16"
+    return "identity"
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_weights(
+    model: nn.Module,
+    source: str | os.PathLike | Mapping[str, Any],
+    *,
+    strict: bool = False,
+    mode: str = "convert",
+    layout: str = "auto",
+) -> LoadReport:
+    """Load ``source`` (a checkpoint path or a state dict) into ``model`` and report what happened.
+
+    Args:
+        strict: also fail when model tensors are missing or checkpoint tensors unexpected.
+        mode: ``"convert"`` (shape mismatches are errors) or ``"same_shape"`` (copy what matches in name and
+            shape, skip and warn about the rest: AdvSemiSeg's caffe-like loading).
+        layout: ``"auto"`` to recognise it, or one of :data:`CONVERTERS` to force it.
+
+    Raises ``ValueError`` (nothing is copied) on shape mismatches in ``"convert"`` mode, when no tensor
+    matches the model at all, and with ``strict=True`` when anything is missing or unexpected;
+    ``semiseg.models.pretrained.PretrainedWeightsError`` for files that are not plain tensors.
+    """
+    return _load(model, source, strict=strict, mode=mode, layout=layout)
+
+
+def load_pretrained_backbone(
+    model: nn.Module, source: bool | str | os.PathLike, default: Any, head_prefixes: Sequence[str]
+) -> LoadReport:
+    """``pretrained_backbone=source`` for a builder: torchvision's ``default`` weight enum (True) or a file.
+
+    Only backbone tensors are taken (keys outside ``head_prefixes``, after conversion); every backbone tensor
+    of the model must receive a value, otherwise the file is the wrong backbone and this raises.
+    """
+    state = backbone_state_dict(source, default)
+    description = f"torchvision {default}" if source is True else str(source)
+    return _load(model, state, description=description, head_prefixes=tuple(head_prefixes))
+
+
+def _load(
+    model: nn.Module,
+    source: Any,
+    *,
+    strict: bool = False,
+    mode: str = "convert",
+    layout: str = "auto",
+    description: str | None = None,
+    head_prefixes: tuple[str, ...] = (),
+) -> LoadReport:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if layout != "auto" and layout not in CONVERTERS:
+        raise ValueError(f"layout must be 'auto' or one of {', '.join(CONVERTERS)}, got {layout!r}")
+    state, read_as = _read_source(source)
+    description = description or read_as
+    target = model.state_dict()
+    model_keys = set(target)
+
+    notes: list[str] = []
+    state = _strip_wrapper_prefixes(state, model_keys, notes)
+    chosen = detect_layout(state) if layout == "auto" else layout
+    conv = _Conversion(state, model, model_keys, notes=notes)
+    CONVERTERS[chosen](conv)
+    state = conv.state
+
+    # BatchNorm batch counters carry no weights: frozen BatchNorm has none, and old checkpoints lack them.
+    conv.drop(lambda k: k.endswith(".num_batches_tracked") and k not in model_keys)
+    if head_prefixes:
+        conv.drop(lambda k: k.startswith(head_prefixes))
+        conv.notes.append("pretrained backbone: the checkpoint's classifier/head tensors are not used")
+
+    report = LoadReport(description, chosen, dropped=conv.dropped, notes=conv.notes, warnings=conv.warnings)
+    to_copy: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key not in target:
+            report.unexpected.append(key)
+        elif value.shape != target[key].shape:
+            report.skipped.append(SkippedTensor(key, tuple(value.shape), tuple(target[key].shape)))
+        else:
+            to_copy[key] = value
+    report.copied = list(to_copy)
+    report.missing = [k for k in target if k not in state and not k.endswith(".num_batches_tracked")]
+
+    # Every check happens before anything is copied, so a failed load leaves the model untouched.
+    if not to_copy:
+        raise ValueError(
+            f"no tensor of {description} fits {type(model).__name__} (layout {chosen!r}): is it the checkpoint of "
+            f"another model?\n{report}"
+        )
+    if report.skipped and mode == "convert":
+        shapes = "\n".join(f"  {s.key}: checkpoint {s.checkpoint_shape}, model {s.model_shape}" for s in report.skipped)
+        raise ValueError(
+            f"{description}: {len(report.skipped)} tensor(s) have another shape than in the model; nothing was "
+            f"loaded:\n{shapes}\nIf that is expected (e.g. another number of classes), load with "
+            f"mode='same_shape' to copy the tensors whose shapes match and skip these."
+        )
+    if strict and not report.ok:
+        raise ValueError(f"strict loading failed: the checkpoint does not cover the model exactly\n{report}")
+    if head_prefixes:
+        incomplete = [k for k in report.missing if not k.startswith(head_prefixes)]
+        incomplete += [s.key for s in report.skipped]
+        if incomplete:
+            raise ValueError(
+                f"{description} is not a backbone for {type(model).__name__}: "
+                f"{len(incomplete)} backbone tensor(s) get no value, e.g. {', '.join(incomplete[:5])}\n{report}"
+            )
+    if report.skipped:
+        report.warnings.append(
+            f"mode='same_shape': {len(report.skipped)} tensor(s) skipped because their shape differs "
+            f"(e.g. {report.skipped[0].key}: checkpoint {report.skipped[0].checkpoint_shape} vs model "
+            f"{report.skipped[0].model_shape}); they keep their initial values"
+        )
+
+    model.load_state_dict(to_copy, strict=False)
+    for message in report.warnings:
+        warnings.warn(f"{description}: {message}", WeightsWarning, stacklevel=3)
+    return report
+
+
+__all__ = ["LoadReport", "SkippedTensor", "WeightsWarning", "detect_layout", "load_weights", "load_pretrained_backbone"]
