@@ -97,10 +97,11 @@ def test_strong_augment_changes_image_only():
         assert torch.equal(out_mask, mask) and out_image.shape == image.shape and out_image.dtype == torch.uint8
         changed += not torch.equal(out_image, image)
     assert changed >= 7  # colour jitter alone is applied with p=0.8
-    batch = normalize(torch.stack([image, image]))
+    batch = normalize(torch.stack([image] * 6))
     out = strong_augment_batch(batch)
     assert out.shape == batch.shape and out.dtype == torch.float32
-    assert not torch.equal(out[0], out[1]) or not torch.equal(out[0], batch[0])  # per-image parameters
+    distinct = {tuple(x.flatten()[:50].tolist()) for x in out}
+    assert len(distinct) > 2  # identical inputs, different outputs: parameters are drawn per image
 
 
 def test_train_transform_with_strong_and_eval_transform():

@@ -135,3 +135,10 @@ def test_voc_unknown_split_and_bad_root(tmp_path):
         build_dataset("voc", tmp_path / "nowhere", "train")
     with pytest.raises(DataError, match="SegmentationClassAug"):
         build_dataset("voc_aug", tmp_path, "train")
+
+
+def test_voc_empty_split_list_is_an_error(tmp_path):
+    base, _ = _make_voc(tmp_path, IDS)
+    (base / "ImageSets/Segmentation/val.txt").write_text("\n")
+    with pytest.raises(DataError, match=r"(?s)val\.txt.*the split list is empty"):
+        build_dataset("voc", tmp_path, "val")
