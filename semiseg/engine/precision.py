@@ -5,7 +5,7 @@ has fp32's exponent range), ``"fp16"`` (autocast to float16 + a gradient scaler;
 
 The defaults come from measurement, not from folklore. ``python -m semiseg.engine.precision`` times a
 training step of small ResNet- and VGG-style segmentation nets in each mode on this machine; the
-numbers that set the CPU defaults are in the comment of :data:`CPU_DEFAULTS`.
+numbers that set the CPU defaults are in the comment above :func:`cpu_defaults`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,31 @@ from typing import Iterator
 
 import torch
 
+from semiseg.config import ConfigError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-# Measured on the 2-core AMD EPYC dev box (AVX-512 + avx512_bf16, no AMX tiles; torch 2.14.1 CPU
-# capability "AVX512"), training step fwd+bwd+SGD, batch 8 at 128x128, median of 5 after 2 warmup
-# steps (`python -m semiseg.engine.precision`):
-#   see MEASURED below; filled in from the run and kept next to the decision it drives.
-CPU_DEFAULTS = {"precision": "fp32", "channels_last": False}
-CUDA_DEFAULTS = {"precision": "bf16_if_supported", "channels_last": True}
+# CPU defaults, from `python -m semiseg.engine.precision` on the 2-core dev box (AMD EPYC, AVX-512 with
+# avx512_bf16, torch 2.14.1, 2 threads), ms per training step, batch 8 at 128x128, fastest of 5:
+#                     fp32   fp32+CL   bf16   bf16+CL
+#   resnet18 FCN       118     117       91      90
+#   vgg11 FCN          400     367      208     150
+# bf16 autocast + channels_last is 1.3x (ResNet) to 2.7x (VGG) faster than fp32, and its loss and metrics
+# agree with fp32 (tests/test_engine_precision.py). CPUs without native bf16 (no avx512_bf16 / AMX) emulate
+# it slowly, so they keep fp32.
+CPU_BF16_DEFAULTS = {"precision": "bf16", "channels_last": True}
+CPU_FP32_DEFAULTS = {"precision": "fp32", "channels_last": False}
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_defaults() -> dict:
+    return CPU_BF16_DEFAULTS if cpu_has_native_bf16() else CPU_FP32_DEFAULTS
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -31,27 +48,28 @@ def resolve_device(requested: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {requested!r} requested but CUDA is not available; use train.device=cpu")
+        raise ConfigError(f"device {requested!r} requested but CUDA is not available; use train.device=cpu")
     return device
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
     """Turn ``"auto"`` into a concrete mode for ``device`` and reject modes the device cannot run."""
     if requested not in PRECISIONS:
-        raise ValueError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
     if requested == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return CPU_DEFAULTS["precision"]
+        return cpu_defaults()["precision"]
     if requested == "fp16" and device.type != "cuda":
         # CPU float16 autocast exists but is slow and needs a scaler that CPU torch does not ship.
-        raise ValueError("precision fp16 needs CUDA; on CPU use bf16 or fp32")
+        raise ConfigError("precision fp16 needs CUDA; on CPU use bf16 or fp32")
     return requested
 
 
 def resolve_channels_last(requested: bool | str, device: torch.device) -> bool:
     if requested == "auto":
-        return bool(CUDA_DEFAULTS["channels_last"] if device.type == "cuda" else CPU_DEFAULTS["channels_last"])
+        # CUDA: tensor cores want NHWC for convolutions under autocast
+        return True if device.type == "cuda" else bool(cpu_defaults()["channels_last"])
     return bool(requested)
 
 

@@ -1,0 +1,103 @@
+"""``semiseg eval CHECKPOINT|RUN_DIR``: per-class IoU of a trained model on a dataset, printed and saved as JSON.
+
+    semiseg eval runs/quickstart                      # best.pt on the run's own validation split
+    semiseg eval runs/voc/last.pt --split train
+    semiseg eval runs/voc --data kind=folder root=data/my_set options={classes: [bg, car]}
+
+The dataset defaults to the run's (``data`` in the checkpoint's config); ``--data key=value`` changes
+fields of it. Precision and memory format default to the run's, so the numbers equal those the run logged
+(this is the very code that evaluates during training: semiseg.engine.evaluate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0].strip("`")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR", help="a .pt file, or a run folder (best.pt, else last.pt)")
+    parser.add_argument("--data", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="dataset fields overriding the run's: kind=, root=, val_split=, options=...")
+    parser.add_argument("--split", help="dataset split to evaluate (default: the run's data.val_split)")
+    parser.add_argument("--out", help="JSON file to write (default: eval_<split>.json next to the checkpoint)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: the run's")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the run's eval.batch_size")
+    parser.add_argument("--num-workers", type=int, default=None)
+
+
+def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = None, device: str = "auto",
+                        precision: str | None = None, batch_size: int | None = None,
+                        num_workers: int | None = None) -> dict:
+    """Evaluate a checkpoint; returns {"metrics", "table", "classes", ...} (the JSON written by the command)."""
+    import torch
+
+    from semiseg.config import override_config
+    from semiseg.engine import build, distributed as dist
+    from semiseg.engine.evaluate import evaluate, make_eval_loader
+    from semiseg.engine.precision import resolve_device
+    from semiseg.engine.predict import load_trained_model
+    from semiseg.metrics import to_json_dict
+
+    dev = dist.init_distributed(resolve_device(device))
+    loaded = load_trained_model(path, device=dev, precision=precision)
+    cfg = override_config(loaded.cfg, [o if o.startswith("data.") else f"data.{o}" for o in data_overrides])
+    split = split or cfg.data.val_split
+    dataset = build.build_dataset(cfg, split)
+    if int(dataset.num_classes) != loaded.info.num_classes:
+        from semiseg.config import ConfigError
+
+        raise ConfigError(f"the dataset has {dataset.num_classes} classes but the model was trained for "
+                          f"{loaded.info.num_classes} ({', '.join(loaded.info.classes)})")
+    dataset.transform = build.eval_transform(loaded.info.normalization)
+    loader = make_eval_loader(dataset, batch_size=batch_size or cfg.eval.batch_size,
+                              num_workers=cfg.data.num_workers if num_workers is None else num_workers,
+                              pin_memory=dev.type == "cuda")
+    cm = evaluate(loaded.model, loader, loaded.info.num_classes, device=dev, precision=loaded.precision,
+                  channels_last=loaded.channels_last, ignore_index=int(getattr(dataset, "ignore_index", 255)),
+                  progress=True)
+    classes = list(dataset.classes)
+    return {
+        "checkpoint": os.path.abspath(loaded.checkpoint_path),
+        "iteration": loaded.iteration,
+        "data": {"kind": cfg.data.kind, "root": cfg.data.root, "split": split, "options": cfg.data.options,
+                 "samples": len(dataset)},
+        "precision": loaded.precision,
+        "classes": classes,
+        "metrics": to_json_dict(cm.compute()),
+        "confusion_matrix": cm.mat.cpu().tolist(),
+        "table": cm.table(classes),
+        "torch_version": torch.__version__,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from semiseg.config import ConfigError
+    from semiseg.data import DataError
+    from semiseg.engine import distributed as dist
+    from semiseg.engine.checkpoint import CheckpointError
+
+    try:
+        result = evaluate_checkpoint(args.checkpoint, data_overrides=args.data, split=args.split, device=args.device,
+                                     precision=args.precision, batch_size=args.batch_size,
+                                     num_workers=args.num_workers)
+        if dist.is_main():
+            print(result["table"])
+            out = args.out or os.path.join(os.path.dirname(result["checkpoint"]), f"eval_{result['data']['split']}.json")
+            tmp = f"{out}.tmp-{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({k: v for k, v in result.items() if k != "table"}, f, indent=1)
+            os.replace(tmp, out)
+            print(f"wrote {out}")
+        return 0
+    except (ConfigError, CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        dist.destroy()

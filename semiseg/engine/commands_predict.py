@@ -1,0 +1,69 @@
+"""``semiseg predict CHECKPOINT|RUN_DIR INPUT_DIR OUTPUT_DIR``: a palette PNG mask for every image of a folder.
+
+    semiseg predict runs/quickstart my_images/ masks/
+
+Each mask is a PIL "P" image named after its image (``photo.jpg`` -> ``photo.png``), with the image's
+size and the dataset's palette, so its pixel values are class indices and it displays in colour.
+Whole-image inference (sliding-window and multi-scale modes come in a later release).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0].strip("`")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR")
+    parser.add_argument("input_dir", metavar="INPUT_DIR", help="folder of images (jpg, png, ...)")
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="where the masks go (created)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: the run's")
+
+
+def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: str = "auto",
+                   precision: str | None = None, progress: bool = True) -> list[str]:
+    """Write one palette PNG per image of ``input_dir``; returns the written paths."""
+    from semiseg.data.base import list_images
+    from semiseg.data.errors import DataError
+    from semiseg.data.io import read_image
+    from semiseg.engine.precision import resolve_device
+    from semiseg.engine.predict import load_trained_model, predict_mask, save_mask_png
+
+    if not os.path.isdir(input_dir):
+        raise DataError("input folder not found", input_dir, "pass a folder of images")
+    images = list_images(input_dir)
+    if not images:
+        raise DataError("no images in the input folder", input_dir, "put .jpg/.png files there")
+    loaded = load_trained_model(checkpoint, device=resolve_device(device), precision=precision)
+    if os.path.abspath(output_dir) == os.path.abspath(input_dir):
+        raise DataError("the output folder is the input folder", output_dir, "masks would overwrite PNG inputs; choose another")
+    os.makedirs(output_dir, exist_ok=True)
+    if progress:
+        from tqdm import tqdm
+
+        images = tqdm(images, desc="predict", dynamic_ncols=True)
+    written = []
+    for path in images:
+        mask = predict_mask(loaded, read_image(path))
+        stem = os.path.splitext(os.path.basename(path))[0]
+        written.append(save_mask_png(mask, loaded.info.palette, os.path.join(output_dir, stem + ".png")))
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    from semiseg.data.errors import DataError
+    from semiseg.engine.checkpoint import CheckpointError
+
+    try:
+        written = predict_folder(args.checkpoint, args.input_dir, args.output_dir, device=args.device,
+                                 precision=args.precision)
+    except (CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} masks to {args.output_dir}")
+    return 0

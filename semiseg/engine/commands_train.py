@@ -1,0 +1,109 @@
+"""``semiseg train --config RECIPE.yaml [key=value ...]``: train a model from a recipe.
+
+    semiseg train --config configs/camvid/fcn_resnet18.yaml train.iterations=2000 optim.lr=0.01
+    semiseg train --resume runs/fcn_resnet18                      # continue exactly where it stopped
+    semiseg train --resume runs/fcn_resnet18 train.iterations=40000   # ... and train longer
+    torchrun --standalone --nproc_per_node=4 -m semiseg train --config ...   # data parallel
+
+The run folder is ``output_dir/name`` (default ``runs/<recipe name>``) or ``--run-dir``. An existing run
+folder is never overwritten unless ``--overwrite`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from semiseg.config import ConfigError, config_to_dict, load_config
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0].strip("`")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    parser.add_argument("--config", "-c", metavar="RECIPE.yaml", help="recipe file (defaults: semiseg.config)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides applied after the recipe, e.g. optim.lr=0.01 data.crop_size=[256,256]")
+    parser.add_argument("--run-dir", help="run folder (default: output_dir/name from the config)")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR (or the config's run folder) from its last.pt")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder and start again")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+
+
+def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        key = f"{prefix}{k}"
+        if isinstance(va, dict) and isinstance(vb, dict) and not k.endswith("options"):
+            out += _changed_keys(va, vb, key + ".")
+        elif va != vb:
+            out.append(f"{key}: {vb!r} -> {va!r}")
+    return out
+
+
+def resolve(args: argparse.Namespace):
+    """(config, run folder, resume?) from the command line."""
+    overrides = list(args.overrides)
+    resume = args.resume
+    # `--resume key=value` would swallow the first override as the folder: give it back.
+    if isinstance(resume, str) and "=" in resume and not os.path.exists(resume):
+        overrides.insert(0, resume)
+        resume = True
+    if not resume:
+        cfg = load_config(args.config, overrides)
+        run_dir = args.run_dir or cfg.run_dir
+        cfg.name = cfg.name or os.path.basename(os.path.abspath(run_dir))
+        return cfg, run_dir, False
+    if isinstance(resume, str):
+        run_dir = resume
+    else:
+        run_dir = args.run_dir or load_config(args.config, overrides).run_dir
+    saved = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(saved):
+        raise ConfigError(f"cannot resume {run_dir}: no config.yaml there (is it a semiseg run folder?)")
+    # The run's own resolved config makes the resume exact; key=value overrides may change it on purpose.
+    cfg = load_config(saved, overrides)
+    if args.config:
+        recipe = load_config(args.config, overrides)
+        recipe.name, recipe.output_dir = cfg.name, cfg.output_dir
+        diff = _changed_keys(config_to_dict(recipe), config_to_dict(cfg))
+        if diff:
+            print("warning: the recipe differs from the run's config.yaml, which is what the resume uses:\n  "
+                  + "\n  ".join(diff) + "\npass intended changes as key=value", file=sys.stderr)
+    return cfg, run_dir, True
+
+
+def run(args: argparse.Namespace) -> int:
+    from semiseg.engine import distributed as dist
+    from semiseg.engine.checkpoint import CheckpointError
+    from semiseg.engine.run_dir import RunDirError
+    from semiseg.engine.trainer import Trainer, TrainingDiverged
+
+    try:
+        from semiseg.data import DataError
+    except ImportError:  # pragma: no cover - the data package is part of semiseg
+        DataError = ValueError
+
+    try:
+        cfg, run_dir, resume = resolve(args)
+        trainer = Trainer(cfg, run_dir, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
+        result = trainer.fit()
+        if trainer.is_main:
+            if trainer.last_cm is not None:
+                print(trainer.last_cm.table(trainer.dataset_info.classes))
+            best = result["best"]
+            if best["miou"] is not None:
+                print(f"best mIoU {100 * best['miou']:.2f} at iteration {best['iteration']}")
+            print(f"run folder: {trainer.run_dir} (config.yaml, split.txt, last.pt, best.pt, metrics.jsonl)")
+        return 0
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ConfigError, RunDirError, CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        dist.destroy()
