@@ -73,7 +73,7 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
         "metrics": to_json_dict(cm.compute()),
         "confusion_matrix": cm.mat.cpu().tolist(),
         "table": cm.table(classes),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
 
 

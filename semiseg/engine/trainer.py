@@ -172,9 +172,14 @@ class Trainer:
         dist.barrier()
 
     # ------------------------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
-        """Train to ``train.iterations``; returns the final evaluation and the best checkpoint's record."""
+    def fit(self, stop_at: int | None = None) -> dict[str, Any]:
+        """Train to ``train.iterations``; returns the final evaluation and the best checkpoint's record.
+
+        ``stop_at`` ends early after that iteration with a checkpoint (the schedule still spans
+        ``train.iterations``): for chunked jobs on time-limited machines, and for testing resume.
+        """
         t = self.cfg.train
+        stop = t.iterations if stop_at is None else min(stop_at, t.iterations)
         pbar = None
         if self.is_main and self.progress:
             from tqdm import tqdm
@@ -183,7 +188,7 @@ class Trainer:
         window: dict[str, float] = {}
         window_steps, window_start = 0, time.perf_counter()
         try:
-            while self.iteration < t.iterations:
+            while self.iteration < stop:
                 losses = self._step()
                 self.iteration += 1
                 it = self.iteration
@@ -205,7 +210,7 @@ class Trainer:
                 improved = False
                 if final or (t.eval_interval > 0 and it % t.eval_interval == 0):
                     improved = self._evaluate(pbar)
-                if final or improved or (t.checkpoint_interval > 0 and it % t.checkpoint_interval == 0):
+                if final or improved or it == stop or (t.checkpoint_interval > 0 and it % t.checkpoint_interval == 0):
                     self._save(best=improved)
         finally:
             if pbar is not None:
@@ -295,7 +300,7 @@ class Trainer:
         return {
             "format": FORMAT,
             "semiseg_version": __version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "iteration": self.iteration,
             "config": config_to_dict(self.cfg),
             "dataset": self.dataset_info.to_dict(),

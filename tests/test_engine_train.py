@@ -1,0 +1,187 @@
+"""End-to-end training on the tiny model and data: run folder, resume, divergence, eval/predict agreement."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semiseg.cli import main
+from semiseg.config import load_config
+from semiseg.engine.checkpoint import load_checkpoint
+from semiseg.engine.commands_eval import evaluate_checkpoint
+from semiseg.engine.logger import read_metrics
+from semiseg.engine.run_dir import RunDirError
+from semiseg.engine.trainer import Trainer, TrainingDiverged
+
+from test_engine_fixtures import PALETTE, tiny_overrides
+
+
+def config(tmp_path, name="run", **extra):
+    return load_config(None, tiny_overrides(output_dir=str(tmp_path), name=name, **extra))
+
+
+def weights(run_dir, which="last.pt"):
+    return load_checkpoint(os.path.join(run_dir, which))["model"]
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        if atol == 0.0:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+def test_run_folder_holds_config_split_checkpoints_and_metrics(tmp_path):
+    cfg = config(tmp_path)
+    result = Trainer(cfg, cfg.run_dir, progress=False).fit()
+    run = cfg.run_dir
+    assert sorted(os.listdir(run)) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl", "split.txt"]
+    assert load_config(os.path.join(run, "config.yaml")) == cfg
+    last = load_checkpoint(os.path.join(run, "last.pt"))
+    assert last["iteration"] == 12 and last["dataset"]["classes"] == ["background", "red", "green", "blue"]
+    best = load_checkpoint(os.path.join(run, "best.pt"))
+    assert best["iteration"] == result["best"]["iteration"] and best["best"]["miou"] == result["best"]["miou"]
+    events = read_metrics(run)
+    assert [e["iteration"] for e in events if e["kind"] == "train"] == [2, 4, 6, 8, 10, 12]
+    assert [e["iteration"] for e in events if e["kind"] == "eval"] == [6, 12]
+    assert all(np.isfinite(e["loss"]) and e["lr"] > 0 for e in events if e["kind"] == "train")
+    # lr logged is the rate the step used: poly over 12 iterations from 0.01
+    assert events[0]["lr"] == pytest.approx(0.01 * (1 - 1 / 12) ** 0.9)
+    with open(os.path.join(run, "split.txt")) as f:
+        assert "[labeled]" in f.read()
+
+
+def test_existing_run_folder_is_refused_then_overwritten_on_request(tmp_path, capsys):
+    cfg = config(tmp_path, **{"train.iterations": 2, "train.eval_interval": 0})
+    Trainer(cfg, cfg.run_dir, progress=False).fit()
+    before = open(os.path.join(cfg.run_dir, "last.pt"), "rb").read()
+    with pytest.raises(RunDirError, match="already exists"):
+        Trainer(cfg, cfg.run_dir, progress=False)
+    args = ["train", "--no-progress", *tiny_overrides(output_dir=str(tmp_path), name="run", **{"train.iterations": 2})]
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert open(os.path.join(cfg.run_dir, "last.pt"), "rb").read() == before
+    assert main(args + ["--overwrite"]) == 0
+    assert "mIoU" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_resume_continues_exactly(tmp_path, accum):
+    # dropout exercises the restored RNG; accumulation the stream position; bitwise equality on CPU
+    extra = {"model.options": "{dropout: 0.3}", "train.accum_steps": accum, "train.log_interval": 1}
+    straight = config(tmp_path, "straight", **extra)
+    Trainer(straight, straight.run_dir, progress=False).fit()
+
+    chunked = config(tmp_path, "chunked", **extra)
+    Trainer(chunked, chunked.run_dir, progress=False).fit(stop_at=7)
+    assert load_checkpoint(os.path.join(chunked.run_dir, "last.pt"))["iteration"] == 7
+    torch.manual_seed(999)  # a fresh process would start from another RNG state; the checkpoint restores it
+    Trainer(chunked, chunked.run_dir, resume=True, progress=False).fit()
+
+    assert_same_weights(weights(straight.run_dir), weights(chunked.run_dir))
+    a, b = read_metrics(straight.run_dir), read_metrics(chunked.run_dir)
+    strip = lambda ev: [(e["kind"], e["iteration"], e.get("loss"), e.get("miou")) for e in ev if e["kind"] != "resume"]
+    assert strip(a) == strip(b)
+    a_opt = load_checkpoint(os.path.join(straight.run_dir, "last.pt"))["optimizers"]["model"]["state"]
+    b_opt = load_checkpoint(os.path.join(chunked.run_dir, "last.pt"))["optimizers"]["model"]["state"]
+    assert all(torch.equal(a_opt[k]["momentum_buffer"], b_opt[k]["momentum_buffer"]) for k in a_opt)
+
+
+def test_resume_command_line_extends_training(tmp_path, capsys):
+    base = tiny_overrides(output_dir=str(tmp_path), name="cli", **{"train.iterations": 4, "train.eval_interval": 0})
+    assert main(["train", "--no-progress", *base]) == 0
+    run = os.path.join(str(tmp_path), "cli")
+    assert main(["train", "--no-progress", "--resume", run, "train.iterations=6"]) == 0
+    assert load_checkpoint(os.path.join(run, "last.pt"))["iteration"] == 6
+    assert load_config(os.path.join(run, "config.yaml")).train.iterations == 6
+    assert main(["train", "--no-progress", "--resume", str(tmp_path / "missing")]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_checkpoint(tmp_path):
+    cfg = config(tmp_path, **{"model.options": "{nan_at: 7}", "train.eval_interval": 0})
+    with pytest.raises(TrainingDiverged) as e:
+        Trainer(cfg, cfg.run_dir, progress=False).fit()
+    msg = str(e.value)
+    assert "iteration 7" in msg and "non-finite loss" in msg and "last.pt (iteration 4)" in msg
+    assert e.value.iteration == 7
+    last = load_checkpoint(os.path.join(cfg.run_dir, "last.pt"))
+    assert last["iteration"] == 4
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+
+
+def test_nan_loss_on_the_command_line_exits_1(tmp_path, capsys):
+    args = tiny_overrides(output_dir=str(tmp_path), name="nan", **{"model.options": "{nan_at: 3}"})
+    assert main(["train", "--no-progress", *args]) == 1
+    err = capsys.readouterr().err
+    assert "iteration 3" in err and "no checkpoint was written yet" in err
+
+
+def test_eval_command_reproduces_the_training_evaluation(tmp_path, capsys):
+    cfg = config(tmp_path, **{"data.options": "{ignore_border: true}"})
+    trainer = Trainer(cfg, cfg.run_dir, progress=False)
+    final = trainer.fit()["metrics"]
+    result = evaluate_checkpoint(os.path.join(cfg.run_dir, "last.pt"), device="cpu")
+    assert result["metrics"] == final  # the very same code path, so exactly equal
+    assert result["iteration"] == 12 and result["data"]["split"] == "val"
+
+    assert main(["eval", cfg.run_dir, "--device", "cpu", "--out", str(tmp_path / "e.json")]) == 0
+    out = capsys.readouterr().out
+    assert "background" in out and "mIoU" in out
+    saved = json.load(open(tmp_path / "e.json"))
+    assert saved["classes"] == ["background", "red", "green", "blue"]
+    # the run folder argument picks best.pt
+    assert saved["iteration"] == final_best_iteration(cfg.run_dir)
+    # another split through --data / --split
+    assert main(["eval", cfg.run_dir, "--split", "train", "--data", "options={length: 4}", "--device", "cpu"]) == 0
+    assert json.load(open(os.path.join(cfg.run_dir, "eval_train.json")))["data"]["samples"] == 4
+
+
+def final_best_iteration(run_dir):
+    return load_checkpoint(os.path.join(run_dir, "best.pt"))["iteration"]
+
+
+def test_predict_writes_palette_masks_of_the_input_size(tmp_path, capsys):
+    cfg = config(tmp_path, **{"train.iterations": 2, "train.eval_interval": 0})
+    Trainer(cfg, cfg.run_dir, progress=False).fit()
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (30, 41, 3), dtype=np.uint8)).save(images / "a.png")
+    Image.fromarray(rng.integers(0, 255, (50, 33, 3), dtype=np.uint8)).save(images / "b.jpg")
+    out = tmp_path / "masks"
+    assert main(["predict", cfg.run_dir, str(images), str(out), "--device", "cpu"]) == 0
+    assert sorted(os.listdir(out)) == ["a.png", "b.png"]
+    for name, size in (("a.png", (41, 30)), ("b.png", (33, 50))):
+        mask = Image.open(out / name)
+        assert mask.mode == "P" and mask.size == size
+        assert np.array(mask).max() < 4
+        assert np.array(mask.getpalette()[:12]).reshape(4, 3).tolist() == PALETTE.tolist()
+    assert main(["predict", cfg.run_dir, str(tmp_path / "none"), str(out)]) == 2
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path):
+    # mean of two micro-batch means == full-batch mean when both halves have equally many valid pixels
+    full = config(tmp_path, "full", **{"train.eval_interval": 0})
+    Trainer(full, full.run_dir, progress=False).fit()
+    acc = config(tmp_path, "acc", **{"train.eval_interval": 0, "train.accum_steps": 2})
+    Trainer(acc, acc.run_dir, progress=False).fit()
+    assert_same_weights(weights(full.run_dir), weights(acc.run_dir), atol=1e-5)
+
+
+def test_dice_loss_class_weights_and_warmup_run(tmp_path):
+    cfg = config(tmp_path, **{"loss.name": "ce+dice", "loss.class_weights": "[0.5, 1, 1, 2]",
+                              "optim.warmup_iters": 3, "optim.grad_clip": 1.0, "train.eval_interval": 0})
+    result = Trainer(cfg, cfg.run_dir, progress=False).fit()
+    assert result["iteration"] == 12
+    train_events = [e for e in read_metrics(cfg.run_dir) if e["kind"] == "train"]
+    assert train_events[0]["lr"] < train_events[1]["lr"]  # warming up
+    with pytest.raises(Exception, match="class_weights has 2 values"):
+        Trainer(config(tmp_path, "bad", **{"loss.class_weights": "[1, 2]"}), str(tmp_path / "bad"), progress=False)
