@@ -167,8 +167,10 @@ class Trainer:
             dump_config(cfg, os.path.join(run_dir, CONFIG))
         self.log = MetricsLog(run_dir, enabled=self.is_main, tensorboard=t.tensorboard,
                               resume_iteration=self.iteration if ckpt is not None else None)
-        if ckpt is not None:
-            self.log.log("resume", self.iteration, {"world_size": self.world_size})
+        self.log.log("resume" if ckpt is not None else "start", self.iteration, {
+            "world_size": self.world_size, "per_rank_batch": self.per_rank_batch, "accum_steps": t.accum_steps,
+            "device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
+            "torch": str(torch.__version__), "threads": torch.get_num_threads()})
         dist.barrier()
 
     # ------------------------------------------------------------------------------------------------
