@@ -207,3 +207,14 @@ def test_dataloader_batches_folder_samples(tmp_path):
     assert batch["image"].shape == (3, 3, 12, 12) and batch["image"].dtype == torch.float32
     assert batch["mask"].shape == (3, 12, 12) and batch["mask"].dtype == torch.int64
     assert batch["name"] == ["a", "b", "c"]
+
+
+def test_voc_colour_masks_in_a_folder(tmp_path):
+    from semiseg.data.palettes import VOC_PALETTE
+
+    _save_image(tmp_path / "images" / "x.png")
+    idx = _stripes(k=21)
+    idx[0] = 255
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(index_to_colors(idx, VOC_PALETTE, ignore_color=(224, 224, 192))).save(tmp_path / "masks" / "x.png")
+    np.testing.assert_array_equal(build_dataset("folder", tmp_path, classes="voc")[0]["mask"].numpy(), idx)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .base import PairDataset, list_images
 from .errors import DataError
-from .palettes import PRESETS, resolve_classes
+from .palettes import PRESETS, VOC_IGNORE_COLOR, resolve_classes
 
 IMAGE_DIRS = ("images", "image", "imgs", "img", "JPEGImages")
 MASK_DIRS = ("masks", "mask", "labels", "label", "annotations", "gt", "SegmentationClass")
@@ -80,8 +80,11 @@ class FolderDataset(PairDataset):
                             "use classes='background,foreground' (or your two names)")
         # Decode RGB masks when the user gave a palette or chose a preset that has one.
         colour_source = palette is not None or (isinstance(classes, str) and classes.lower() in PRESETS)
+        # VOC colour masks draw ignored pixels in the colormap's index-255 colour.
+        voc_colours = "voc" in (str(classes).lower(), str(palette).lower())
         super().__init__(classes=names, palette=pal, ignore_index=ignore_index, transform=transform,
-                         binary=binary, mask_palette=pal if colour_source else None)
+                         binary=binary, mask_palette=pal if colour_source else None,
+                         ignore_colors=(VOC_IGNORE_COLOR,) if voc_colours else ())
         self.root = root
         self.image_dir = _find_dir(root, image_dir, IMAGE_DIRS, "image", "image_dir")
         self.mask_dir = _find_dir(root, mask_dir, MASK_DIRS, "mask", "mask_dir")
