@@ -57,7 +57,7 @@ def render(ds, indices):
     return x, torch.from_numpy(np.stack(masks)).long()
 
 
-def miou(model, x, y, num_classes, batch=50):
+def miou(model, x, y, num_classes, batch=50, verbose=False):
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     model.eval()
     with torch.no_grad():
@@ -67,6 +67,8 @@ def miou(model, x, y, num_classes, batch=50):
                                    minlength=num_classes ** 2).view(num_classes, num_classes)
     model.train()
     iou = conf.diag() / (conf.sum(0) + conf.sum(1) - conf.diag()).clamp(min=1)
+    if verbose:  # row-normalised confusion (true class -> predicted), to see which classes get mixed up
+        print((100 * conf / conf.sum(1, keepdim=True).clamp(min=1)).round().int())
     return iou.mean().item(), iou
 
 
@@ -92,8 +94,9 @@ def run(fraction, args, train_x, train_y, names, val_x, val_y, num_classes):
         sched.step()
         if (step + 1) % args.log_every == 0:
             print(f"  fraction {fraction}: step {step + 1} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
-    m, iou = miou(model, val_x, val_y, num_classes)
-    return len(idx), m, iou, time.perf_counter() - t0
+    m, iou = miou(model, val_x, val_y, num_classes, verbose=args.confusion)
+    train_m, _ = miou(model, train_x[idx[:200]], train_y[idx[:200]], num_classes)
+    return len(idx), m, iou, train_m, time.perf_counter() - t0
 
 
 def main():
@@ -108,6 +111,7 @@ def main():
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=250)
+    p.add_argument("--confusion", action="store_true", help="print the val confusion matrix")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -118,9 +122,10 @@ def main():
     val_x, val_y = render(val, range(len(val)))
     print(f"rendered {len(train)} train + {len(val)} val images in {time.perf_counter() - t:.1f}s")
     for fraction in args.fractions:
-        n, m, iou, secs = run(fraction, args, train_x, train_y, train.names, val_x, val_y, train.num_classes)
+        n, m, iou, train_m, secs = run(fraction, args, train_x, train_y, train.names, val_x, val_y, train.num_classes)
         per_class = " ".join(f"{c}={v:.2f}" for c, v in zip(train.classes, iou.tolist()))
-        print(f"fraction {fraction} ({n} labeled): val mIoU {m:.3f} in {secs:.0f}s  [{per_class}]", flush=True)
+        print(f"fraction {fraction} ({n} labeled): val mIoU {m:.3f} (train {train_m:.3f}) in {secs:.0f}s  [{per_class}]",
+              flush=True)
 
 
 if __name__ == "__main__":

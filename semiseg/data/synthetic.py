@@ -94,7 +94,7 @@ def _shape(cls: int, u: np.ndarray, v: np.ndarray, d: np.ndarray, r: float, rng:
         w = r * rng.uniform(0.22, 0.32)
         return ((np.abs(u) <= w) & (np.abs(v) <= r)) | ((np.abs(v) <= w) & (np.abs(u) <= r))
     if cls == 7:  # bar
-        return (np.abs(u) <= 1.3 * r) & (np.abs(v) <= r * rng.uniform(0.18, 0.28))
+        return (np.abs(u) <= 1.3 * r) & (np.abs(v) <= r * rng.uniform(0.22, 0.32))
     raise AssertionError(cls)
 
 
@@ -158,7 +158,7 @@ def render_scene(rng: np.random.Generator, height: int = 128, width: int = 128) 
             if rng.random() < 0.5:  # line segment
                 y0, x0 = rng.uniform(0, height), rng.uniform(0, width)
                 ang, length = rng.uniform(0, math.pi), rng.uniform(15, 60) * unit
-                thick = rng.uniform(0.8, 2.2) * unit
+                thick = rng.uniform(0.5, 1.1) * unit  # thinner than any bar, so lines are not bars
                 y1, x1 = y0 + length * math.sin(ang), x0 + length * math.cos(ang)
                 # distance to the segment, clamped projection
                 px, py = xx - x0, yy - y0
@@ -166,23 +166,23 @@ def render_scene(rng: np.random.Generator, height: int = 128, width: int = 128) 
                 t = np.clip((px * sx + py * sy) / (sx * sx + sy * sy), 0, 1)
                 on = (px - t * sx) ** 2 + (py - t * sy) ** 2 <= thick * thick
             else:  # blob: a radius wobbling with a few random harmonics, nothing like the regular classes
-                cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(4, 11) * unit
+                cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(3, 9) * unit
                 ang = np.arctan2(yy - cy, xx - cx)
-                wobble = sum(rng.uniform(0.1, 0.3) * np.sin(k * ang + rng.uniform(0, 6.3)) for k in (2, 3, 4))
+                wobble = sum(rng.uniform(0.2, 0.35) * np.sin(k * ang + rng.uniform(0, 6.3)) for k in (1, 2, 3))
                 on = np.hypot(yy - cy, xx - cx) <= r * (1 + wobble)
             image[on] = color
             mask[on] = 0
 
     clutter(int(rng.integers(2, 6)))
-    for _ in range(int(rng.integers(3, 9))):
+    for _ in range(int(rng.integers(2, 7))):
         cls = int(rng.integers(1, len(CLASSES)))
-        r = math.exp(rng.uniform(math.log(8), math.log(32))) * unit
-        stamp(cls, cls, rng.uniform(-0.1, 1.1) * height, rng.uniform(-0.1, 1.1) * width, r)
+        r = math.exp(rng.uniform(math.log(8), math.log(28))) * unit
+        stamp(cls, cls, rng.uniform(0.05, 0.95) * height, rng.uniform(0.05, 0.95) * width, r)
     clutter(int(rng.integers(0, 4)))  # some clutter occludes objects
 
     # Global photometric change and sensor noise.
     image = image * rng.uniform(0.7, 1.2) + rng.uniform(-25, 25)
-    image += rng.normal(0, rng.uniform(2, 10), size=image.shape).astype(np.float32)
+    image += rng.normal(0, rng.uniform(2, 8), size=image.shape).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
