@@ -49,6 +49,8 @@ def test_folder_split_subfolder_labels_dir_and_suffix(tmp_path):
         _save_image(tmp_path / split / "imgs" / f"{split}1.png")
         _save_mask(tmp_path / split / "labels" / f"{split}1_mask.png", _stripes())
     _save_mask(tmp_path / "val" / "labels" / "stray_mask.png", _stripes())
+    with pytest.raises(DataError, match=r"(?s)holds the splits train, val.*--split train"):
+        build_dataset("folder", tmp_path, None, classes=3)
     ds = build_dataset("folder", tmp_path, "val", classes=3, mask_suffix="_mask")
     assert ds.names == ["val1"] and ds.classes == ["class0", "class1", "class2"]
     assert [str(w) for w in ds.warnings] and "stray_mask.png" in str(ds.warnings[0])  # mask without image

@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
             from .check import check_dataset
 
             kind, dataset = open_dataset(args, strict=False)
-            report = check_dataset(dataset, description=f"{kind} {args.path}", limit=args.limit, workers=args.workers)
+            where = f"{args.path} (split {args.split})" if args.split else args.path
+            report = check_dataset(dataset, description=f"{kind} {where}", limit=args.limit, workers=args.workers)
             print(report.format())
             return 0 if report.ok else 1
         kind, dataset = open_dataset(args, strict=True)

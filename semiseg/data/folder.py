@@ -32,10 +32,17 @@ def _find_dir(root: str, given: str | None, candidates: Sequence[str], what: str
     for name in candidates:
         if os.path.isdir(os.path.join(root, name)):
             return os.path.join(root, name)
+    splits = sorted(d for d in os.listdir(root) if any(os.path.isdir(os.path.join(root, d, c)) for c in candidates))
+    if splits:
+        if "train" in splits:
+            splits.remove("train")
+            splits.insert(0, "train")
+        raise DataError(f"this folder holds the splits {', '.join(splits)}, not the {what} folder itself", root,
+                        f"choose one: split='{splits[0]}' (CLI --split {splits[0]}) or the path {os.path.join(root, splits[0])}")
     raise DataError(
         f"no {what} folder found (looked for {', '.join(candidates)})",
         root,
-        f"use that layout, or name the folder with {option}=...",
+        f"use that layout, or name the folder with {option}=... (CLI --{option.replace('_', '-')})",
     )
 
 
