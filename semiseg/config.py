@@ -41,6 +41,7 @@ class ModelConfig:
     name: str = "deeplabv2_resnet101"  # a name of semiseg.models.available_models(), or "package.module:builder"
     pretrained_backbone: bool | str = True  # ImageNet weights (torchvision cache) or a local file path
     weights: str | None = None  # initial weights of the whole model (load_weights: original releases too)
+    weights_mode: str = "convert"  # convert (shape mismatch = error) | same_shape (skip mismatches, e.g. classes)
     options: dict = field(default_factory=dict)  # passed to the builder, e.g. {output_stride: 8}
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
 
@@ -386,6 +387,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.name {o.name!r} is not supported; the segmentation network uses sgd")
     if o.warmup_iters < 0 or not 0 < o.warmup_factor <= 1:
         raise ConfigError("optim.warmup_iters must be >= 0 and optim.warmup_factor in (0, 1]")
+    if cfg.model.weights_mode not in ("convert", "same_shape"):
+        raise ConfigError(f"model.weights_mode must be convert or same_shape, got {cfg.model.weights_mode!r}")
     if cfg.eval.mode != "whole":
         raise ConfigError(f"eval.mode {cfg.eval.mode!r} is not available yet; use whole")
 

@@ -98,9 +98,9 @@ class DatasetInfo:
 # model
 
 
-def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True) -> nn.Module:
+def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True, verbose: bool = False) -> nn.Module:
     """The network of ``cfg.model``; ``pretrained=False`` skips backbone and init weights (a checkpoint
-    will be loaded over them anyway)."""
+    will be loaded over them anyway). ``verbose`` prints the weight-loading report."""
     m = cfg.model
     backbone = m.pretrained_backbone if pretrained else False
     if ":" in m.name:
@@ -112,7 +112,9 @@ def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True) -> nn
     if pretrained and m.weights:
         from semiseg.models import load_weights
 
-        load_weights(model, m.weights)
+        report = load_weights(model, m.weights, mode=m.weights_mode)
+        if verbose:
+            print(report)
     return model
 
 

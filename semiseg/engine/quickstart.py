@@ -29,7 +29,7 @@ QUICKSTART = {
     "data.crop_size": [128, 128],
     "data.scale_range": [0.75, 1.25],
     "data.batch_size": 8,
-    "data.num_workers": 1,
+    "data.num_workers": 0,  # rendering costs ~2% of a step; a worker would compete for the 2 cores
     "optim.lr": 0.02,
     "optim.warmup_iters": 50,
     "loss.name": "ce",
@@ -39,7 +39,7 @@ QUICKSTART = {
     "train.log_interval": 20,
     "eval.batch_size": 25,
 }
-FAST_ITERATIONS = 30  # `--fast`: a smoke test of the whole pipeline for CI
+FAST_ITERATIONS = 20  # `--fast`: a smoke test of the whole pipeline (CI), small images, not a model
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +60,8 @@ def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool
     values = dict(QUICKSTART)
     if fast:
         values.update({"train.iterations": FAST_ITERATIONS, "train.eval_interval": 0, "train.checkpoint_interval": 10,
-                       "data.options": {"length": 64, "size": 128}, "data.num_workers": 0})
+                       "optim.warmup_iters": 5, "data.options": {"length": 32, "size": 64}, "data.crop_size": [64, 64],
+                       "data.batch_size": 4})
     if iterations is not None:
         values["train.iterations"] = iterations
         values["train.eval_interval"] = min(values["train.eval_interval"], iterations)

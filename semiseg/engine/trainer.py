@@ -97,7 +97,7 @@ class Trainer:
         num_classes, ignore_index = int(train_set.num_classes), int(getattr(train_set, "ignore_index", 255))
 
         # ---- model (pretrained weights only for a fresh run: a resume loads its own)
-        model = build.build_model(cfg, num_classes, pretrained=ckpt is None)
+        model = build.build_model(cfg, num_classes, pretrained=ckpt is None, verbose=self.is_main)
         normalization = build.model_normalization(cfg, model)
         self.dataset_info = build.DatasetInfo.of(train_set, normalization)
         train_set.transform = build.train_transform(cfg, normalization, ignore_index)
