@@ -115,6 +115,7 @@ class TrainConfig:
     log_interval: int = 20  # iterations between metrics.jsonl lines
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
+    threads: int = 0  # CPU threads per process; 0 = torch's default (one per core). 1 is faster on a busy machine
     tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
 
 
@@ -381,6 +382,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
     if isinstance(t.channels_last, str) and t.channels_last != "auto":
         raise ConfigError(f"train.channels_last must be true, false or auto, got {t.channels_last!r}")
+    if t.threads < 0:
+        raise ConfigError(f"train.threads must be >= 0 (0 = torch's default), got {t.threads}")
     if min(t.eval_interval, t.checkpoint_interval) < 0 or t.log_interval < 1:
         raise ConfigError("train.eval_interval and train.checkpoint_interval must be >= 0, train.log_interval >= 1")
     if o.name != "sgd":

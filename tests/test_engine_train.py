@@ -97,12 +97,15 @@ def test_resume_continues_exactly(tmp_path, accum):
 
 
 def test_resume_command_line_extends_training(tmp_path, capsys):
-    base = tiny_overrides(output_dir=str(tmp_path), name="cli", **{"train.iterations": 4, "train.eval_interval": 0})
+    base = tiny_overrides(output_dir=str(tmp_path), name="cli", **{"train.iterations": 4, "train.eval_interval": 0,
+                                                                    "train.log_interval": 1})
     assert main(["train", "--no-progress", *base]) == 0
     run = os.path.join(str(tmp_path), "cli")
     assert main(["train", "--no-progress", "--resume", run, "train.iterations=6"]) == 0
     assert load_checkpoint(os.path.join(run, "last.pt"))["iteration"] == 6
     assert load_config(os.path.join(run, "config.yaml")).train.iterations == 6
+    lr5 = next(e["lr"] for e in read_metrics(run) if e["kind"] == "train" and e["iteration"] == 5)
+    assert lr5 == pytest.approx(0.01 * (1 - 4 / 6) ** 0.9)  # the new schedule from the first resumed step
     assert main(["train", "--no-progress", "--resume", str(tmp_path / "missing")]) == 2
     assert "no config.yaml" in capsys.readouterr().err
 

@@ -87,6 +87,9 @@ class Trainer:
         self.per_rank_batch = cfg.data.batch_size // micro
         self.precision = resolve_precision(t.precision, self.device)
         self.channels_last = resolve_channels_last(t.channels_last, self.device)
+        if t.threads:
+            # Under torchrun each process should get cores / processes threads; torchrun sets 1 by default.
+            torch.set_num_threads(t.threads)
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(t.seed)  # same on every rank: identical initial weights
@@ -338,6 +341,12 @@ class Trainer:
             o.load_state_dict(ckpt["optimizers"][k])
         for k, s in ctx.schedulers.items():
             s.load_state_dict(ckpt["schedulers"][k])
+            if isinstance(s, torch.optim.lr_scheduler.LambdaLR):
+                # The saved rates follow the saved schedule; recompute them from this run's schedule so that
+                # a resume with a changed train.iterations uses the new curve from its first step (the same
+                # expression as LambdaLR's, so an unchanged config gets bit-identical rates).
+                for group, base, fn in zip(s.optimizer.param_groups, s.base_lrs, s.lr_lambdas):
+                    group["lr"] = base * fn(s.last_epoch)
         if ctx.scaler is not None and ckpt.get("scaler"):
             ctx.scaler.load_state_dict(ckpt["scaler"])
         self.method.load_state_dict(ckpt.get("method") or {})
