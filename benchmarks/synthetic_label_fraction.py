@@ -80,7 +80,7 @@ def run(fraction, args, train_x, train_y, names, val_x, val_y, num_classes):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     g = torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for step in range(args.steps):
         b = idx[torch.randint(len(idx), (args.batch,), generator=g)]
         x, y = train_x[b], train_y[b]
@@ -96,7 +96,7 @@ def run(fraction, args, train_x, train_y, names, val_x, val_y, num_classes):
             print(f"  fraction {fraction}: step {step + 1} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
     m, iou = miou(model, val_x, val_y, num_classes, verbose=args.confusion)
     train_m, _ = miou(model, train_x[idx[:200]], train_y[idx[:200]], num_classes)
-    return len(idx), m, iou, train_m, time.perf_counter() - t0
+    return len(idx), m, iou, train_m, time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def main():
@@ -122,9 +122,9 @@ def main():
     val_x, val_y = render(val, range(len(val)))
     print(f"rendered {len(train)} train + {len(val)} val images in {time.perf_counter() - t:.1f}s")
     for fraction in args.fractions:
-        n, m, iou, train_m, secs = run(fraction, args, train_x, train_y, train.names, val_x, val_y, train.num_classes)
+        n, m, iou, train_m, secs, cpu = run(fraction, args, train_x, train_y, train.names, val_x, val_y, train.num_classes)
         per_class = " ".join(f"{c}={v:.2f}" for c, v in zip(train.classes, iou.tolist()))
-        print(f"fraction {fraction} ({n} labeled): val mIoU {m:.3f} (train {train_m:.3f}) in {secs:.0f}s  [{per_class}]",
+        print(f"fraction {fraction} ({n} labeled): val mIoU {m:.3f} (train {train_m:.3f}) in {secs:.0f}s ({cpu:.0f} CPU-s)  [{per_class}]",
               flush=True)
 
 

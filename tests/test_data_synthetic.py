@@ -30,7 +30,7 @@ def test_contract_attributes_and_sample_types():
     s = ds[0]
     assert s["image"].shape == (3, 64, 96) and s["image"].dtype == torch.uint8
     assert s["mask"].shape == (64, 96) and s["mask"].dtype == torch.int64
-    assert len(SyntheticShapes("train")) == 800 and len(SyntheticShapes("val")) == 200
+    assert len(SyntheticShapes("train")) == 1000 and len(SyntheticShapes("val")) == 200
     with pytest.raises(DataError, match="unknown synthetic split"):
         SyntheticShapes("dev")
 

@@ -5,10 +5,10 @@ dataset needs no files. Scenes are built to need shape, not just colour:
 
 - 7 object classes (disc, triangle, square, ring, cross, star, bar) on a textured background (class 0).
 - Pairs of classes share a colour family (disc/square red, triangle/ring green, cross/bar blue), each
-  class has a usual texture (gradient, checker, stripes, dots, ...) but 30% of objects get a random
+  class has a usual texture (gradient, checker, stripes, dots, ...) but 25% of objects get a random
   colour and 30% a random texture, so neither cue alone identifies a class.
 - Clutter labelled background: line segments and irregular blobs in object colours, some drawn over
-  the objects; objects overlap each other (the topmost one owns a pixel); sizes vary 4x; global
+  the objects; objects overlap each other (the topmost one owns a pixel); sizes vary 3.5x; global
   brightness/contrast jitter and sensor noise.
 
 Rendering is numpy-vectorised per object inside its bounding box (about 1-2 ms for 128x128).
@@ -31,7 +31,7 @@ PALETTE = np.array(
     dtype=np.uint8,
 )
 SPLIT_STREAMS = {"train": 1, "val": 2, "test": 3}  # independent random streams per split
-DEFAULT_LENGTH = {"train": 800, "val": 200, "test": 200}
+DEFAULT_LENGTH = {"train": 1000, "val": 200, "test": 200}
 
 # Hue (degrees) family per object class; pairs share one so that shape has to decide.
 CLASS_HUE = {1: 0, 2: 120, 3: 0, 4: 120, 5: 220, 6: 50, 7: 220}
@@ -143,8 +143,8 @@ def render_scene(rng: np.random.Generator, height: int = 128, width: int = 128) 
         inside = _shape(cls, u, v, d, r, rng)
         if not inside.any():
             return
-        hue = CLASS_HUE[cls] + rng.uniform(-25, 25) if rng.random() > 0.3 else rng.uniform(0, 360)
-        color = _hsv_to_rgb(hue, rng.uniform(0.45, 1.0), rng.uniform(0.45, 1.0))
+        hue = CLASS_HUE[cls] + rng.uniform(-25, 25) if rng.random() > 0.25 else rng.uniform(0, 360)
+        color = _hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.55, 1.0))
         kind = CLASS_TEXTURE[cls] if rng.random() > 0.3 else TEXTURES[rng.integers(len(TEXTURES))]
         region = image[y0:y1, x0:x1]
         region[inside] = _texture(kind, u[inside], v[inside], d[inside], r, color, rng)
@@ -191,7 +191,7 @@ class SyntheticShapes(Dataset):
 
     Args:
         split: "train", "val" or "test" (independent random streams).
-        length: number of samples (default 800 train, 200 val/test).
+        length: number of samples (default 1000 train, 200 val/test).
         size: image size, int or (height, width); default 128.
         seed: changes every picture of every split.
     """
@@ -208,7 +208,7 @@ class SyntheticShapes(Dataset):
         self.split = split
         self.length = DEFAULT_LENGTH[split] if length is None else int(length)
         if self.length < 1:
-            raise DataError(f"length must be >= 1, got {length}", None, "e.g. length=800")
+            raise DataError(f"length must be >= 1, got {length}", None, "e.g. length=1000")
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         if min(self.size) < 32:
             raise DataError(f"size {self.size} is too small for the shapes", None, "use at least 32 pixels")
