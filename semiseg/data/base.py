@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from .errors import DataError
-from .io import check_mask_values, looks_like_binary_0_255, read_image, read_mask, warn_binary_0_255
+from .io import IMAGE_EXTENSIONS, check_mask_values, looks_like_binary_0_255, read_image, read_mask, warn_binary_0_255
 
 MAX_LISTED = 20
 
@@ -115,8 +115,6 @@ class PairDataset(Dataset):
 
 def list_images(folder: str) -> list[str]:
     """Image files directly inside ``folder`` (any known image extension), sorted by name."""
-    from .io import IMAGE_EXTENSIONS
-
     return sorted(
         os.path.join(folder, f) for f in os.listdir(folder)
         if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
