@@ -4,7 +4,7 @@ Trains the same small conv net for the same number of steps on all train labels 
 (a seeded split) and reports val mIoU for both. The gap is the room a semi-supervised method has.
 Self-contained (its own tiny net and IoU) so it measures the data, not the rest of the toolkit.
 
-    python benchmarks/synthetic_label_fraction.py --steps 1500 --fractions 1 0.125
+    python benchmarks/synthetic_label_fraction.py --steps 1500 --fractions 1 0.125 --threads 1 --confusion
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ def run(fraction, args, train_x, train_y, names, val_x, val_y, num_classes):
         x, y = train_x[b], train_y[b]
         flip = torch.rand(len(b), generator=g) < 0.5  # horizontal flip augmentation
         x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
+        if args.rotate:  # the scenes have no "up": a quarter-turn per batch is free extra data
+            k = int(torch.randint(4, (1,), generator=g))
+            x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             loss = F.cross_entropy(model(x), y, ignore_index=255)
         opt.zero_grad(set_to_none=True)
@@ -109,6 +112,7 @@ def main():
     p.add_argument("--val-length", type=int, default=None)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--rotate", action="store_true", help="random quarter-turns as extra augmentation")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=250)
     p.add_argument("--confusion", action="store_true", help="print the val confusion matrix")
