@@ -74,10 +74,10 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"
+    name: str = "sgd"  # sgd (the papers) | adamw (converges faster from scratch)
     lr: float = 2.5e-4  # base learning rate; a parameter group gets lr * lr_mult
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = 0.9  # sgd momentum; for adamw the first beta
+    weight_decay: float = 5e-4  # L2 for sgd, decoupled for adamw
     nesterov: bool = False
     lr_mult: dict = field(default_factory=dict)  # override the model's group multipliers: {head: 10.0}
     power: float = 0.9  # poly decay: lr * (1 - it / iterations) ** power
@@ -310,6 +310,9 @@ def apply_override(data: dict, override: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # e.g. an unquoted path with a colon: keep the text
+    if isinstance(value, dict) and any(":" in str(k) and v is None for k, v in value.items()):
+        # YAML reads {head:1} as the key "head:1" without a value
+        raise ConfigError(f"override {override!r}: write a space after each colon in a mapping, e.g. {{head: 1}}")
     parts = dotted.split(".")
     cls: Any = Config
     node = data
@@ -386,8 +389,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.threads must be >= 0 (0 = torch's default), got {t.threads}")
     if min(t.eval_interval, t.checkpoint_interval) < 0 or t.log_interval < 1:
         raise ConfigError("train.eval_interval and train.checkpoint_interval must be >= 0, train.log_interval >= 1")
-    if o.name != "sgd":
-        raise ConfigError(f"optim.name {o.name!r} is not supported; the segmentation network uses sgd")
+    if o.name not in ("sgd", "adamw"):
+        raise ConfigError(f"optim.name must be sgd or adamw, got {o.name!r}")
     if o.warmup_iters < 0 or not 0 < o.warmup_factor <= 1:
         raise ConfigError("optim.warmup_iters must be >= 0 and optim.warmup_factor in (0, 1]")
     if cfg.model.weights_mode not in ("convert", "same_shape"):

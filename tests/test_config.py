@@ -74,6 +74,7 @@ def test_base_recipe_is_merged(tmp_path):
     ("data.crop_size=[1,2,3]", ["crop_size"]),
     ("data.crop_size.height=3", ["is a value, not a section"]),
     ("optim.lr", ["key=value"]),
+    ("optim.lr_mult={head:1}", ["space after each colon"]),
     ("data.labeled.fraction=0.5", None),  # valid: nested section
 ])
 def test_bad_overrides_name_the_key(override, words):

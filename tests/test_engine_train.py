@@ -190,3 +190,4 @@ def test_dice_loss_class_weights_and_warmup_run(tmp_path):
     assert train_events[0]["lr"] < train_events[1]["lr"]  # warming up
     with pytest.raises(Exception, match="class_weights has 2 values"):
         Trainer(config(tmp_path, "bad", **{"loss.class_weights": "[1, 2]"}), str(tmp_path / "bad"), progress=False)
+    assert not (tmp_path / "bad").exists()  # a run that could not start leaves no folder to trip the retry

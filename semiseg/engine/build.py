@@ -141,11 +141,14 @@ def param_groups(model: nn.Module, lr_mult_overrides: dict[str, float]) -> list[
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD over the parameter groups; each group's lr is ``optim.lr * lr_mult`` (1x backbone, 10x head)."""
+    """SGD (or AdamW) over the parameter groups; each group's lr is ``optim.lr * lr_mult`` (1x backbone,
+    10x head as in the seeds)."""
     o = cfg.optim
     groups = param_groups(model, o.lr_mult)
     for g in groups:
         g["lr"] = o.lr * g["lr_mult"]
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.999), weight_decay=o.weight_decay)
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
 
 

@@ -111,8 +111,9 @@ def write_predictions(trainer, count: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from semiseg.config import ConfigError
+    from semiseg.data import DataError
     from semiseg.engine import distributed as dist
-    from semiseg.engine.run_dir import unique_run_dir
+    from semiseg.engine.run_dir import RunDirError, unique_run_dir
     from semiseg.engine.trainer import Trainer, TrainingDiverged
 
     start = time.perf_counter()
@@ -127,12 +128,15 @@ def run(args: argparse.Namespace) -> int:
           f"({cfg.data.options.get('length')} training scenes, {cfg.data.crop_size[0]}px), "
           f"{cfg.train.iterations} iterations of batch {cfg.data.batch_size} -> {run_dir}")
     try:
-        trainer = Trainer(cfg, run_dir)
+        trainer = Trainer(cfg, run_dir, progress=not args.no_progress)
         print(f"device {trainer.device}, precision {trainer.precision}, channels_last {trainer.channels_last}")
         result = trainer.fit()
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (ConfigError, DataError, RunDirError) as e:  # e.g. a bad key=value given to the quickstart
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         dist.destroy()
     print()

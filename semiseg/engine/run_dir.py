@@ -20,7 +20,7 @@ SPLIT = "split.txt"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tb"
 # Files whose presence marks a folder as a semiseg run (and so as safe to delete with --overwrite).
-RUN_MARKERS = (CONFIG, "last.pt", "best.pt", METRICS)
+RUN_MARKERS = (CONFIG, SPLIT, "last.pt", "best.pt", METRICS)
 
 
 class RunDirError(RuntimeError):

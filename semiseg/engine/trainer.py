@@ -67,6 +67,7 @@ class Trainer:
 
         # Rank 0 decides about the folder; the others learn the outcome so that no rank waits forever.
         error = None
+        created = not os.path.exists(run_dir)
         if self.is_main:
             try:
                 run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
@@ -76,7 +77,17 @@ class Trainer:
         if error:
             raise RunDirError(error)
         self.run_dir = run_dir
-        ckpt = load_checkpoint(os.path.join(run_dir, LAST)) if resume else None
+        try:
+            self._build(load_checkpoint(os.path.join(run_dir, LAST)) if resume else None)
+        except BaseException:
+            # A fresh run that failed to start leaves no empty folder behind to trip the next attempt.
+            if self.is_main and created and os.path.isdir(run_dir) and not os.listdir(run_dir):
+                os.rmdir(run_dir)
+            raise
+
+    def _build(self, ckpt: dict[str, Any] | None) -> None:
+        """Everything between the run folder and the first step; files are written only at the end."""
+        cfg, t, run_dir = self.cfg, self.cfg.train, self.run_dir
 
         micro = t.accum_steps * self.world_size
         if cfg.data.batch_size % micro:
@@ -108,8 +119,6 @@ class Trainer:
 
         split = build.make_or_load_split(cfg, list(train_set.names), os.path.join(run_dir, SPLIT) if ckpt else None)
         labeled_idx, unlabeled_idx = split.indices(list(train_set.names))
-        if self.is_main and ckpt is None:
-            split.save(os.path.join(run_dir, SPLIT))
 
         if cfg.model.sync_bn and self.world_size > 1:
             if self.device.type != "cuda":
@@ -167,6 +176,8 @@ class Trainer:
         if ckpt is not None:
             self._load_state(ckpt)
         if self.is_main:
+            if ckpt is None:
+                split.save(os.path.join(run_dir, SPLIT))
             dump_config(cfg, os.path.join(run_dir, CONFIG))
         self.log = MetricsLog(run_dir, enabled=self.is_main, tensorboard=t.tensorboard,
                               resume_iteration=self.iteration if ckpt is not None else None)
