@@ -63,6 +63,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     options: dict = field(default_factory=dict)  # dataset options, e.g. {length: 400, size: 128} for synthetic
+    val_options: dict = field(default_factory=dict)  # merged over options for the validation split only
     crop_size: list[int] = field(default_factory=lambda: [321, 321])  # (height, width)
     scale_range: list[float] | None = field(default_factory=lambda: [0.5, 1.5])  # null: no random scale
     hflip: bool = True

@@ -43,6 +43,6 @@ def test_quickstart_fast_leaves_a_complete_run_folder(tmp_path, capsys):
 
 def test_quickstart_config_is_the_documented_one():
     cfg = quickstart_config()
-    assert cfg.train.iterations == 800 and cfg.data.crop_size == [128, 128]
+    assert cfg.train.iterations == QUICKSTART["train.iterations"] and cfg.data.crop_size == [128, 128]
     assert cfg.model.pretrained_backbone is False  # no download: runs offline
     assert quickstart_config(iterations=50).train.eval_interval == 50

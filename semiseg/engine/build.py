@@ -31,14 +31,18 @@ def _import(target: str) -> Any:
 # data
 
 
-def build_dataset(cfg: Config, split: str, transform=None):
-    """A dataset of ``cfg.data`` for ``split``; its transform is set by the caller."""
+def build_dataset(cfg: Config, split: str, transform=None, *, validation: bool = False):
+    """A dataset of ``cfg.data`` for ``split``; its transform is set by the caller.
+
+    ``validation=True`` applies ``data.val_options`` over ``data.options``.
+    """
     d = cfg.data
+    options = {**d.options, **d.val_options} if validation else dict(d.options)
     if ":" in d.kind:
-        return _import(d.kind)(d.root, split, transform=transform, **d.options)
+        return _import(d.kind)(d.root, split, transform=transform, **options)
     from semiseg.data import build_dataset as data_build_dataset
 
-    return data_build_dataset(d.kind, d.root, split, transform=transform, **d.options)
+    return data_build_dataset(d.kind, d.root, split, transform=transform, **options)
 
 
 def train_transform(cfg: Config, normalization: str, ignore_index: int):

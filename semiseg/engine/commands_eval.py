@@ -49,7 +49,10 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
     loaded = load_trained_model(path, device=dev, precision=precision)
     cfg = override_config(loaded.cfg, [o if o.startswith("data.") else f"data.{o}" for o in data_overrides])
     split = split or cfg.data.val_split
-    dataset = build.build_dataset(cfg, split)
+    # the run's validation options apply when evaluating its validation split
+    validation = split == cfg.data.val_split
+    dataset = build.build_dataset(cfg, split, validation=validation)
+    options = {**cfg.data.options, **(cfg.data.val_options if validation else {})}
     if int(dataset.num_classes) != loaded.info.num_classes:
         from semiseg.config import ConfigError
 
@@ -66,7 +69,7 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
     return {
         "checkpoint": os.path.abspath(loaded.checkpoint_path),
         "iteration": loaded.iteration,
-        "data": {"kind": cfg.data.kind, "root": cfg.data.root, "split": split, "options": cfg.data.options,
+        "data": {"kind": cfg.data.kind, "root": cfg.data.root, "split": split, "options": options,
                  "samples": len(dataset)},
         "precision": loaded.precision,
         "classes": classes,

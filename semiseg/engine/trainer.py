@@ -107,7 +107,7 @@ class Trainer:
 
         # ---- data
         train_set = build.build_dataset(cfg, cfg.data.train_split)
-        val_set = build.build_dataset(cfg, cfg.data.val_split)
+        val_set = build.build_dataset(cfg, cfg.data.val_split, validation=True)
         num_classes, ignore_index = int(train_set.num_classes), int(getattr(train_set, "ignore_index", 255))
 
         # ---- model (pretrained weights only for a fresh run: a resume loads its own)
