@@ -4,7 +4,16 @@ Trains the same small conv net for the same number of steps on all train labels 
 (a seeded split) and reports val mIoU for both. The gap is the room a semi-supervised method has.
 Self-contained (its own tiny net and IoU) so it measures the data, not the rest of the toolkit.
 
-    python benchmarks/synthetic_label_fraction.py --steps 1500 --fractions 1 0.125 --threads 1 --confusion
+    python benchmarks/synthetic_label_fraction.py --steps 2000 --fractions 1 --threads 1 --rotate
+    python benchmarks/synthetic_label_fraction.py --steps 2000 --fractions 0.125 --threads 1 --rotate
+
+Measured (torch 2.14 CPU, 1 thread each, synthetic defaults: 1000 train / 200 val at 128x128, batch 16,
+seed-0 split; 2 shared cores, so wall time is about twice the CPU time):
+
+    labels              val mIoU   train mIoU   CPU time
+    all (1000)          0.740      0.836        472 s
+    1/8 (125)           0.544      0.949        478 s     (memorises its 125 images, generalises worse)
+    without --rotate, 1500 steps: all 0.669, 1/8 0.458 (about 300 CPU-s each)
 """
 
 from __future__ import annotations
