@@ -70,9 +70,11 @@ def test_cli_check_ok_and_problem_exit_codes(tmp_path, capsys):
 
     binary = tmp_path / "binary"
     _pair(binary, "leaf_01", np.where(np.arange(20) < 10, 0, 255)[None].repeat(10, 0))
-    main(["data", "check", str(binary), "--classes", "camvid"])
+    assert main(["data", "check", str(binary), "--classes", "camvid"]) == 0  # a warning only
     out = capsys.readouterr().out
     assert "leaf_01.png" in out and "--binary" in out
+    assert main(["data", "check", str(binary), "--classes", "camvid", "--strict"]) == 1
+    capsys.readouterr()
     assert main(["data", "check", str(binary), "--classes", "background,leaf", "--binary"]) == 0
     assert "problems: none" in capsys.readouterr().out
 

@@ -41,6 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _add_dataset_args(p)
     p.add_argument("--limit", type=int, default=None, help="check only the first N samples")
     p.add_argument("--workers", type=int, default=2, help="reader threads")
+    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too (e.g. a suspected 0/255 binary mask)")
 
     p = sub.add_parser("info", help="classes, palette and size of a dataset")
     _add_dataset_args(p)
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             where = f"{args.path} (split {args.split})" if args.split else args.path
             report = check_dataset(dataset, description=f"{kind} {where}", limit=args.limit, workers=args.workers)
             print(report.format())
-            return 0 if report.ok else 1
+            return 0 if report.ok and not (args.strict and report.warnings) else 1
         kind, dataset = open_dataset(args, strict=True)
         if args.data_command == "info":
             print(f"{kind} {args.path}: {len(dataset)} samples, ignore index {dataset.ignore_index}")
