@@ -181,6 +181,8 @@ def test_duplicate_stems_and_empty_folders(tmp_path):
         build_dataset("folder", tmp_path / "masks", classes=3)
     with pytest.raises(DataError, match="unknown dataset kind"):
         build_dataset("nope", tmp_path)
+    with pytest.raises(DataError, match=r"(?s)unexpected keyword argument 'colour'.*kind 'folder'"):
+        build_dataset("folder", tmp_path, classes=3, colour=1)
 
 
 def test_camvid_preset(tmp_path):

@@ -3,6 +3,7 @@
     semiseg data check PATH --classes camvid          validate a folder dataset (CamVid names/colours)
     semiseg data check PATH --classes background,fg --binary
     semiseg data check VOCdevkit --kind voc --split val
+    (check exits 1 when it finds an error; --strict also on warnings such as a suspected 0/255 mask)
     semiseg data info synthetic                       classes, palette and size of a dataset
     semiseg data split PATH --classes camvid --fraction 0.125 --seed 0 -o split.txt
     semiseg data preview synthetic --out DIR -n 8     image | coloured mask PNGs to look at
