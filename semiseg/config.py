@@ -116,7 +116,7 @@ class TrainConfig:
     log_interval: int = 20  # iterations between metrics.jsonl lines
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
-    threads: int = 0  # CPU threads per process; 0 = torch's default (one per core). 1 is faster on a busy machine
+    threads: int = 0  # CPU threads per process; 0 = auto: 1 or all cores, whichever measures faster (threads.py)
     tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
 
 

@@ -127,6 +127,7 @@ def tiny_overrides(**extra) -> list[str]:
         "train.channels_last": "false",
         "train.tensorboard": "false",
         "train.device": "cpu",
+        "train.threads": "1",  # fixed: bit-exact comparisons between runs (auto may switch thread counts)
     }
     base.update({k: str(v) for k, v in extra.items()})
     return [f"{k}={v}" for k, v in base.items()]

@@ -32,6 +32,7 @@ from semiseg.engine.methods import build_method
 from semiseg.engine.precision import make_grad_scaler, resolve_channels_last, resolve_device, resolve_precision
 from semiseg.engine.run_dir import CONFIG, SPLIT, RunDirError, prepare_run_dir
 from semiseg.engine.schedule import build_scheduler
+from semiseg.engine.threads import ThreadTuner
 
 
 class TrainingDiverged(RuntimeError):
@@ -98,9 +99,12 @@ class Trainer:
         self.per_rank_batch = cfg.data.batch_size // micro
         self.precision = resolve_precision(t.precision, self.device)
         self.channels_last = resolve_channels_last(t.channels_last, self.device)
+        self.tuner = None
         if t.threads:
-            # Under torchrun each process should get cores / processes threads; torchrun sets 1 by default.
             torch.set_num_threads(t.threads)
+        elif self.device.type == "cpu" and self.world_size == 1:
+            self.tuner = ThreadTuner()  # measured choice between 1 thread and all cores, see threads.py
+        # (under torchrun, torchrun's OMP_NUM_THREADS=1 per process stands unless train.threads is set)
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(t.seed)  # same on every rank: identical initial weights
@@ -205,7 +209,10 @@ class Trainer:
         window_steps, window_start = 0, time.perf_counter()
         try:
             while self.iteration < stop:
+                step_start = time.perf_counter()
                 losses = self._step()
+                if self.tuner is not None:
+                    self.tuner.update(time.perf_counter() - step_start)
                 self.iteration += 1
                 it = self.iteration
                 for k, v in losses.items():
@@ -220,6 +227,7 @@ class Trainer:
                     values = {k: v / window_steps for k, v in window.items()}
                     values["lr"] = lr
                     values["img_per_s"] = window_steps * self.cfg.data.batch_size / max(elapsed, 1e-9)
+                    values["threads"] = torch.get_num_threads()
                     self.log.log("train", it, values)
                     window, window_steps, window_start = {}, 0, time.perf_counter()
                 final = it == t.iterations
