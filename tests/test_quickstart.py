@@ -33,7 +33,7 @@ def test_quickstart_fast_leaves_a_complete_run_folder(tmp_path, capsys):
     assert preds == ["val_00000_panel.png", "val_00000_pred.png", "val_00001_panel.png", "val_00001_pred.png"]
     mask = Image.open(os.path.join(run, "predictions", "val_00000_pred.png"))
     assert mask.mode == "P" and mask.size == (64, 64)
-    assert Image.open(os.path.join(run, "predictions", "val_00000_panel.png")).size == (3 * 64 + 8, 64)
+    assert Image.open(os.path.join(run, "predictions", "val_00000_panel.png")).size == (3 * 256 + 8, 256)  # 4x zoom
 
     # a second quickstart never touches the first run
     assert main(["quickstart", "--fast", "--run-dir", run, "--no-progress", "--predictions", "0",
@@ -43,6 +43,6 @@ def test_quickstart_fast_leaves_a_complete_run_folder(tmp_path, capsys):
 
 def test_quickstart_config_is_the_documented_one():
     cfg = quickstart_config()
-    assert cfg.train.iterations == QUICKSTART["train.iterations"] and cfg.data.crop_size == [128, 128]
+    assert cfg.train.iterations == QUICKSTART["train.iterations"] and cfg.data.crop_size == [96, 96]
     assert cfg.model.pretrained_backbone is False  # no download: runs offline
     assert quickstart_config(iterations=50).train.eval_interval == 50

@@ -7,8 +7,9 @@ has pushed off its core stalls the whole step: on the 2-core dev box, a DeepLabV
 Load changes during a run, so the choice is measured, not guessed, and measured again periodically.
 
 The tuner compares 1 thread with all cores: a few timed steps each (median, after one warm-up step),
-keeps the faster, re-probes every ``period`` steps. A probe of the slower setting is cut short after a
-single step that is already twice as slow as the best median, so a bad probe costs about one slow step.
+keeps the faster, re-probes after ``period`` steps (twice as long each time the answer repeats, up to 8x).
+A probe of the other setting stops at its first step that is twice as slow as the reference (four times
+for its untimed warm-up step), so a bad probe costs one or two slow steps.
 Thread counts only change the summation order inside kernels; runs that must be bit-reproducible (the
 resume tests) set ``train.threads`` to a fixed number.
 """
@@ -35,10 +36,10 @@ class ThreadTuner:
         self.enabled = len(self.candidates) > 1
         self.times: dict[int, list[float]] = {}
         self.best: int | None = None
-        self.best_median: float | None = None
         self.queue: list[int] = list(self.candidates)  # candidates still to probe in this round
         self.warmup = True
         self.steps_since_probe = 0
+        self.wait = period
         self.history: list[tuple[int, dict[int, float]]] = []  # (step, medians) of each decision, for logs
         self.step = 0
         if self.enabled:
@@ -55,19 +56,24 @@ class ThreadTuner:
         self.step += 1
         if not self.queue:  # exploiting the best setting
             self.steps_since_probe += 1
-            if self.steps_since_probe >= self.period:
-                self.queue, self.times, self.warmup = list(self.candidates), {}, True
+            if self.steps_since_probe >= self.wait:
+                # the current choice first: it sets this round's reference without risking slow steps
+                self.queue = [self.best] + [n for n in self.candidates if n != self.best]
+                self.times, self.warmup = {}, True
                 torch.set_num_threads(self.queue[0])
             return
         current = self.queue[0]
-        if self.warmup:  # the first step after a change pays for new kernel setups
+        # reference: this round's measurements only (the load may have changed since the last round)
+        reference = min((statistics.median(t) for n, t in self.times.items() if n != current and t), default=None)
+        if self.warmup:  # the first step after a change pays for new kernel setups: not timed, unless absurd
             self.warmup = False
-            return
-        samples = self.times.setdefault(current, [])
-        samples.append(seconds)
-        done = [statistics.median(t) for n, t in self.times.items() if n != current and t]
-        reference = min(done + ([self.best_median] if self.best_median is not None else []), default=None)
-        hopeless = reference is not None and seconds > 2 * reference
+            if reference is None or seconds <= 4 * reference:
+                return
+            hopeless = True
+        else:
+            self.times.setdefault(current, []).append(seconds)
+            hopeless = reference is not None and seconds > 2 * reference
+        samples = self.times.setdefault(current, [seconds])
         if len(samples) >= self.probe_steps or hopeless:
             self.queue.pop(0)
             if self.queue:
@@ -78,8 +84,9 @@ class ThreadTuner:
 
     def _decide(self) -> None:
         medians = {n: statistics.median(t) for n, t in self.times.items()}
-        self.best = min(medians, key=medians.get)
-        self.best_median = medians[self.best]
+        previous, self.best = self.best, min(medians, key=medians.get)
+        # The same answer again: the load is steady, probe half as often (up to 8x the base period).
+        self.wait = min(2 * self.wait, 8 * self.period) if previous == self.best else self.period
         self.history.append((self.step, medians))
         torch.set_num_threads(self.best)
         self.steps_since_probe = 0
