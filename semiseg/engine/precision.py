@@ -20,12 +20,16 @@ from semiseg.config import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-# CPU defaults, from `python -m semiseg.engine.precision` on the 2-core dev box (AMD EPYC, AVX-512 with
-# avx512_bf16, torch 2.14.1, 2 threads), ms per training step, batch 8 at 128x128, fastest of 5:
-#                     fp32   fp32+CL   bf16   bf16+CL
-#   resnet18 FCN       118     117       91      90
-#   vgg11 FCN          400     367      208     150
-# bf16 autocast + channels_last is 1.3x (ResNet) to 2.7x (VGG) faster than fp32, and its loss and metrics
+# CPU defaults, measured on the 2-core dev box (AMD EPYC, AVX-512 with avx512_bf16, no AMX tiles; torch 2.14.1):
+# ms per training step (forward, loss, backward, SGD), batch 8 at 128x128, 1 thread (the box is shared, and
+# 1 thread gives stable numbers), fastest of 5 steps x 3 interleaved rounds:
+#   python -m semiseg.engine.precision --threads 1 --rounds 3
+#                               fp32   fp32+CL   bf16   bf16+CL
+#   resnet18 FCN (bench net)     212     187      144     130
+#   vgg11 FCN (bench net)        643     554      353     279
+#   fcn_resnet18 (semiseg)       254     234      187     171     (2 rounds, same protocol)
+#   deeplabv3plus_mobilenetv2    676     579      457     381
+# bf16 autocast + channels_last is 1.5x (ResNet) to 2.3x (VGG) faster than fp32, and its loss and metrics
 # agree with fp32 (tests/test_engine_precision.py). CPUs without native bf16 (no avx512_bf16 / AMX) emulate
 # it slowly, so they keep fp32.
 CPU_BF16_DEFAULTS = {"precision": "bf16", "channels_last": True}
