@@ -16,6 +16,15 @@ from test_engine_fixtures import tiny_overrides
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # 1 thread: these tests compare numbers, not speed, and 1 thread is not slowed down by a busy machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def loss_and_grad(model, x, y, precision, channels_last):
     model.zero_grad(set_to_none=True)
     if channels_last:
