@@ -19,7 +19,7 @@ from semiseg.config import ConfigError, config_to_dict, load_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0].strip("`")
+    parser.description = __doc__.split("\n\n")[0].replace("``", "")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
     parser.add_argument("--config", "-c", metavar="RECIPE.yaml", help="recipe file (defaults: semiseg.config)")

@@ -50,7 +50,7 @@ FAST_ITERATIONS = 20  # `--fast`: a smoke test of the whole pipeline (CI), small
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0].strip("`")
+    parser.description = __doc__.split("\n\n")[0].replace("``", "")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="change the quickstart config, e.g. train.precision=fp32")
