@@ -246,8 +246,9 @@ class Trainer:
     def _step(self) -> dict[str, float]:
         """One optimizer step: accumulation micro-steps, NaN check, optimizer/scheduler steps."""
         ctx, it = self.ctx, self.iteration
-        for m in [ctx.raw_model, *ctx.modules.values()]:
-            m.train()
+        # Back to train mode after an evaluation. Extra modules keep the mode their method gives them
+        # (an EMA teacher stays in eval mode).
+        ctx.raw_model.train()
         sums: dict[str, torch.Tensor] = {}
         for micro in range(ctx.accum_steps):
             batch = next(ctx.streams["labeled"])

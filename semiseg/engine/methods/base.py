@@ -12,7 +12,8 @@ Life cycle, driven by the loop (engine/trainer.py)::
 ``training_step`` returns a dict of detached scalar tensors (``"loss"`` = the total); the loop averages
 them over processes, stops the run when one is NaN or infinite, and logs them. Modules and optimizers
 registered through ``ctx`` are checkpointed by the loop; ``state_dict`` is for anything else (e.g. a
-running threshold).
+running threshold). The loop puts the segmentation model in train mode before every step; a method sets
+the mode of its own extra modules (a discriminator trains, an EMA teacher stays in eval mode).
 """
 
 from __future__ import annotations
