@@ -271,13 +271,14 @@ class ConfusionMatrix:
 
 
 def to_json_dict(metrics: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``metrics`` (as returned by :meth:`ConfusionMatrix.compute`) with NaN replaced by ``None``.
+    """A copy of ``metrics`` (as returned by :meth:`ConfusionMatrix.compute`, or any nested dict/list of
+    numbers) with NaN and infinities replaced by ``None``.
 
     ``json.dumps(to_json_dict(m), allow_nan=False)`` then always succeeds; absent classes appear as ``null``.
     """
 
     def clean(v: Any) -> Any:
-        if isinstance(v, float) and math.isnan(v):
+        if isinstance(v, float) and not math.isfinite(v):
             return None
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]

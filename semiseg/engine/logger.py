@@ -9,17 +9,12 @@ import time
 from typing import Any
 
 from semiseg.engine.run_dir import METRICS, TENSORBOARD
+from semiseg.metrics import to_json_dict
 
 
 def _clean(v: Any) -> Any:
     # strict JSON has no NaN/inf: absent classes and diverged losses become null
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    return v
+    return to_json_dict(v)
 
 
 def truncate_metrics(path: str, iteration: int) -> None:
