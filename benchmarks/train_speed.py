@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 
 from semiseg.config import load_config
+from semiseg.data.palettes import CAMVID_CLASSES, VOC_CLASSES
+from semiseg.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from semiseg.engine.build import build_criterion, build_model, build_optimizer
 from semiseg.engine.precision import autocast, resolve_channels_last, resolve_device, resolve_precision
 
@@ -44,7 +46,9 @@ DEFAULT_RECIPES = [
     "configs/voc/deeplabv2_resnet101.yaml",
     "configs/voc/deeplabv3plus_mobilenetv2.yaml",
 ]
-NUM_CLASSES = {"voc": 21, "voc_aug": 21, "camvid": 11, "synthetic": 7}
+# class counts of the recipes' dataset kinds, from the datasets' own class lists
+NUM_CLASSES = {"voc": len(VOC_CLASSES), "voc_aug": len(VOC_CLASSES), "camvid": len(CAMVID_CLASSES),
+               "synthetic": len(SYNTHETIC_CLASSES)}
 
 
 class Setup:
