@@ -67,6 +67,7 @@ class DataConfig:
     crop_size: list[int] = field(default_factory=lambda: [321, 321])  # (height, width)
     scale_range: list[float] | None = field(default_factory=lambda: [0.5, 1.5])  # null: no random scale
     hflip: bool = True
+    photometric: bool = False  # mild colour distortion of training crops (brightness, contrast, saturation, hue)
     normalization: str = "auto"  # auto (what the model's weights expect) | imagenet | caffe
     batch_size: int = 10  # images per optimizer step summed over all processes and accumulation steps
     num_workers: int = 2  # per process

@@ -115,3 +115,17 @@ def test_train_transform_with_strong_and_eval_transform():
     assert set(msk.unique().tolist()) <= set(mask.unique().tolist())
     with pytest.raises(DataError, match="scale range"):
         build_train_transform(16, scale_range=(2.0, 1.0))
+
+
+def test_photometric_distortion_changes_colours_not_geometry_or_mask():
+    torch.manual_seed(0)
+    image, mask = _coded_pair()
+    plain = build_train_transform((30, 40), scale_range=None, hflip=False)
+    coloured = build_train_transform((30, 40), scale_range=None, hflip=False, photometric=True)
+    base_img, base_msk = plain(image, mask)
+    changed = 0
+    for _ in range(8):
+        img, msk = coloured(image, mask)
+        assert torch.equal(msk, base_msk)  # the mask and the geometry never move
+        changed += int(not torch.allclose(img, base_img))
+    assert changed >= 4  # four ops at p=0.5 each: at least one applies in ~94% of draws

@@ -126,6 +126,20 @@ def strong_augment_batch(images: torch.Tensor, normalization: str = "imagenet", 
     return torch.stack(out).to(images.device, images.dtype)
 
 
+def build_photometric_distortion() -> v2.Compose:
+    """Mild colour distortion for supervised training, on uint8 RGB images (the ranges of mmsegmentation's
+    PhotoMetricDistortion: brightness +-32/255, contrast and saturation 0.5-1.5, hue +-18 degrees), each
+    applied with probability 0.5. Milder than :func:`build_strong_augment`: no grayscale, no blur, so the
+    labelled images keep their look while the model stops relying on exact colours and exposure (CamVid's
+    test sequences are filmed at other times of day than most of its training frames)."""
+    return v2.Compose([
+        v2.RandomApply([v2.ColorJitter(brightness=32 / 255)], p=0.5),
+        v2.RandomApply([v2.ColorJitter(contrast=0.5)], p=0.5),
+        v2.RandomApply([v2.ColorJitter(saturation=0.5)], p=0.5),
+        v2.RandomApply([v2.ColorJitter(hue=18 / 360)], p=0.5),
+    ])
+
+
 def _pair(size) -> list[int]:
     if isinstance(size, int):
         return [size, size]
@@ -139,11 +153,12 @@ def build_train_transform(
     scale_range: Sequence[float] | None = (0.5, 2.0),
     hflip: bool = True,
     strong: bool = False,
+    photometric: bool = False,
     normalization: str = "imagenet",
     ignore_index: int = 255,
 ) -> v2.Compose:
     """Random scale -> random crop (padding the image with the mean, the mask with ``ignore_index``)
-    -> horizontal flip -> optional strong photometric augmentation -> normalisation."""
+    -> horizontal flip -> optional mild (``photometric``) or strong colour augmentation -> normalisation."""
     _check_mode(normalization)
     steps: list = []
     if scale_range is not None:
@@ -152,6 +167,8 @@ def build_train_transform(
                                fill={tv_tensors.Image: mean_rgb_uint8(normalization), tv_tensors.Mask: ignore_index}))
     if hflip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
+    if photometric:
+        steps.append(build_photometric_distortion())
     if strong:
         steps.append(build_strong_augment())
     steps += [NormalizeImage(normalization), ToPlainTensors()]

@@ -50,7 +50,7 @@ def train_transform(cfg: Config, normalization: str, ignore_index: int):
 
     d = cfg.data
     return build_train_transform(d.crop_size, scale_range=d.scale_range, hflip=d.hflip,
-                                 normalization=normalization, ignore_index=ignore_index)
+                                 photometric=d.photometric, normalization=normalization, ignore_index=ignore_index)
 
 
 def eval_transform(normalization: str):
