@@ -1,9 +1,9 @@
 """Training throughput and peak memory of each model at its recipe's crop and batch size.
 
 Two modes, measured side by side in one process (steps interleaved, so background load hits both alike):
-  fp32  plain eager float32, contiguous (NCHW) tensors;
-  fast  the engine's default for this device (precision=auto, channels_last=auto: bf16 autocast +
-        channels_last on a CPU with native bf16).
+  fp32  plain eager float32, contiguous (NCHW) tensors, torch's default (unfused) optimizer loop;
+  fast  the engine's default for this device (precision=auto, channels_last=auto, optim.fused=auto: bf16
+        autocast + channels_last + the fused SGD kernel on a CPU with native bf16).
 Both start from the same weights and the same batch; the first step's losses are compared.
 Peak memory is measured in a fresh subprocess per (model, mode): the process's peak RSS after one training
 step, minus its RSS just before that step (so the weights and the Python runtime are not counted).
@@ -11,8 +11,9 @@ step, minus its RSS just before that step (so the weights and the Python runtime
     python benchmarks/train_speed.py --repeats 3 --out bench_out/train_speed.json
     python benchmarks/train_speed.py configs/voc/fcn_resnet18.yaml --repeats 5
 
-The step is the supervised method's: forward under autocast, loss in float32, backward, optimizer step,
-with the recipe's optimizer (parameter groups, momentum, weight decay) and loss.
+The step is the engine's own: semiseg.engine.methods.supervised (forward under autocast, loss in float32,
+backward) then TrainContext.apply_updates (the optimizer step the training loop runs), with the recipe's
+optimizer (parameter groups, momentum, weight decay) and loss. Data loading is not included.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from semiseg.config import load_config
 from semiseg.data.palettes import CAMVID_CLASSES, VOC_CLASSES
 from semiseg.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from semiseg.engine.build import build_criterion, build_model, build_optimizer
-from semiseg.engine.precision import autocast, resolve_channels_last, resolve_device, resolve_precision
+from semiseg.engine.context import TrainContext
+from semiseg.engine.methods.supervised import Supervised
+from semiseg.engine.precision import make_grad_scaler, resolve_channels_last, resolve_device, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPES = [
@@ -51,45 +54,63 @@ NUM_CLASSES = {"voc": len(VOC_CLASSES), "voc_aug": len(VOC_CLASSES), "camvid": l
                "synthetic": len(SYNTHETIC_CLASSES)}
 
 
+# "fp32": what a plain PyTorch loop does; "fast": the engine's defaults for the device (the recipe as written).
+# Extra modes split the gain: "bf16" is autocast alone; "compiled" is the fast default plus torch.compile.
+MODE_OVERRIDES = {
+    "fp32": ["train.precision=fp32", "train.channels_last=false", "optim.fused=false"],
+    "fast": [],
+    "bf16": ["train.precision=bf16", "train.channels_last=false", "optim.fused=false"],
+    "compiled": ["train.compile=true"],
+}
+
+
 class Setup:
-    """Model, optimizer, loss and one random batch for a recipe in one mode."""
+    """The engine's real training step (supervised method + TrainContext.apply_updates) for a recipe in one
+    mode, on one fixed random batch at the recipe's crop and batch size."""
 
     def __init__(self, recipe: str, mode: str, device: torch.device, model: torch.nn.Module | None = None):
-        cfg = load_config(str(ROOT / recipe), [])
+        cfg = load_config(str(ROOT / recipe), MODE_OVERRIDES[mode])
         self.cfg = cfg
         num_classes = NUM_CLASSES[cfg.data.kind]
         if model is None:
             torch.manual_seed(0)
             model = build_model(cfg, num_classes, pretrained=False)
-        self.model = model.to(device).train()
-        if mode == "fp32":
-            self.precision, self.channels_last = "fp32", False
-        else:
-            self.precision = resolve_precision("auto", device)
-            self.channels_last = resolve_channels_last("auto", device)
+        self.precision = resolve_precision(cfg.train.precision, device)
+        self.channels_last = resolve_channels_last(cfg.train.channels_last, device)
+        model = model.to(device).train()
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(cfg, self.model)
-        self.criterion = build_criterion(cfg, num_classes, 255).to(device)
-        g = torch.Generator().manual_seed(1)
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = build_optimizer(cfg, model)
+        self.fused = bool(self.optimizer.defaults.get("fused"))
         h, w = cfg.data.crop_size
         b = cfg.data.batch_size
-        self.images = torch.randn(b, 3, h, w, generator=g).to(device)
-        self.masks = torch.randint(0, num_classes, (b, h, w), generator=g).to(device)
-        if self.channels_last:
-            self.images = self.images.contiguous(memory_format=torch.channels_last)
+        self.ctx = TrainContext(
+            cfg=cfg, model=model, raw_model=model, criterion=build_criterion(cfg, num_classes, 255).to(device),
+            device=device, precision=self.precision, channels_last=self.channels_last,
+            scaler=make_grad_scaler(self.precision, device), rank=0, world_size=1, per_rank_batch=b,
+            num_classes=num_classes, ignore_index=255, normalization="imagenet", labeled_dataset=None,
+            unlabeled_dataset=None)
+        self.ctx.add_optimizer("model", self.optimizer, scheduler=None)  # constant lr: the schedule costs nothing
+        if cfg.train.compile:
+            self.ctx.model = torch.compile(model)  # as the loop does with train.compile=true
+        self.method = Supervised()
+        self.method.setup(self.ctx)
+        g = torch.Generator().manual_seed(1)
+        self.batch = {"image": torch.randn(b, 3, h, w, generator=g), "mask": torch.randint(0, num_classes, (b, h, w), generator=g)}
         self.device = device
 
+    @property
+    def description(self) -> str:
+        return (f"{self.precision}{' + channels_last' if self.channels_last else ''}"
+                f"{' + fused optimizer' if self.fused else ''}{' + compile' if self.cfg.train.compile else ''}")
+
     def step(self) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.precision, self.device):
-            logits = self.model(self.images)
-        loss = self.criterion(logits.float(), self.masks)
-        loss.backward()
-        self.optimizer.step()
+        losses = self.method.training_step(self.batch, None, 0)
+        self.ctx.apply_updates()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return float(loss.detach())
+        return float(losses["loss"])
 
 
 def rss_mib() -> float:
@@ -112,35 +133,37 @@ def measure_memory(recipe: str, mode: str, device: torch.device) -> dict:
     return out
 
 
-def measure_speed(recipe: str, repeats: int, device: torch.device) -> dict:
+def measure_speed(recipe: str, repeats: int, device: torch.device, modes: list[str]) -> dict:
     torch.manual_seed(0)
-    fp32 = Setup(recipe, "fp32", device)
-    fast = Setup(recipe, "fast", device, model=copy.deepcopy(fp32.model))
-    # Both start from identical weights and see the same batch every step, so their losses must stay
+    setups = {"fp32": Setup(recipe, "fp32", device)}
+    for mode in modes:
+        if mode != "fp32":
+            setups[mode] = Setup(recipe, mode, device, model=copy.deepcopy(setups["fp32"].model))
+    # All start from identical weights and see the same batch every step, so their losses must stay
     # together step after step (the first step alone can be trivial: FCN score layers start at zero).
-    losses = {"fp32": [fp32.step()], "fast": [fast.step()]}
-    times = {"fp32": [], "fast": []}
-    for _ in range(repeats):  # interleaved, so a load spike hits both modes
-        for name, setup in (("fp32", fp32), ("fast", fast)):
+    # The first step is also the warm-up (and the compilation, for "compiled").
+    losses = {name: [setup.step()] for name, setup in setups.items()}
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(repeats):  # interleaved, so a load spike hits every mode alike
+        for name, setup in setups.items():
             t0 = time.perf_counter()
             losses[name].append(setup.step())
             times[name].append(time.perf_counter() - t0)
+    fp32 = setups["fp32"]
     batch = fp32.cfg.data.batch_size
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "recipe": recipe,
-        "model": fp32.cfg.model.name,
-        "crop": fp32.cfg.data.crop_size,
-        "batch": batch,
-        "fast_mode": f"{fast.precision}{' + channels_last' if fast.channels_last else ''}",
-        "fp32_img_s": round(batch / med["fp32"], 3),
-        "fast_img_s": round(batch / med["fast"], 3),
-        "speedup": round(med["fp32"] / med["fast"], 2),
-        "step_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
-        "losses": {k: [round(v, 5) for v in vals] for k, vals in losses.items()},
-        # worst relative gap between the two modes' losses over the steps
-        "loss_rel_diff": round(max(abs(a - b) / abs(a) for a, b in zip(losses["fp32"], losses["fast"])), 5),
-    }
+    row = {"recipe": recipe, "model": fp32.cfg.model.name, "crop": fp32.cfg.data.crop_size, "batch": batch}
+    for name, setup in setups.items():
+        row[f"{name}_mode"] = setup.description
+        row[f"{name}_img_s"] = round(batch / med[name], 3)
+        if name != "fp32":
+            row[f"{name}_speedup"] = round(med["fp32"] / med[name], 2)
+            # worst relative gap between this mode's losses and fp32's over the steps
+            row[f"{name}_loss_rel_diff"] = round(
+                max(abs(a - b) / abs(a) for a, b in zip(losses["fp32"], losses[name])), 5)
+    row["step_s"] = {k: [round(t, 3) for t in v] for k, v in times.items()}
+    row["losses"] = {k: [round(v, 5) for v in vals] for k, vals in losses.items()}
+    return row
 
 
 def main() -> int:
@@ -148,6 +171,7 @@ def main() -> int:
     parser.add_argument("recipes", nargs="*", default=DEFAULT_RECIPES)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per mode (after one warm-up step)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--modes", default="fp32,fast", help=f"modes timed side by side, fp32 always included; of {sorted(MODE_OVERRIDES)}")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-modes", default="fp32,fast", help="modes whose peak memory is measured (one subprocess each)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice, all cores)")
@@ -164,7 +188,7 @@ def main() -> int:
 
     results = []
     for recipe in args.recipes:
-        row = measure_speed(recipe, args.repeats, device)
+        row = measure_speed(recipe, args.repeats, device, args.modes.split(","))
         if not args.no_memory:
             for mode in args.memory_modes.split(","):
                 threads = ["--threads", str(args.threads)] if args.threads else []
@@ -175,13 +199,17 @@ def main() -> int:
         print(json.dumps(row), flush=True)
 
     print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    print("| model | crop | batch | fp32 img/s | fast img/s | speedup | fast mode | loss rel. diff | peak MiB fp32 / fast |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    others = [m for m in args.modes.split(",") if m != "fp32"]
+    print("| model | crop | batch | fp32 img/s | " + " | ".join(f"{m} img/s | {m} speedup | {m} loss rel. diff" for m in others)
+          + " | peak MiB " + " / ".join(args.memory_modes.split(",")) + " |")
+    print("|---" * (5 + 3 * len(others)) + "|")
     for r in results:
-        mem = ""
-        mem = " / ".join(f"{r[f'memory_{m}']['step_peak_mib']:.0f}" if f"memory_{m}" in r else "-" for m in ("fp32", "fast"))
-        print(f"| {r['model']} | {r['crop'][0]}x{r['crop'][1]} | {r['batch']} | {r['fp32_img_s']} | {r['fast_img_s']} | "
-              f"{r['speedup']}x | {r['fast_mode']} | {r['loss_rel_diff']} | {mem} |")
+        mem = " / ".join(f"{r[f'memory_{m}']['step_peak_mib']:.0f}" if f"memory_{m}" in r else "-"
+                         for m in args.memory_modes.split(","))
+        cells = " | ".join(f"{r[f'{m}_img_s']} | {r[f'{m}_speedup']}x | {r[f'{m}_loss_rel_diff']}" for m in others)
+        print(f"| {r['model']} | {r['crop'][0]}x{r['crop'][1]} | {r['batch']} | {r['fp32_img_s']} | {cells} | {mem} |")
+    for m in ["fp32", *others]:
+        print(f"{m}: {results[0][f'{m}_mode']}" if results else "")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

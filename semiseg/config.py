@@ -87,6 +87,7 @@ class OptimConfig:
     warmup_iters: int = 0  # linear warmup from lr * warmup_factor to the poly curve
     warmup_factor: float = 1e-3
     grad_clip: float | None = None  # max global grad norm, null = no clipping
+    fused: bool | str = "auto"  # fused optimizer kernel (auto: where torch has one; the plain loop otherwise)
 
 
 @dataclass

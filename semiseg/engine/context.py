@@ -68,6 +68,30 @@ class TrainContext:
             masks = masks.to(self.device, non_blocking=True)
         return images, masks
 
+    # ----------------------------------------------------------------- after the micro-steps (the loop)
+    def apply_updates(self) -> None:
+        """Clip the model's gradients (optim.grad_clip), step every registered optimizer (through the grad
+        scaler for fp16), zero their gradients, then advance the schedules. Called by the loop once per
+        iteration, after every micro-step's ``backward``; benchmarks call it to time the real step."""
+        scaler = self.scaler
+        clip = self.cfg.optim.grad_clip
+        if clip is not None:
+            model_opt = self.optimizers["model"]
+            if scaler is not None:
+                scaler.unscale_(model_opt)
+            torch.nn.utils.clip_grad_norm_([p for g in model_opt.param_groups for p in g["params"]], clip)
+        for opt in self.optimizers.values():
+            if scaler is not None:
+                scaler.step(opt)
+            else:
+                opt.step()
+        if scaler is not None:
+            scaler.update()
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        for sched in self.schedulers.values():
+            sched.step()
+
     # ----------------------------------------------------------------- registration (in Method.setup)
     def add_module(self, name: str, module: nn.Module, *, ddp: bool = True) -> nn.Module:
         """Register an extra network (checkpointed); returns the module to call (DDP-wrapped under torchrun)."""

@@ -263,24 +263,8 @@ class Trainer:
         if not all(math.isfinite(v) for v in values):
             raise TrainingDiverged(self._diverged_message(it + 1, losses), it + 1)
 
-        scaler = ctx.scaler
-        clip = self.cfg.optim.grad_clip
-        if clip is not None:
-            if scaler is not None:
-                scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], clip)
-        for opt in ctx.optimizers.values():
-            if scaler is not None:
-                scaler.step(opt)
-            else:
-                opt.step()
-        if scaler is not None:
-            scaler.update()
-        for opt in ctx.optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used, for the log
-        for sched in ctx.schedulers.values():
-            sched.step()
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses, for the log
+        ctx.apply_updates()
         return losses
 
     def _diverged_message(self, iteration: int, losses: dict[str, float]) -> str:
