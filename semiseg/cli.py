@@ -19,8 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("semiseg.engine.commands_eval", "evaluate a checkpoint on a dataset"),
     "predict": ("semiseg.engine.commands_predict", "write coloured masks for a folder of images"),
     "export": ("semiseg.export", "export a checkpoint to ONNX"),
+    "report": ("semiseg.report", "write an HTML report of a run: curves, per-class IoU, confusion matrix, samples"),
     "data": ("semiseg.data.cli", "inspect and validate datasets"),
-    "bench": ("semiseg.benchmark", "measure training/inference speed of a model"),
 }
 
 
