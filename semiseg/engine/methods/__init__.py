@@ -9,6 +9,7 @@ from semiseg.engine.methods.base import Method
 
 METHODS: dict[str, str] = {
     "supervised": "semiseg.engine.methods.supervised:Supervised",
+    "advsemiseg": "semiseg.engine.methods.advsemiseg:AdvSemiSeg",
 }
 
 
