@@ -124,8 +124,15 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """Test-time inference (semiseg.inference); used by the evaluations during training and ``semiseg eval``."""
+
     batch_size: int = 1  # whole images of different sizes cannot be batched unless equal in size
-    mode: str = "whole"  # whole-image inference (sliding window and multi-scale come with inference.py)
+    mode: str = "whole"  # whole (the image at once) | slide (overlapping windows, for images larger than the crop)
+    crop_size: list[int] | None = None  # slide window (height, width); null: data.crop_size, the training crop
+    stride: list[int] | None = None  # slide step (height, width); null: 2/3 of the window (mmseg: 512 -> 341)
+    scales: list[float] = field(default_factory=lambda: [1.0])  # resize ratios; several = multi-scale test,
+    #   e.g. mmseg's [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]; the views' softmax probabilities are averaged
+    flip: bool = False  # also run each scale's mirror image (horizontal flip) and average it in
 
 
 @dataclass
@@ -398,8 +405,23 @@ def validate(cfg: Config) -> None:
         raise ConfigError("optim.warmup_iters must be >= 0 and optim.warmup_factor in (0, 1]")
     if cfg.model.weights_mode not in ("convert", "same_shape"):
         raise ConfigError(f"model.weights_mode must be convert or same_shape, got {cfg.model.weights_mode!r}")
-    if cfg.eval.mode != "whole":
-        raise ConfigError(f"eval.mode {cfg.eval.mode!r} is not available yet; use whole")
+    _validate_eval(cfg.eval)
+
+
+def _validate_eval(e: EvalConfig) -> None:
+    # the same rules as semiseg.inference.InferenceOptions, with the config's key names in the messages
+    if e.mode not in ("whole", "slide"):
+        raise ConfigError(f"eval.mode must be whole or slide, got {e.mode!r} (multi-scale: set eval.scales)")
+    for key, value in (("crop_size", e.crop_size), ("stride", e.stride)):
+        if value is not None and (len(value) != 2 or min(value) < 1):
+            raise ConfigError(f"eval.{key} must be [height, width] with positive values (or null), got {value}")
+    if e.crop_size is not None and e.stride is not None and any(s > c for s, c in zip(e.stride, e.crop_size)):
+        raise ConfigError(f"eval.stride {e.stride} exceeds eval.crop_size {e.crop_size}: windows would leave "
+                          "pixels uncovered; use a stride <= the crop size")
+    if not e.scales or min(e.scales) <= 0:
+        raise ConfigError(f"eval.scales must be a non-empty list of positive ratios, got {e.scales}")
+    if e.batch_size < 1:
+        raise ConfigError(f"eval.batch_size must be >= 1, got {e.batch_size}")
 
 
 def dump_config(cfg: Config, path: str | os.PathLike) -> None:

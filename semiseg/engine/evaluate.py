@@ -1,8 +1,8 @@
 """The one evaluation routine, shared by ``semiseg eval`` and the evaluations during training.
 
-Whole-image inference: the normalised image goes through the model at its own size and the argmax of
-the logits is compared with the mask. (Sliding-window and multi-scale inference come with inference.py.)
-Under DDP each process evaluates its shard of the dataset and the confusion matrices are summed.
+The logits come from semiseg.inference (whole image, sliding windows, multi-scale + flip, as the run's
+``eval`` section says: :func:`inference_options`); their argmax is compared with the mask. Under DDP each
+process evaluates its shard of the dataset and the confusion matrices are summed.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from semiseg.config import Config, ConfigError
 from semiseg.engine import distributed as dist
-from semiseg.engine.precision import autocast
 from semiseg.engine.sampling import ShardSampler
+from semiseg.inference import InferenceOptions, infer
 
 
 def make_eval_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int = 0,
@@ -25,22 +26,30 @@ def make_eval_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int 
                       pin_memory=pin_memory, generator=torch.Generator())
 
 
-@torch.no_grad()
+def inference_options(cfg: Config) -> InferenceOptions:
+    """The run's ``eval`` section as inference options (the slide window defaults to the training crop)."""
+    e = cfg.eval
+    slide = e.mode == "slide"
+    try:
+        return InferenceOptions(mode=e.mode, crop_size=(e.crop_size or cfg.data.crop_size) if slide else None,
+                                stride=e.stride if slide else None, scales=e.scales, flip=e.flip)
+    except ValueError as err:  # e.g. an eval.stride larger than the data.crop_size it defaults to
+        raise ConfigError(f"eval settings: {err} (keys eval.mode, eval.crop_size, eval.stride, eval.scales)") from None
+
+
 def predict_logits(model: nn.Module, images: torch.Tensor, *, precision: str = "fp32",
-                   channels_last: bool = False) -> torch.Tensor:
-    """Whole-image logits in float32 for a normalised batch already on the model's device."""
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with autocast(precision, images.device):
-        logits = model(images)
-    return logits.float()
+                   channels_last: bool = False, inference: InferenceOptions | None = None) -> torch.Tensor:
+    """Float32 logits for a normalised batch already on the model's device (whole image unless ``inference``)."""
+    return infer(model, images, inference, precision=precision, channels_last=channels_last)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, *, device: torch.device | str = "cpu",
              precision: str = "fp32", channels_last: bool = False, ignore_index: int = 255,
-             progress: bool = False):
+             progress: bool = False, inference: InferenceOptions | None = None):
     """Run ``model`` over ``loader`` and return the (all-reduced) ``ConfusionMatrix``.
+
+    ``inference``: how logits are computed (default: whole images; :func:`inference_options` reads a config).
 
     The model is put in eval mode and returned to its previous mode afterwards.
     """
@@ -59,7 +68,7 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, *, device: 
         for batch in batches:
             images = batch["image"].to(device, non_blocking=True)
             masks = batch["mask"].to(device, non_blocking=True)
-            logits = predict_logits(model, images, precision=precision, channels_last=channels_last)
+            logits = infer(model, images, inference, precision=precision, channels_last=channels_last)
             cm.update(logits.argmax(1), masks)
     finally:
         model.train(was_training)
@@ -67,4 +76,4 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, *, device: 
     return cm
 
 
-__all__ = ["make_eval_loader", "predict_logits", "evaluate"]
+__all__ = ["make_eval_loader", "inference_options", "predict_logits", "evaluate"]

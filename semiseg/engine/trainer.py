@@ -26,7 +26,7 @@ from semiseg.config import Config, ConfigError, config_to_dict, dump_config
 from semiseg.engine import build, distributed as dist
 from semiseg.engine.checkpoint import BEST, FORMAT, LAST, atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
 from semiseg.engine.context import TrainContext
-from semiseg.engine.evaluate import evaluate, make_eval_loader
+from semiseg.engine.evaluate import evaluate, inference_options, make_eval_loader
 from semiseg.engine.logger import MetricsLog
 from semiseg.engine.methods import build_method
 from semiseg.engine.precision import make_grad_scaler, resolve_channels_last, resolve_device, resolve_precision
@@ -285,7 +285,8 @@ class Trainer:
         from semiseg.metrics import to_json_dict
 
         cm = evaluate(self.model, self.val_loader, self.num_classes, device=self.device, precision=self.precision,
-                      channels_last=self.channels_last, ignore_index=self.ignore_index)
+                      channels_last=self.channels_last, ignore_index=self.ignore_index,
+                      inference=inference_options(self.cfg))
         metrics = to_json_dict(cm.compute())
         self.last_cm, self.last_eval = cm, metrics
         self.log.log("eval", self.iteration, {"split": self.cfg.data.val_split, **metrics})
