@@ -3,10 +3,12 @@
     semiseg eval runs/quickstart                      # best.pt on the run's own validation split
     semiseg eval runs/voc/last.pt --split train
     semiseg eval runs/voc --data kind=folder root=data/my_set options={classes: [bg, car]}
+    semiseg eval runs/camvid --mode slide --crop 512 512 --stride 341 341 --scales 0.75 1 1.25 --flip
 
 The dataset defaults to the run's (``data`` in the checkpoint's config); ``--data key=value`` changes
 fields of it. Precision and memory format default to the run's, so the numbers equal those the run logged
-(this is the very code that evaluates during training: semiseg.engine.evaluate).
+(this is the very code that evaluates during training: semiseg.engine.evaluate). So does the inference
+mode (the run's ``eval`` section), unless --mode/--crop/--stride/--scales/--flip change it.
 """
 
 from __future__ import annotations
@@ -32,12 +34,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (default: one per core; 1 is faster on a busy machine)")
+    from semiseg.engine.predict import add_inference_arguments
+
+    add_inference_arguments(parser)
 
 
 def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = None, device: str = "auto",
                         precision: str | None = None, batch_size: int | None = None,
-                        num_workers: int | None = None) -> dict:
-    """Evaluate a checkpoint; returns {"metrics", "table", "classes", ...} (the JSON written by the command)."""
+                        num_workers: int | None = None, inference_overrides=()) -> dict:
+    """Evaluate a checkpoint; returns {"metrics", "table", "classes", ...} (the JSON written by the command).
+
+    ``inference_overrides``: dotted ``eval.*`` overrides of the run's inference settings (``eval.mode=slide``).
+    """
+    import dataclasses
+
     import torch
 
     from semiseg.config import override_config
@@ -48,7 +58,7 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
     from semiseg.metrics import to_json_dict
 
     dev = dist.init_distributed(resolve_device(device))
-    loaded = load_trained_model(path, device=dev, precision=precision)
+    loaded = load_trained_model(path, device=dev, precision=precision, overrides=inference_overrides)
     cfg = override_config(loaded.cfg, [o if o.startswith("data.") else f"data.{o}" for o in data_overrides])
     split = split or cfg.data.val_split
     # the run's validation options apply when evaluating its validation split
@@ -66,7 +76,7 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
                               pin_memory=dev.type == "cuda")
     cm = evaluate(loaded.model, loader, loaded.info.num_classes, device=dev, precision=loaded.precision,
                   channels_last=loaded.channels_last, ignore_index=int(getattr(dataset, "ignore_index", 255)),
-                  progress=True)
+                  progress=True, inference=loaded.inference)
     classes = list(dataset.classes)
     return {
         "checkpoint": os.path.abspath(loaded.checkpoint_path),
@@ -74,6 +84,7 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
         "data": {"kind": cfg.data.kind, "root": cfg.data.root, "split": split, "options": options,
                  "samples": len(dataset)},
         "precision": loaded.precision,
+        "inference": dataclasses.asdict(loaded.inference),
         "classes": classes,
         "metrics": to_json_dict(cm.compute()),
         "confusion_matrix": cm.mat.cpu().tolist(),
@@ -91,11 +102,12 @@ def run(args: argparse.Namespace) -> int:
     from semiseg.data import DataError
     from semiseg.engine import distributed as dist
     from semiseg.engine.checkpoint import CheckpointError
+    from semiseg.engine.predict import inference_overrides
 
     try:
         result = evaluate_checkpoint(args.checkpoint, data_overrides=args.data, split=args.split, device=args.device,
                                      precision=args.precision, batch_size=args.batch_size,
-                                     num_workers=args.num_workers)
+                                     num_workers=args.num_workers, inference_overrides=inference_overrides(args))
         if dist.is_main():
             print(result["table"])
             out = args.out or os.path.join(os.path.dirname(result["checkpoint"]), f"eval_{result['data']['split']}.json")

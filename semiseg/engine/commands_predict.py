@@ -1,10 +1,11 @@
 """``semiseg predict CHECKPOINT|RUN_DIR INPUT_DIR OUTPUT_DIR``: a palette PNG mask for every image of a folder.
 
     semiseg predict runs/quickstart my_images/ masks/
+    semiseg predict runs/camvid big_images/ masks/ --mode slide --crop 512 512 --scales 0.75 1 1.25 --flip
 
 Each mask is a PIL "P" image named after its image (``photo.jpg`` -> ``photo.png``), with the image's
 size and the dataset's palette, so its pixel values are class indices and it displays in colour.
-Whole-image inference (sliding-window and multi-scale modes come in a later release).
+The inference mode is the run's ``eval`` section (whole image by default) unless the flags change it.
 """
 
 from __future__ import annotations
@@ -25,11 +26,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: the run's")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (default: one per core; 1 is faster on a busy machine)")
+    from semiseg.engine.predict import add_inference_arguments
+
+    add_inference_arguments(parser)
 
 
 def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: str = "auto",
-                   precision: str | None = None, progress: bool = True) -> list[str]:
-    """Write one palette PNG per image of ``input_dir``; returns the written paths."""
+                   precision: str | None = None, progress: bool = True, inference_overrides=()) -> list[str]:
+    """Write one palette PNG per image of ``input_dir``; returns the written paths.
+
+    ``inference_overrides``: dotted ``eval.*`` overrides of the run's inference settings (``eval.mode=slide``).
+    """
     from semiseg.data.base import list_images
     from semiseg.data.errors import DataError
     from semiseg.data.io import read_image
@@ -41,7 +48,8 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: 
     images = list_images(input_dir)
     if not images:
         raise DataError("no images in the input folder", input_dir, "put .jpg/.png files there")
-    loaded = load_trained_model(checkpoint, device=resolve_device(device), precision=precision)
+    loaded = load_trained_model(checkpoint, device=resolve_device(device), precision=precision,
+                                overrides=inference_overrides)
     if os.path.abspath(output_dir) == os.path.abspath(input_dir):
         raise DataError("the output folder is the input folder", output_dir, "masks would overwrite PNG inputs; choose another")
     os.makedirs(output_dir, exist_ok=True)
@@ -62,13 +70,15 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from semiseg.config import ConfigError
     from semiseg.data.errors import DataError
     from semiseg.engine.checkpoint import CheckpointError
+    from semiseg.engine.predict import inference_overrides
 
     try:
         written = predict_folder(args.checkpoint, args.input_dir, args.output_dir, device=args.device,
-                                 precision=args.precision)
-    except (CheckpointError, DataError) as e:
+                                 precision=args.precision, inference_overrides=inference_overrides(args))
+    except (CheckpointError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} masks to {args.output_dir}")

@@ -1,11 +1,13 @@
-"""Loading a trained model from a checkpoint, predicting whole images, writing palette PNG masks.
+"""Loading a trained model from a checkpoint, predicting images, writing palette PNG masks.
 
-Shared by ``semiseg eval``, ``semiseg predict`` and the quickstart. (Sliding-window / multi-scale
-inference and reports come with inference.py and report.py.)
+Shared by ``semiseg eval``, ``semiseg predict``, ``semiseg export`` and the quickstart, with the command-line
+flags that choose the inference mode (``--mode slide --crop H W --stride H W --scales ... --flip``): they
+override the ``eval`` section of the checkpoint's config, and semiseg.inference does the work.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +17,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from semiseg.config import Config, config_from_dict
+from semiseg.config import Config, ConfigError, config_from_dict, override_config
 from semiseg.engine import build
 from semiseg.engine.checkpoint import load_checkpoint, resolve_checkpoint
-from semiseg.engine.evaluate import predict_logits
+from semiseg.engine.evaluate import inference_options, predict_logits
 from semiseg.engine.precision import resolve_channels_last, resolve_precision
+from semiseg.inference import InferenceOptions
 
 
 @dataclass
@@ -32,18 +35,21 @@ class LoadedModel:
     device: torch.device
     precision: str
     channels_last: bool
+    inference: InferenceOptions  # from cfg.eval (after the command line's overrides)
 
 
 def load_trained_model(path: str, *, device: torch.device, precision: str | None = None,
-                       channels_last: bool | str | None = None) -> LoadedModel:
+                       channels_last: bool | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> LoadedModel:
     """The model of a checkpoint file or run folder (``best.pt`` preferred), in eval mode on ``device``.
 
     ``precision`` / ``channels_last`` default to the run's own settings, so evaluating a checkpoint gives
-    the numbers the run reported.
+    the numbers the run reported. ``overrides`` (dotted, e.g. ``eval.mode=slide``) change the run's config.
     """
     ckpt_path = resolve_checkpoint(path, prefer="best.pt")
     ckpt = load_checkpoint(ckpt_path)
     cfg = config_from_dict(ckpt["config"])
+    if overrides:
+        cfg = override_config(cfg, overrides)
     info = build.DatasetInfo(**ckpt["dataset"])
     model = build.build_model(cfg, info.num_classes, pretrained=False)
     model.load_state_dict(ckpt["model"])
@@ -52,7 +58,8 @@ def load_trained_model(path: str, *, device: torch.device, precision: str | None
     model.to(device).eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return LoadedModel(model, cfg, info, ckpt_path, int(ckpt["iteration"]), device, precision, channels_last)
+    return LoadedModel(model, cfg, info, ckpt_path, int(ckpt["iteration"]), device, precision, channels_last,
+                       inference_options(cfg))
 
 
 @torch.no_grad()
@@ -63,7 +70,8 @@ def predict_mask(loaded: LoadedModel, image: np.ndarray | torch.Tensor) -> np.nd
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     x = normalize(image, loaded.info.normalization).unsqueeze(0).to(loaded.device)
-    logits = predict_logits(loaded.model, x, precision=loaded.precision, channels_last=loaded.channels_last)
+    logits = predict_logits(loaded.model, x, precision=loaded.precision, channels_last=loaded.channels_last,
+                            inference=loaded.inference)
     return logits.argmax(1)[0].to("cpu", torch.uint8).numpy()
 
 
@@ -85,4 +93,43 @@ def save_mask_png(mask: np.ndarray, palette: Any, path: str) -> str:
     return path
 
 
-__all__ = ["LoadedModel", "load_trained_model", "predict_mask", "palette_image", "save_mask_png"]
+# ---------------------------------------------------------------------------------------------------
+# command-line flags of the inference mode (semiseg eval, semiseg predict)
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inference (default: the run's eval settings; see semiseg.inference)")
+    group.add_argument("--mode", choices=["whole", "slide"], help="whole image at once, or sliding windows")
+    group.add_argument("--crop", nargs=2, type=int, metavar=("H", "W"),
+                       help="sliding window size (implies --mode slide; default: the training crop)")
+    group.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"),
+                       help="sliding window step (implies --mode slide; default: 2/3 of the window)")
+    group.add_argument("--scales", nargs="+", type=float, metavar="S",
+                       help="multi-scale test: resize ratios, e.g. 0.5 0.75 1 1.25 1.5 1.75 (softmax averaged)")
+    group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                       help="also run the mirror image of every scale and average it in")
+
+
+def inference_overrides(args: argparse.Namespace) -> list[str]:
+    """The flags of :func:`add_inference_arguments` as dotted config overrides (``eval.mode=slide`` ...)."""
+    mode = args.mode
+    if args.crop or args.stride:
+        if mode == "whole":
+            raise ConfigError("--crop and --stride set the sliding window; use them with --mode slide")
+        mode = "slide"
+    out = [f"eval.mode={mode}"] if mode else []
+    if args.crop:
+        out.append(f"eval.crop_size=[{args.crop[0]},{args.crop[1]}]")
+    if args.stride:
+        out.append(f"eval.stride=[{args.stride[0]},{args.stride[1]}]")
+    if args.scales:
+        out.append(f"eval.scales=[{','.join(repr(float(s)) for s in args.scales)}]")
+    if args.flip is not None:
+        out.append(f"eval.flip={str(args.flip).lower()}")
+    return out
+
+
+__all__ = [
+    "LoadedModel", "load_trained_model", "predict_mask", "palette_image", "save_mask_png",
+    "add_inference_arguments", "inference_overrides",
+]
