@@ -1,0 +1,356 @@
+"""UniMatch (Yang et al., CVPR 2023, "Revisiting Weak-to-Strong Consistency in Semi-Supervised Semantic
+Segmentation"), with FixMatch as its special case.
+
+Each step sees a labeled batch ``x``, an unlabeled batch ``u`` (the loop's stream) and a second unlabeled
+batch ``m`` (this method's ``"unlabeled_mix"`` stream), all weakly augmented by the data pipeline (scale,
+crop, flip). Then:
+
+1. pseudo labels of ``m``: the model in eval mode, no gradient (argmax, confidence = max softmax);
+2. ``strong_views`` strong views of ``u``: colour jitter / grayscale / blur (``strong_augment_batch``),
+   each with, at probability ``cutmix_prob``, a CutMix box pasted from a strong view of ``m``;
+3. one train-mode forward of ``cat(x, u)``; with ``feature_perturbation`` the backbone features are also
+   passed through channel dropout and decoded in the same batch (UniMatch's "fp" stream);
+   pseudo labels of ``u`` = its detached clean prediction;
+4. one forward of the strong views; each is supervised by the pseudo labels of ``u``, CutMixed with those
+   of ``m`` by the same box as its image; the fp prediction by the pseudo labels of ``u``.
+
+Unsupervised losses are the official ones: per-pixel cross-entropy on pixels whose pseudo label has
+confidence >= ``conf_thresh``, summed, divided by the number of valid unlabeled pixels (all of them except
+the crop's padding; low-confidence pixels count in the denominator, so the loss grows with the mask ratio).
+Total: ``(loss_x + weight_strong * mean(loss_s) + weight_fp * loss_fp) / 2`` - UniMatch's
+``(loss_x + 0.25 loss_s1 + 0.25 loss_s2 + 0.5 loss_fp) / 2`` with the defaults, the official fixmatch.py's
+``(loss_x + loss_s) / 2`` with ``strong_views: 1, feature_perturbation: false``.
+
+Choices and differences from the official code (github.com/LiheYoung/UniMatch, unimatch.py / fixmatch.py):
+
+* BatchNorm / dropout: as the official code, the pasted-image pseudo labels (step 1) come from the model
+  in eval mode (running statistics, no dropout, no update of the running statistics by this extra pass),
+  and those of ``u`` from the train-mode forward they share with the labeled images. semiseg's
+  DeepLabV3+ decoder has bubbliiiing's Dropout(0.5)/(0.1), which UniMatch's decoder has not, so its
+  train-mode pseudo labels are a little noisier than the official ones.
+* The pasted images come from an independently shuffled stream. The official code zips the same
+  DistributedSampler-driven loader twice, which visits the same images in the same order, so there a
+  box is mostly pasted from another augmentation of the same image.
+* The strong views are made in the training step from the weak crop (denormalised to uint8 exactly,
+  augmented, normalised again), not in the data workers.
+* Padding: the unlabeled masks are never read (their labels must not leak into training). Padded pixels
+  are recognised by their exact fill value (the transform pads with the dataset mean; ``padding_mask``),
+  where the official dataset marks them with 254 in a zero mask. With ``data.photometric`` the padding's
+  colour changes and cannot be recognised; a warning says so.
+* The feature perturbation needs no change to the model: a forward hook on ``model.backbone`` appends a
+  channel-dropped copy of every backbone output to the batch, which is what the official
+  ``DeepLabV3Plus.forward(x, need_fp=True)`` does (``Dropout2d(0.5)`` on the low- and high-level features,
+  one decoder pass over clean + perturbed). Models without a ``backbone`` module (DeepLabV2, the FCN-VGG
+  family) cannot use it; the method then refuses to start and says to set ``feature_perturbation: false``.
+* Zero valid unlabeled pixels (only possible with tiny images) give a zero loss instead of the official 0/0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import warnings
+from typing import Any, Iterator, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semiseg.config import ConfigError
+from semiseg.data.transforms import build_strong_augment, mean_rgb_uint8, normalize, strong_augment_batch
+from semiseg.engine.methods.base import Method
+
+# CutMix box aspect ratios (height / width), drawn uniformly: the official obtain_cutmix_box's 0.3 .. 1/0.3.
+CUTMIX_RATIO = (0.3, 1 / 0.3)
+# Placement attempts before a box that does not fit the crop is clipped to it (the official loop has no bound;
+# only crops more than ~10x wider than high, or the reverse, need it).
+CUTMIX_ATTEMPTS = 1000
+
+
+@dataclasses.dataclass
+class UniMatchOptions:
+    """Defaults: the official UniMatch code on Pascal VOC (configs/pascal.yaml, unimatch.py, dataset/)."""
+
+    # A pseudo label supervises a pixel only when its confidence (max softmax) is >= conf_thresh.
+    # Official pascal.yaml: 0.95 (also coco.yaml; the README's later Cityscapes setting is 0).
+    conf_thresh: float = 0.95
+    # Probability that a strong view gets a CutMix box from a strong view of another unlabeled image.
+    # Official obtain_cutmix_box(p=0.5).
+    cutmix_prob: float = 0.5
+    # Box area as a fraction of the crop, uniform in [min, max]. Official: size_min=0.02, size_max=0.4.
+    cutmix_area: list[float] = dataclasses.field(default_factory=lambda: [0.02, 0.4])
+    # Strong views per unlabeled image: 2 = UniMatch's dual-stream image perturbation, 1 = FixMatch.
+    strong_views: int = 2
+    # UniMatch's feature-perturbation stream (channel dropout on the backbone features); false = FixMatch.
+    feature_perturbation: bool = True
+    # Channel dropout probability of that stream. Official: nn.Dropout2d(0.5).
+    fp_dropout: float = 0.5
+    # mu: weight of the strong-view loss (the mean over views) inside the unlabeled loss. null = the official
+    # value of the chosen variant: 0.5 with feature perturbation (unimatch.py), 1.0 without (fixmatch.py).
+    weight_strong: float | None = None
+    # lambda: weight of the feature-perturbation loss. Official unimatch.py: 0.5.
+    weight_fp: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.conf_thresh <= 1.0:
+            raise ConfigError(f"method.options.conf_thresh must be in [0, 1] (a softmax probability), "
+                              f"got {self.conf_thresh}")
+        if not 0.0 <= self.cutmix_prob <= 1.0:
+            raise ConfigError(f"method.options.cutmix_prob must be in [0, 1] (0 switches CutMix off), "
+                              f"got {self.cutmix_prob}")
+        if len(self.cutmix_area) != 2 or not 0.0 <= self.cutmix_area[0] <= self.cutmix_area[1] <= 1.0:
+            raise ConfigError(f"method.options.cutmix_area must be [min, max] with 0 <= min <= max <= 1 (fractions "
+                              f"of the crop), got {self.cutmix_area}")
+        if self.strong_views not in (1, 2):
+            raise ConfigError(f"method.options.strong_views must be 1 (FixMatch) or 2 (UniMatch), "
+                              f"got {self.strong_views}")
+        if not 0.0 <= self.fp_dropout < 1.0:
+            raise ConfigError(f"method.options.fp_dropout must be in [0, 1), got {self.fp_dropout}")
+        if self.weight_strong is not None and self.weight_strong < 0:
+            raise ConfigError(f"method.options.weight_strong must be >= 0 (or null), got {self.weight_strong}")
+        if self.weight_fp < 0:
+            raise ConfigError(f"method.options.weight_fp must be >= 0, got {self.weight_fp}")
+        if self.feature_perturbation and self.weight_fp == 0:
+            raise ConfigError("method.options.weight_fp=0 would run the feature-perturbation stream for nothing; "
+                              "set method.options.feature_perturbation=false instead")
+
+    @property
+    def strong_weight(self) -> float:
+        if self.weight_strong is not None:
+            return self.weight_strong
+        return 0.5 if self.feature_perturbation else 1.0
+
+
+# ------------------------------------------------------------------------------------------------ pure helpers
+
+
+class Targets(NamedTuple):
+    """Pseudo labels of a batch: class (N, H, W) int64, confidence (N, H, W) float, valid (N, H, W) bool."""
+
+    label: torch.Tensor
+    conf: torch.Tensor
+    valid: torch.Tensor
+
+    def cutmix(self, box: torch.Tensor, pasted: Targets) -> Targets:
+        """These targets with ``pasted``'s inside ``box``: the targets of an image CutMixed by the same box."""
+        return Targets(*(torch.where(box, p, t) for t, p in zip(self, pasted)))
+
+
+def pseudo_labels(logits: torch.Tensor, valid: torch.Tensor) -> Targets:
+    """argmax and max softmax of (N, C, H, W) logits (computed in float32, without gradient)."""
+    probs = logits.detach().float().softmax(dim=1)
+    conf, label = probs.max(dim=1)
+    return Targets(label, conf, valid)
+
+
+def consistency_loss(logits: torch.Tensor, targets: Targets, conf_thresh: float) -> torch.Tensor:
+    """The official unsupervised loss: cross-entropy summed over valid pixels whose pseudo label has
+    confidence >= ``conf_thresh``, divided by the number of valid pixels (confident or not)."""
+    ce = F.cross_entropy(logits.float(), targets.label, reduction="none")
+    keep = targets.valid & (targets.conf >= conf_thresh)
+    return torch.where(keep, ce, torch.zeros_like(ce)).sum() / targets.valid.sum().clamp(min=1)
+
+
+def mask_ratio(targets: Targets, conf_thresh: float) -> torch.Tensor:
+    """Fraction of valid pixels whose pseudo label passes the threshold (the official log's "Mask")."""
+    keep = targets.valid & (targets.conf >= conf_thresh)
+    return keep.sum().float() / targets.valid.sum().clamp(min=1)
+
+
+def padding_mask(images: torch.Tensor, normalization: str) -> torch.Tensor:
+    """(N, H, W) True where a normalised crop (N, 3, H, W) holds the train transform's padding.
+
+    The transform pads with the dataset mean as uint8 (``mean_rgb_uint8``) before normalising, so padded
+    pixels hold exactly ``normalize(mean)``; an image pixel of exactly that colour is also taken for padding
+    (and only left out of the unsupervised losses)."""
+    fill = torch.tensor(mean_rgb_uint8(normalization), dtype=torch.uint8).view(3, 1, 1)
+    fill = normalize(fill, normalization).to(images.device, images.dtype).view(1, 3, 1, 1)
+    return (images == fill).all(dim=1)
+
+
+def cutmix_boxes(n: int, height: int, width: int, *, prob: float, area: tuple[float, float] = (0.02, 0.4),
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """(n, height, width) bool: per image, with probability ``prob``, one box of ``area`` (fraction of the
+    crop, uniform) and aspect ratio in ``CUTMIX_RATIO``; empty otherwise. The official sampler: ratio and
+    position are redrawn until the box fits. Uses torch's global RNG (checkpointed by the loop)."""
+    boxes = torch.zeros(n, height, width, dtype=torch.bool)
+    for i in range(n):
+        if not float(torch.rand(())) < prob:
+            continue
+        size = _uniform(*area) * height * width
+        for _ in range(CUTMIX_ATTEMPTS):
+            ratio = _uniform(*CUTMIX_RATIO)
+            box_w, box_h = int(math.sqrt(size / ratio)), int(math.sqrt(size * ratio))
+            x, y = int(torch.randint(width, ())), int(torch.randint(height, ()))
+            if x + box_w <= width and y + box_h <= height:
+                break
+        else:  # never fitted: clip the last draw to the crop
+            box_w, box_h = min(box_w, width), min(box_h, height)
+            x, y = min(x, width - box_w), min(y, height - box_h)
+        boxes[i, y:y + box_h, x:x + box_w] = True
+    return boxes.to(device)
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand(()))
+
+
+def paste(box: torch.Tensor, images: torch.Tensor, pasted: torch.Tensor) -> torch.Tensor:
+    """``images`` (N, C, H, W) with ``pasted``'s pixels inside ``box`` (N, H, W)."""
+    return torch.where(box.unsqueeze(1), pasted, images)
+
+
+def make_strong_views(images: torch.Tensor, images_mix: torch.Tensor, *, views: int, cutmix_prob: float,
+                      cutmix_area: tuple[float, float], normalization: str,
+                      augment=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``views`` strong views of the weak crops ``images``: each an independently colour-augmented copy with
+    a CutMix box (maybe empty) filled from an independently augmented copy of ``images_mix``.
+    Returns (view, box) pairs; a view's targets must be CutMixed with the same box (``Targets.cutmix``)."""
+    augment = augment or build_strong_augment()
+    n, _, h, w = images.shape
+    out = []
+    for _ in range(views):
+        strong = strong_augment_batch(images, normalization, augment)
+        box = cutmix_boxes(n, h, w, prob=cutmix_prob, area=cutmix_area, device=images.device)
+        if bool(box.any()):
+            strong = paste(box, strong, strong_augment_batch(images_mix, normalization, augment))
+        out.append((strong, box))
+    return out
+
+
+def _perturb(features: Any, p: float) -> Any:
+    """Append a channel-dropped copy along the batch: ``cat(f, dropout2d(f))`` for every feature tensor."""
+    if isinstance(features, torch.Tensor):
+        return torch.cat([features, F.dropout2d(features, p, training=True)])
+    if isinstance(features, (tuple, list)):
+        return type(features)(_perturb(f, p) for f in features)
+    if isinstance(features, dict):
+        return type(features)((k, _perturb(f, p)) for k, f in features.items())
+    raise TypeError(f"feature perturbation: the backbone returned a {type(features).__name__}; expected tensors "
+                    "(a tensor, tuple, list or dict of them)")
+
+
+class FeaturePerturbation:
+    """UniMatch's fp stream on an unchanged model: inside ``with fp.active():`` a forward hook on
+    ``model.backbone`` makes the decoder see the clean features followed by channel-dropped copies, so a
+    forward of N images returns 2N predictions (clean first). The hook is registered once and is a no-op
+    outside the block (a compiled model then sees a stable set of hooks)."""
+
+    def __init__(self, model: nn.Module, p: float):
+        backbone = getattr(model, "backbone", None)
+        if not isinstance(backbone, nn.Module):
+            raise ConfigError(
+                f"UniMatch's feature perturbation needs a model whose `backbone` module feeds its decoder "
+                f"(DeepLabV3+, FCN-ResNet18); {type(model).__name__} has none. Set "
+                "method.options.feature_perturbation=false (image perturbations only, as FixMatch)")
+        self.p = p
+        self._on = False
+        self._handle = backbone.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: Any, output: Any) -> Any:
+        return _perturb(output, self.p) if self._on else None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        self._on = True
+        try:
+            yield
+        finally:
+            self._on = False
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+# ------------------------------------------------------------------------------------------------ the method
+
+
+class UniMatch(Method):
+    name = "unimatch"
+    Options = UniMatchOptions
+    needs_unlabeled = True
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        o = self.options
+        if ctx.unlabeled_dataset is None:
+            raise ConfigError("unimatch needs unlabeled images; set data.labeled.fraction (or count / id_file)")
+        self.fp = FeaturePerturbation(ctx.raw_model, o.fp_dropout) if o.feature_perturbation else None
+        if ctx.cfg.data.photometric:
+            warnings.warn("data.photometric=true recolours the padding of the crops, so UniMatch cannot tell padded "
+                          "pixels of unlabeled crops from image pixels and trains on them too; set "
+                          "data.photometric=false (UniMatch's weak view is scale, crop and flip only)", stacklevel=2)
+        # The images CutMix pastes in: a second, independently shuffled pass over the unlabeled images.
+        self.mix_stream = ctx.add_stream("unlabeled_mix", ctx.unlabeled_dataset)
+        self.augment = build_strong_augment()
+
+    # ------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, unlabeled_batch: dict | None, iteration: int) -> dict[str, torch.Tensor]:
+        ctx, o = self.ctx, self.options
+        images_x, masks_x = ctx.to_device(batch)
+        images_u, _ = ctx.to_device(unlabeled_batch)  # the masks of unlabeled images are never used
+        images_m, _ = ctx.to_device(next(self.mix_stream))
+        valid_u = ~padding_mask(images_u, ctx.normalization)
+        targets_m = self._teacher_targets(images_m)
+        views = make_strong_views(images_u, images_m, views=o.strong_views, cutmix_prob=o.cutmix_prob,
+                                  cutmix_area=tuple(o.cutmix_area), normalization=ctx.normalization,
+                                  augment=self.augment)
+
+        with ctx.autocast():
+            logits_x, logits_u, logits_fp = self._weak_forward(images_x, images_u)
+            logits_s = ctx.model(self._layout(torch.cat([v for v, _ in views]))).chunk(len(views))
+        targets_u = pseudo_labels(logits_u, valid_u)
+
+        # Losses in float32 (softmax over bf16 logits loses the small probabilities CE cares about).
+        loss_x = ctx.criterion(logits_x.float(), masks_x)
+        losses_s = [consistency_loss(logits, targets_u.cutmix(box, targets_m), o.conf_thresh)
+                    for logits, (_, box) in zip(logits_s, views)]
+        loss_s = torch.stack(losses_s).mean()
+        loss_u = o.strong_weight * loss_s
+        out = {"loss_x": loss_x.detach(), "loss_s": loss_s.detach()}
+        if logits_fp is not None:
+            loss_fp = consistency_loss(logits_fp, targets_u, o.conf_thresh)
+            loss_u = loss_u + o.weight_fp * loss_fp
+            out["loss_fp"] = loss_fp.detach()
+        loss = (loss_x + loss_u) / 2
+        ctx.backward(loss)
+        out["mask_ratio"] = mask_ratio(targets_u, o.conf_thresh)
+        return {"loss": loss.detach(), **out}
+
+    def _teacher_targets(self, images: torch.Tensor) -> Targets:
+        """Pseudo labels of the images CutMix pastes in: eval mode and no gradient, as the official code (so this
+        extra pass neither updates BatchNorm's running statistics nor uses dropout)."""
+        model = self.ctx.raw_model  # not the DDP wrapper: no gradient to synchronise, no buffer broadcast
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.ctx.autocast():
+                logits = model(images)
+        finally:
+            model.train(was_training)
+        return pseudo_labels(logits, ~padding_mask(images, self.ctx.normalization))
+
+    def _weak_forward(self, images_x: torch.Tensor, images_u: torch.Tensor):
+        """One train-mode pass over labeled + weak unlabeled images (BatchNorm sees both, as the official code);
+        with the fp stream the perturbed copies of the whole batch are decoded in the same pass."""
+        images = torch.cat([images_x, images_u])
+        n_x, n = images_x.shape[0], images.shape[0]
+        if self.fp is None:
+            logits = self.ctx.model(images)
+            return logits[:n_x], logits[n_x:], None
+        with self.fp.active():
+            logits = self.ctx.model(images)
+        if logits.shape[0] != 2 * n:
+            raise RuntimeError(
+                f"feature perturbation: {type(self.ctx.raw_model).__name__} returned {logits.shape[0]} predictions "
+                f"for {n} images with perturbed backbone features appended (expected {2 * n}); its backbone output "
+                "does not go to the decoder image by image. Set method.options.feature_perturbation=false")
+        return logits[:n_x], logits[n_x:n], logits[n + n_x:]
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.ctx.channels_last else images
+
+
+__all__ = ["UniMatch", "UniMatchOptions", "Targets", "pseudo_labels", "consistency_loss", "mask_ratio",
+           "padding_mask", "cutmix_boxes", "paste", "make_strong_views", "FeaturePerturbation"]

@@ -1,0 +1,311 @@
+"""UniMatch / FixMatch (engine/methods/unimatch.py): a real training run with resume, the confidence threshold,
+CutMix alignment of images and pseudo labels, strong views that keep geometry, the feature-perturbation switch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from semiseg.config import ConfigError, load_config
+from semiseg.data.transforms import build_train_transform, denormalize, normalize
+from semiseg.engine.checkpoint import load_checkpoint
+from semiseg.engine.context import TrainContext
+from semiseg.engine.logger import read_metrics
+from semiseg.engine.methods import unimatch
+from semiseg.engine.methods.unimatch import (
+    UniMatch, consistency_loss, cutmix_boxes, make_strong_views, mask_ratio, padding_mask, pseudo_labels,
+)
+from semiseg.engine.trainer import Trainer
+from semiseg.models import build_model
+
+from test_engine_fixtures import TinyNet, tiny_overrides
+
+METHOD = "semiseg.engine.methods.unimatch:UniMatch"
+FIXMATCH = {"strong_views": 1, "feature_perturbation": False}
+REPO = Path(__file__).resolve().parents[1]
+
+
+class FpNet(nn.Module):
+    """A small segmentation net with a ``backbone`` (what the fp stream hooks) and BatchNorm in both parts."""
+
+    normalization = "imagenet"
+
+    def __init__(self, num_classes: int, width: int = 8):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.Conv2d(width, num_classes, 1))
+
+    def forward(self, x):
+        return F.interpolate(self.head(self.backbone(x)), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def fp_model(num_classes, *, pretrained_backbone=False, **options):
+    return FpNet(num_classes, **options)
+
+
+class CodedNet(nn.Module):
+    """Per-pixel 2-class net: class 1 for bright pixels, class 0 for dark ones, with confidence ~1.
+    Records every input batch and the batch size its head (the decoder) sees."""
+
+    normalization = "imagenet"
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 3, 1)
+        self.head = nn.Conv2d(3, 2, 1)
+        with torch.no_grad():
+            self.backbone.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.backbone.bias.zero_()
+            # logit_1 - logit_0 = 2 * 10 * (mean channel + 1): black (-2) -> class 0, white (>= 0) -> class 1
+            self.head.weight.copy_(torch.tensor([[-10 / 3] * 3, [10 / 3] * 3]).view(2, 3, 1, 1))
+            self.head.bias.copy_(torch.tensor([-10.0, 10.0]))
+        self.inputs, self.decoder_batches = [], []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        features = self.backbone(x)
+        self.decoder_batches.append(features.shape[0])
+        return self.head(features)
+
+
+class Constant(Dataset):
+    """``length`` copies of one uint8 colour as normalised crops (the unlabeled images CutMix pastes in)."""
+
+    def __init__(self, value: int, size: int = 32, length: int = 8):
+        self.image = normalize(torch.full((3, size, size), value, dtype=torch.uint8))
+        self.size, self.length = size, length
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, i):
+        mask = torch.zeros(self.size, self.size, dtype=torch.long)
+        return {"image": self.image.clone(), "mask": mask, "name": str(i)}
+
+
+def direct_context(tmp_path, model, unlabeled_dataset, batch=2):
+    """A real TrainContext around ``model`` without a Trainer, for calling training_step with chosen batches."""
+    cfg = load_config(None, tiny_overrides(output_dir=str(tmp_path), **{"data.batch_size": batch}))
+    return TrainContext(cfg=cfg, model=model, raw_model=model, criterion=nn.CrossEntropyLoss(ignore_index=255),
+                        device=torch.device("cpu"), precision="fp32", channels_last=False, scaler=None, rank=0,
+                        world_size=1, per_rank_batch=batch, num_classes=2, ignore_index=255,
+                        normalization="imagenet", labeled_dataset=unlabeled_dataset,
+                        unlabeled_dataset=unlabeled_dataset)
+
+
+def coded_step(tmp_path, monkeypatch, options):
+    """One training step of CodedNet: labeled noise, black unlabeled crops, white images to paste.
+    Returns the model, the step's logged losses and the (logits, targets) of every consistency loss."""
+    torch.manual_seed(0)
+    model = CodedNet()
+    method = UniMatch(options)
+    method.setup(direct_context(tmp_path, model, Constant(255)))
+    calls = []
+
+    def recording_loss(logits, targets, conf_thresh):
+        calls.append((logits.detach(), targets))
+        return consistency_loss(logits, targets, conf_thresh)
+
+    monkeypatch.setattr(unimatch, "consistency_loss", recording_loss)
+    labeled = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
+    black = Constant(0)
+    out = method.training_step(labeled, {"image": torch.stack([black[0]["image"]] * 2)}, 0)
+    return model, out, calls
+
+
+# ------------------------------------------------------------------------------------------------ (a) engine run
+
+
+def run_config(tmp_path, name, **extra):
+    values = {"model.name": "test_method_unimatch:fp_model", "method.name": METHOD, "data.labeled.fraction": 0.5,
+              "data.scale_range": "[0.5,1.0]",  # crops of images scaled below 24 px are padded
+              "method.options": "{conf_thresh: 0.0}", "train.iterations": 6, "train.log_interval": 1,
+              "train.eval_interval": 0, "train.checkpoint_interval": 0, **extra}
+    return load_config(None, tiny_overrides(output_dir=str(tmp_path), name=name, **values))
+
+
+def test_training_run_logs_loss_terms_and_resumes_exactly(tmp_path):
+    straight = run_config(tmp_path, "straight")
+    Trainer(straight, straight.run_dir, progress=False).fit()
+    chunked = run_config(tmp_path, "chunked")
+    Trainer(chunked, chunked.run_dir, progress=False).fit(stop_at=3)
+    Trainer(chunked, chunked.run_dir, resume=True, progress=False).fit()
+
+    logged = [e for e in read_metrics(straight.run_dir) if e["kind"] == "train"]
+    assert len(logged) == 6
+    for e in logged:
+        assert {"loss", "loss_x", "loss_s", "loss_fp", "mask_ratio"} <= set(e)
+        # conf_thresh 0: every valid pixel is pseudo-labeled, so both unsupervised terms are active
+        assert e["mask_ratio"] == 1.0 and e["loss_s"] > 0 and e["loss_fp"] > 0
+        assert e["loss"] == pytest.approx((e["loss_x"] + 0.5 * e["loss_s"] + 0.5 * e["loss_fp"]) / 2, rel=1e-5)
+    a = load_checkpoint(os.path.join(straight.run_dir, "last.pt"))
+    b = load_checkpoint(os.path.join(chunked.run_dir, "last.pt"))
+    assert set(a["streams"]) == {"labeled", "unlabeled", "unlabeled_mix"}
+    assert a["streams"] == b["streams"]
+    # strong augmentation, CutMix boxes and feature dropout all draw from the checkpointed RNG
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+# ------------------------------------------------------------------------------------------------ (b) threshold
+
+
+def test_pixels_below_the_confidence_threshold_contribute_nothing():
+    # 1 image, 4 pixels, 3 classes: confident (class 0), unsure (class 1), confident (class 2), padding
+    weak = torch.tensor([[10.0, 0.0, -5.0, 9.0], [0.0, 0.4, -5.0, 0.0], [0.0, 0.0, 5.0, 0.0]]).view(1, 3, 1, 4)
+    valid = torch.tensor([[[True, True, True, False]]])
+    targets = pseudo_labels(weak, valid)
+    assert targets.label.tolist() == [[[0, 1, 2, 0]]]
+    assert targets.conf[0, 0, 1] < 0.95 < targets.conf[0, 0, 0]
+
+    strong = torch.randn(1, 3, 1, 4, requires_grad=True)
+    loss = consistency_loss(strong, targets, 0.95)
+    ce = F.cross_entropy(strong, targets.label, reduction="none")[0, 0]
+    # confident valid pixels summed, divided by all three valid pixels (the unsure one counts below the line)
+    torch.testing.assert_close(loss, (ce[0] + ce[2]) / 3)
+    loss.backward()
+    assert strong.grad[..., 1].abs().max() == 0 and strong.grad[..., 3].abs().max() == 0
+    assert strong.grad[..., 0].abs().max() > 0 and strong.grad[..., 2].abs().max() > 0
+    torch.testing.assert_close(mask_ratio(targets, 0.95), torch.tensor(2 / 3))
+    # the threshold is inclusive (the official ">="): at exactly the unsure pixel's confidence it counts
+    at = float(targets.conf[0, 0, 1])
+    torch.testing.assert_close(consistency_loss(strong, targets, at), (ce[0] + ce[1] + ce[2]) / 3)
+
+
+def test_padding_of_the_train_transform_is_recognised():
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
+    transform = build_train_transform([32, 40], scale_range=None, normalization="imagenet")
+    from torchvision import tv_tensors
+
+    crop, mask = transform(tv_tensors.Image(image), tv_tensors.Mask(torch.zeros(20, 30, dtype=torch.long)))
+    padded = mask == 255  # the transform pads a zero mask with the ignore label exactly where it pads the image
+    assert padded.float().mean() > 0.4
+    assert torch.equal(padding_mask(crop.unsqueeze(0), "imagenet")[0], padded)
+
+
+# ------------------------------------------------------------------------------------------------ (c) CutMix
+
+
+def test_cutmix_pastes_image_and_pseudo_labels_with_the_same_box(tmp_path, monkeypatch):
+    model, out, calls = coded_step(tmp_path, monkeypatch, {"cutmix_prob": 1.0})
+    strong_inputs = model.inputs[2].chunk(2)  # forwards: teacher on the pasted images, weak, strong views
+    assert len(calls) == 3  # two strong views, then the fp stream
+    for view, (_, targets) in zip(strong_inputs, calls[:2]):
+        from_white = view.mean(dim=1) > -1  # black crops stay black under colour jitter; white ones stay bright
+        assert from_white.any() and not from_white.all()
+        assert torch.equal(targets.label == 1, from_white)  # pixel by pixel
+        assert targets.valid.all() and (targets.conf > 0.99).all()
+    assert not torch.equal(strong_inputs[0], strong_inputs[1])  # each view has its own box and colours
+    # the fp stream is supervised by the weak view's own (un-mixed, all black) pseudo labels
+    assert (calls[2][1].label == 0).all()
+    assert out["mask_ratio"] == 1.0
+
+
+def test_cutmix_boxes():
+    torch.manual_seed(0)
+    assert not cutmix_boxes(16, 32, 48, prob=0.0).any()
+    boxes = cutmix_boxes(64, 32, 48, prob=1.0, area=(0.02, 0.4))
+    for box in boxes:
+        rows, cols = box.any(1).nonzero(), box.any(0).nonzero()
+        h, w = len(rows), len(cols)
+        assert rows.max() - rows.min() + 1 == h and cols.max() - cols.min() + 1 == w
+        assert box.sum() == h * w  # one filled rectangle
+        assert 0.3 * 0.02 * 32 * 48 <= h * w <= 0.4 * 32 * 48
+    half = cutmix_boxes(400, 8, 8, prob=0.5).flatten(1).any(1).float().mean()
+    assert 0.4 < half < 0.6
+
+
+# ------------------------------------------------------------------------------------------------ (d) strong views
+
+
+def test_strong_views_change_colours_but_not_geometry():
+    torch.manual_seed(0)
+    scene = torch.full((8, 3, 32, 32), 50, dtype=torch.uint8)
+    scene[:, :, 4:20, 10:28] = 200  # an off-centre bright rectangle: a flip, shift or crop would move it
+    images = normalize(scene)
+    (view, box), = make_strong_views(images, images, views=1, cutmix_prob=0.0, cutmix_area=(0.02, 0.4),
+                                     normalization="imagenet")
+    assert view.shape == images.shape and not box.any()
+    out = denormalize(view).int()
+    # away from the edge (the blur kernel is 9 px), every inside pixel stays brighter than every outside pixel
+    inside = out[:, :, 8:16, 14:24]
+    outside = torch.cat([out[:, :, 24:, :].flatten(2), out[:, :, :, :6].flatten(2)], dim=2)
+    assert (inside.flatten(2).amin(2) > outside.amax(2)).all()
+    changed = (out - scene.int()).abs().flatten(1).amax(1) > 10
+    assert changed.sum() >= 4  # colour jitter (p=0.8) recoloured most of the 8 images
+
+
+# ------------------------------------------------------------------------------------------------ (e) variants
+
+
+@pytest.mark.parametrize("variant", ["unimatch", "fixmatch"])
+def test_fixmatch_settings_do_not_run_the_fp_stream(tmp_path, monkeypatch, variant):
+    options = {"cutmix_prob": 0.5} if variant == "unimatch" else {"cutmix_prob": 0.5, **FIXMATCH}
+    model, out, calls = coded_step(tmp_path, monkeypatch, options)
+    # decoder batches of the three forwards: teacher (2 pasted images), labeled + weak (2 + 2), strong views
+    if variant == "unimatch":
+        assert model.decoder_batches == [2, 8, 4]  # weak batch doubled by the perturbed copies; two views
+        assert set(out) == {"loss", "loss_x", "loss_s", "loss_fp", "mask_ratio"} and len(calls) == 3
+    else:
+        assert model.decoder_batches == [2, 4, 2]  # nothing perturbed; one view
+        assert set(out) == {"loss", "loss_x", "loss_s", "mask_ratio"} and len(calls) == 1
+        torch.testing.assert_close(out["loss"], (out["loss_x"] + out["loss_s"]) / 2)  # fixmatch.py's total
+
+
+def test_feature_perturbation_on_deeplabv3plus():
+    torch.manual_seed(0)
+    model = build_model("deeplabv3plus_mobilenetv2", 3).eval()
+    fp = unimatch.FeaturePerturbation(model, 0.5)
+    decoder_inputs = []  # the low-level (shortcut_conv) and high-level (aspp) features the decoder receives
+    for module in (model.shortcut_conv, model.aspp):
+        module.register_forward_pre_hook(lambda m, args: decoder_inputs.append(args[0]))
+    x = torch.randn(2, 3, 33, 33)
+    with torch.no_grad():
+        plain = model(x)
+        decoder_inputs.clear()
+        with fp.active():
+            both = model(x)
+        perturbed_inputs = list(decoder_inputs)
+        after = model(x)
+    assert both.shape == (4, 3, 33, 33)
+    torch.testing.assert_close(both[:2], plain)  # eval-mode BatchNorm: the clean half is the plain prediction
+    torch.testing.assert_close(after, plain)  # inactive outside the block
+    for features in perturbed_inputs:  # Dropout2d(0.5): each channel of the copy zeroed or scaled by 2
+        clean, copy = features.chunk(2)
+        dropped = copy.flatten(2).abs().amax(2) == 0
+        assert 0.3 < dropped.float().mean() < 0.7
+        torch.testing.assert_close(copy[~dropped], 2 * clean[~dropped])
+
+
+# ------------------------------------------------------------------------------------------------ errors, recipes
+
+
+def test_bad_options_and_unsupported_models_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="strong_views must be 1"):
+        UniMatch({"strong_views": 3})
+    with pytest.raises(ConfigError, match="conf_thresh must be in"):
+        UniMatch({"conf_thresh": 95})
+    with pytest.raises(ConfigError, match="feature_perturbation=false instead"):
+        UniMatch({"weight_fp": 0})
+    ctx = direct_context(tmp_path, TinyNet(2), Constant(0))
+    with pytest.raises(ConfigError, match="TinyNet has none.*feature_perturbation=false"):
+        UniMatch({}).setup(ctx)
+    UniMatch(FIXMATCH).setup(ctx)  # image perturbations need nothing from the model
+
+
+@pytest.mark.parametrize("recipe", ["synthetic", "voc"])
+def test_recipes_use_unimatch_with_valid_options(recipe):
+    cfg = load_config(str(REPO / "configs" / recipe / "unimatch_deeplabv3plus_mobilenetv2_1-8.yaml"))
+    assert cfg.method.name == "unimatch" and cfg.data.labeled.fraction == 0.125
+    options = UniMatch(cfg.method.options).options
+    assert options.conf_thresh == 0.95 and options.strong_views == 2 and options.strong_weight == 0.5
+    with torch.device("meta"):
+        model = build_model(cfg.model.name, 8, **cfg.model.options)
+    assert isinstance(model.backbone, nn.Module)  # the fp stream's hook point
