@@ -101,5 +101,5 @@ def test_method_errors_are_clear(tmp_path):
         Trainer(config(tmp_path, "all", **{"data.labeled.fraction": "null"}), str(tmp_path / "all"), progress=False)
     with pytest.raises(ConfigError, match=r"'lamda_adv' in method.options; valid keys: lambda_adv, lr_d"):
         Trainer(config(tmp_path, "typo", **{"method.options": "{lamda_adv: 1}"}), str(tmp_path / "typo"), progress=False)
-    with pytest.raises(ConfigError, match="unknown method.name 'advsemi'; available: advsemiseg, supervised"):
+    with pytest.raises(ConfigError, match="unknown method.name 'advsemi'; available: advsemiseg, supervised, unimatch"):
         Trainer(config(tmp_path, "m", **{"method.name": "advsemi"}), str(tmp_path / "m"), progress=False)

@@ -10,6 +10,7 @@ from semiseg.engine.methods.base import Method
 METHODS: dict[str, str] = {
     "supervised": "semiseg.engine.methods.supervised:Supervised",
     "advsemiseg": "semiseg.engine.methods.advsemiseg:AdvSemiSeg",
+    "unimatch": "semiseg.engine.methods.unimatch:UniMatch",
 }
 
 
