@@ -5,8 +5,9 @@ Two modes, measured side by side in one process (steps interleaved, so backgroun
   fast  the engine's default for this device (precision=auto, channels_last=auto, optim.fused=auto: bf16
         autocast + channels_last + the fused SGD kernel on a CPU with native bf16).
 Both start from the same weights and the same batch; the first step's losses are compared.
-Peak memory is measured in a fresh subprocess per (model, mode): the process's peak RSS after one training
-step, minus its RSS just before that step (so the weights and the Python runtime are not counted).
+Peak memory is measured in a fresh subprocess per (model, mode): the kernel's resident high-water mark (VmHWM,
+reset just before the step) during one training step, minus the resident size just before that step (so the
+weights and the Python runtime are not counted).
 
     python benchmarks/train_speed.py --repeats 3 --out bench_out/train_speed.json
     python benchmarks/train_speed.py configs/voc/fcn_resnet18.yaml --repeats 5
@@ -23,7 +24,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -55,11 +55,14 @@ NUM_CLASSES = {"voc": len(VOC_CLASSES), "voc_aug": len(VOC_CLASSES), "camvid": l
 
 
 # "fp32": what a plain PyTorch loop does; "fast": the engine's defaults for the device (the recipe as written).
-# Extra modes split the gain: "bf16" is autocast alone; "compiled" is the fast default plus torch.compile.
+# Extra modes split the gain: "bf16" is autocast alone, "bf16_cl" adds channels_last, "bf16_fused" adds the fused
+# optimizer (NCHW); "compiled" is the fast default plus torch.compile.
 MODE_OVERRIDES = {
     "fp32": ["train.precision=fp32", "train.channels_last=false", "optim.fused=false"],
     "fast": [],
     "bf16": ["train.precision=bf16", "train.channels_last=false", "optim.fused=false"],
+    "bf16_cl": ["train.precision=bf16", "train.channels_last=true", "optim.fused=false"],
+    "bf16_fused": ["train.precision=bf16", "train.channels_last=false", "optim.fused=true"],
     "compiled": ["train.compile=true"],
 }
 
@@ -113,20 +116,27 @@ class Setup:
         return float(losses["loss"])
 
 
-def rss_mib() -> float:
+def _status_mib(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
 def measure_memory(recipe: str, mode: str, device: torch.device) -> dict:
-    """In this (fresh) process: RSS before a step, peak RSS after it."""
+    """In this (fresh) process: resident memory just before one training step and its high-water mark during it.
+
+    The high-water mark is the kernel's VmHWM, reset just before the step (writing 5 to /proc/self/clear_refs).
+    Not getrusage's ru_maxrss: Linux carries that over from the parent across fork + exec, so a child of a big
+    benchmark process would report the parent's peak.
+    """
     setup = Setup(recipe, mode, device)
-    before = rss_mib()
+    before = _status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     setup.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = _status_mib("VmHWM")
     out = {"rss_before_mib": round(before, 1), "peak_rss_mib": round(peak, 1), "step_peak_mib": round(peak - before, 1)}
     if device.type == "cuda":
         out["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -173,6 +183,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--modes", default="fp32,fast", help=f"modes timed side by side, fp32 always included; of {sorted(MODE_OVERRIDES)}")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="skip the speed comparison")
     parser.add_argument("--memory-modes", default="fp32,fast", help="modes whose peak memory is measured (one subprocess each)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice, all cores)")
     parser.add_argument("--out", help="write the results as JSON here")
@@ -188,7 +199,11 @@ def main() -> int:
 
     results = []
     for recipe in args.recipes:
-        row = measure_speed(recipe, args.repeats, device, args.modes.split(","))
+        if args.memory_only:
+            cfg = load_config(str(ROOT / recipe), [])
+            row = {"recipe": recipe, "model": cfg.model.name, "crop": cfg.data.crop_size, "batch": cfg.data.batch_size}
+        else:
+            row = measure_speed(recipe, args.repeats, device, args.modes.split(","))
         if not args.no_memory:
             for mode in args.memory_modes.split(","):
                 threads = ["--threads", str(args.threads)] if args.threads else []
@@ -199,17 +214,23 @@ def main() -> int:
         print(json.dumps(row), flush=True)
 
     print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    others = [m for m in args.modes.split(",") if m != "fp32"]
-    print("| model | crop | batch | fp32 img/s | " + " | ".join(f"{m} img/s | {m} speedup | {m} loss rel. diff" for m in others)
-          + " | peak MiB " + " / ".join(args.memory_modes.split(",")) + " |")
-    print("|---" * (5 + 3 * len(others)) + "|")
-    for r in results:
-        mem = " / ".join(f"{r[f'memory_{m}']['step_peak_mib']:.0f}" if f"memory_{m}" in r else "-"
-                         for m in args.memory_modes.split(","))
-        cells = " | ".join(f"{r[f'{m}_img_s']} | {r[f'{m}_speedup']}x | {r[f'{m}_loss_rel_diff']}" for m in others)
-        print(f"| {r['model']} | {r['crop'][0]}x{r['crop'][1]} | {r['batch']} | {r['fp32_img_s']} | {cells} | {mem} |")
-    for m in ["fp32", *others]:
-        print(f"{m}: {results[0][f'{m}_mode']}" if results else "")
+    if args.memory_only:
+        print("| model | crop | batch | " + " | ".join(f"peak step MiB {m}" for m in args.memory_modes.split(",")) + " |")
+        for r in results:
+            print(f"| {r['model']} | {r['crop'][0]}x{r['crop'][1]} | {r['batch']} | "
+                  + " | ".join(f"{r[f'memory_{m}']['step_peak_mib']:.0f}" for m in args.memory_modes.split(",")) + " |")
+    else:
+        others = [m for m in args.modes.split(",") if m != "fp32"]
+        print("| model | crop | batch | fp32 img/s | " + " | ".join(f"{m} img/s | {m} speedup | {m} loss rel. diff" for m in others)
+              + " | peak MiB " + " / ".join(args.memory_modes.split(",")) + " |")
+        print("|---" * (5 + 3 * len(others)) + "|")
+        for r in results:
+            mem = " / ".join(f"{r[f'memory_{m}']['step_peak_mib']:.0f}" if f"memory_{m}" in r else "-"
+                             for m in args.memory_modes.split(","))
+            cells = " | ".join(f"{r[f'{m}_img_s']} | {r[f'{m}_speedup']}x | {r[f'{m}_loss_rel_diff']}" for m in others)
+            print(f"| {r['model']} | {r['crop'][0]}x{r['crop'][1]} | {r['batch']} | {r['fp32_img_s']} | {cells} | {mem} |")
+        for m in ["fp32", *others]:
+            print(f"{m}: {results[0][f'{m}_mode']}" if results else "")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
