@@ -148,9 +148,10 @@ def _eval_section(index: int, result: dict, out_dir: str, plots: bool) -> str:
     data = result.get("data", {})
     metrics = result["metrics"]
     classes = result.get("classes") or [str(i) for i in range(len(metrics["iou"]))]
-    parts = [f"<h2>{html.escape(name)}: {html.escape(str(data.get('kind', '')))} / "
-             f"{html.escape(str(data.get('split', '')))} ({data.get('samples', '?')} images), "
-             f"iteration {result.get('iteration', '?')}</h2>",
+    what = " / ".join(str(data[k]) for k in ("kind", "split") if data.get(k))
+    if data.get("samples"):
+        what += f" ({data['samples']} images)"
+    parts = [f"<h2>{html.escape(name)}: {html.escape(what)}, iteration {result.get('iteration', '?')}</h2>",
              f"<p><b>mIoU {_pct(metrics.get('miou'))}</b> &middot; aAcc {_pct(metrics.get('acc'))} &middot; "
              f"mAcc {_pct(metrics.get('macc'))} &middot; fwIoU {_pct(metrics.get('fwiou'))}</p>"]
     if plots:
@@ -206,6 +207,15 @@ def _samples_section(run_dir: str, split: str | None, count: int, out_dir: str, 
     return f"<h2>Samples ({html.escape(split)}, {os.path.basename(loaded.checkpoint_path)})</h2><p>{legend}</p>" + "\n".join(figures)
 
 
+def _logged_result(run_dir: str, record: dict) -> dict:
+    """An evaluation record of metrics.jsonl in the shape of an eval JSON (class names from the checkpoint)."""
+    from semiseg.engine.checkpoint import load_checkpoint, resolve_checkpoint
+
+    classes = load_checkpoint(resolve_checkpoint(run_dir, prefer="best.pt"))["dataset"]["classes"]
+    return {"_path": "metrics.jsonl", "data": {"split": record.get("split", "val")}, "iteration": record["iteration"],
+            "classes": classes, "metrics": record}
+
+
 STYLE = """body{font-family:sans-serif;max-width:1250px;margin:1em auto;padding:0 1em}
 img{max-width:100%;margin:4px 0}table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}
@@ -247,6 +257,10 @@ def build_report(run_dir: str, *, evals: Sequence[str] | None = None, samples: i
         body.append('<img src="curves.png" alt="training curves">')
 
     paths = list(evals) if evals is not None else sorted(glob.glob(os.path.join(run_dir, "eval_*.json")))
+    if not paths and evals_logged:  # no `semiseg eval` file yet: the run's own last validation, without the matrix
+        body.append(_eval_section(0, _logged_result(run_dir, evals_logged[-1]), out_dir, plots))
+        body.append(f"<p>For the confusion matrix and other splits: <code>semiseg eval {html.escape(run_dir)} "
+                    "[--split test]</code>, then run the report again.</p>")
     for i, path in enumerate(paths):
         try:
             with open(path, encoding="utf-8") as f:

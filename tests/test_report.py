@@ -46,6 +46,12 @@ def test_report_of_a_real_run(tmp_path, capsys):
                                               "train.eval_interval": 3}))
     Trainer(cfg, cfg.run_dir, progress=False).fit()
     out_json = os.path.join(cfg.run_dir, "eval_val.json")
+    # before any `semiseg eval`: the run's own last validation (per-class IoU from metrics.jsonl, no matrix)
+    assert main(["report", cfg.run_dir, "--samples", "0"]) == 0
+    page = open(os.path.join(cfg.run_dir, "report", "index.html"), encoding="utf-8").read()
+    assert "<h2>metrics.jsonl: val, iteration 6</h2>" in page and 'src="iou_0.png"' in page
+    assert "confusion_0.png" not in page and "semiseg eval" in page
+
     assert main(["eval", cfg.run_dir, "--out", out_json]) == 0
     with open(out_json) as f:
         miou = json.load(f)["metrics"]["miou"]

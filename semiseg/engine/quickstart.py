@@ -161,5 +161,6 @@ def run(args: argparse.Namespace) -> int:
           f"  split.txt         training samples used\n"
           f"  best.pt, last.pt  checkpoints: semiseg eval {run_dir} ; semiseg predict {run_dir} IMAGES/ OUT/\n"
           f"  metrics.jsonl     training loss, lr, speed and evaluations (TensorBoard: tensorboard --logdir {run_dir})\n"
-          f"  predictions/      {args.predictions} validation scenes: image | ground truth | prediction")
+          f"  predictions/      {args.predictions} validation scenes: image | ground truth | prediction\n"
+          f"An HTML page with the training curves, per-class IoU and samples: semiseg report {run_dir}")
     return 0
