@@ -276,12 +276,9 @@ def build_report(run_dir: str, *, evals: Sequence[str] | None = None, samples: i
 
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    index = os.path.join(out_dir, "index.html")
-    tmp = f"{index}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, index)
-    return index
+    from semiseg.engine.checkpoint import atomic_write_text
+
+    return atomic_write_text(os.path.join(out_dir, "index.html"), page)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 import glob
 import os
 import random
-from typing import Any
+from typing import IO, Any, Callable
 
 import numpy as np
 import torch
@@ -43,8 +43,9 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> str:
-    """``torch.save(obj, path)`` so that ``path`` is never observed half-written."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = True) -> str:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``: readers see the
+    old file or the new one, never half of one, and a killed writer leaves no partial ``path``."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -55,8 +56,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> str:
             pass
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -66,6 +67,16 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> str:
         raise
     _fsync_dir(directory)
     return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> str:
+    """``torch.save(obj, path)`` so that ``path`` is never observed half-written."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> str:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def resolve_checkpoint(path: str | os.PathLike, prefer: str = LAST) -> str:
@@ -134,6 +145,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 __all__ = [
+    "atomic_write", "atomic_write_text",
     "FORMAT", "LAST", "BEST", "CheckpointError", "atomic_save", "resolve_checkpoint", "load_checkpoint",
     "capture_rng_state", "restore_rng_state",
 ]

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from semiseg.config import ConfigError
     from semiseg.data import DataError
     from semiseg.engine import distributed as dist
-    from semiseg.engine.checkpoint import CheckpointError
+    from semiseg.engine.checkpoint import CheckpointError, atomic_write_text
     from semiseg.engine.predict import inference_overrides
 
     try:
@@ -111,10 +111,7 @@ def run(args: argparse.Namespace) -> int:
         if dist.is_main():
             print(result["table"])
             out = args.out or os.path.join(os.path.dirname(result["checkpoint"]), f"eval_{result['data']['split']}.json")
-            tmp = f"{out}.tmp-{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({k: v for k, v in result.items() if k != "table"}, f, indent=1)
-            os.replace(tmp, out)
+            atomic_write_text(out, json.dumps({k: v for k, v in result.items() if k != "table"}, indent=1))
             print(f"wrote {out}")
         return 0
     except (ConfigError, CheckpointError, DataError) as e:

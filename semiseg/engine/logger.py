@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any
 
+from semiseg.engine.checkpoint import atomic_write_text
 from semiseg.engine.run_dir import METRICS, TENSORBOARD
 from semiseg.metrics import to_json_dict
 
@@ -31,10 +32,7 @@ def truncate_metrics(path: str, iteration: int) -> None:
                 continue  # a line cut by kill -9
             if event.get("iteration", 0) <= iteration:
                 keep.append(json.dumps(event))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 class MetricsLog:
