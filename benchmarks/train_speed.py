@@ -11,6 +11,7 @@ weights and the Python runtime are not counted).
 
     python benchmarks/train_speed.py --repeats 3 --out bench_out/train_speed.json
     python benchmarks/train_speed.py configs/voc/fcn_resnet18.yaml --repeats 5
+    python benchmarks/train_speed.py configs/voc/fcn_resnet18.yaml --threads 1 --profile 15   # where the time goes
 
 The step is the engine's own: semiseg.engine.methods.supervised (forward under autocast, loss in float32,
 backward) then TrainContext.apply_updates (the optimizer step the training loop runs), with the recipe's
@@ -176,6 +177,41 @@ def measure_speed(recipe: str, repeats: int, device: torch.device, modes: list[s
     return row
 
 
+def profile_ops(recipe: str, device: torch.device, modes: list[str], top: int) -> list[dict]:
+    """Self time per operator of one training step in each mode (torch.profiler), the ops that cost fp32 most
+    first: where a speed-up comes from and where it does not."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    setups = {"fp32": Setup(recipe, "fp32", device)}
+    for mode in modes:
+        if mode != "fp32":
+            setups[mode] = Setup(recipe, mode, device, model=copy.deepcopy(setups["fp32"].model))
+    per_mode: dict[str, dict[str, float]] = {}
+    for name, setup in setups.items():
+        setup.step()  # warm-up outside the profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            setup.step()
+        per_mode[name] = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}  # ms
+    total = {name: sum(ops.values()) for name, ops in per_mode.items()}
+    ops = sorted(per_mode["fp32"], key=per_mode["fp32"].get, reverse=True)[:top]
+    print(f"\n{recipe}: self CPU time per op in one step, ms (total fp32 {total['fp32']:.0f} ms)")
+    print(f"{'op':<44}" + "".join(f"{m:>12}" for m in setups) + "".join(f"{m + ' x':>12}" for m in setups if m != "fp32"))
+    rows = []
+    for op in ops:
+        ms = {m: per_mode[m].get(op, 0.0) for m in setups}
+        print(f"{op[:44]:<44}" + "".join(f"{ms[m]:>12.1f}" for m in setups)
+              + "".join(f"{ms['fp32'] / ms[m]:>11.2f}x" if ms[m] else f"{'-':>12}" for m in setups if m != "fp32"))
+        rows.append({"op": op, "ms": ms})
+    # ops the fast modes add (casts, layout conversions) that fp32 does not run at all
+    for m in setups:
+        if m != "fp32":
+            extra = sorted(((v, k) for k, v in per_mode[m].items() if k not in per_mode["fp32"]), reverse=True)[:5]
+            print(f"only in {m}: " + ", ".join(f"{k} {v:.0f} ms" for v, k in extra))
+    print(f"{'all ops':<44}" + "".join(f"{total[m]:>12.0f}" for m in setups))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipes", nargs="*", default=DEFAULT_RECIPES)
@@ -187,6 +223,8 @@ def main() -> int:
     parser.add_argument("--memory-modes", default="fp32,fast", help="modes whose peak memory is measured (one subprocess each)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice, all cores)")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--profile", type=int, metavar="N", default=0,
+                        help="instead of timing: profile one step per mode and print the N costliest ops side by side")
     parser.add_argument("--_memory", nargs=2, metavar=("RECIPE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -195,6 +233,15 @@ def main() -> int:
 
     if args._memory:  # child process: one memory measurement, printed as JSON
         print(json.dumps(measure_memory(*args._memory, device)))
+        return 0
+
+    if args.profile:
+        profiles = {recipe: profile_ops(recipe, device, args.modes.split(","), args.profile) for recipe in args.recipes}
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump({"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                           "date": time.strftime("%Y-%m-%d"), "profiles": profiles}, f, indent=1)
         return 0
 
     results = []
