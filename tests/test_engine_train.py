@@ -191,3 +191,25 @@ def test_dice_loss_class_weights_and_warmup_run(tmp_path):
     with pytest.raises(Exception, match="class_weights has 2 values"):
         Trainer(config(tmp_path, "bad", **{"loss.class_weights": "[1, 2]"}), str(tmp_path / "bad"), progress=False)
     assert not (tmp_path / "bad").exists()  # a run that could not start leaves no folder to trip the retry
+
+
+def test_unusable_initial_weights_are_a_clear_error_before_the_run_folder_exists(tmp_path, capsys):
+    args = ["train", "--no-progress", *tiny_overrides(output_dir=str(tmp_path), name="run")]
+    missing = str(tmp_path / "no_such.pt")
+    assert main(args + [f"model.weights={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert "weights file not found" in err and missing in err and "model.weights" in err
+    assert not os.path.exists(tmp_path / "run")
+
+    # a state dict whose tensors do not fit the model: one error that names the file and the way out
+    cfg = config(tmp_path, "source", **{"train.iterations": 1, "train.eval_interval": 0})
+    Trainer(cfg, cfg.run_dir, progress=False).fit()
+    state = weights(cfg.run_dir)
+    name = next(k for k, v in state.items() if v.dim() == 4)
+    state[name] = torch.zeros(*state[name].shape[:-1], state[name].shape[-1] + 2)
+    bad = str(tmp_path / "bad.pt")
+    torch.save(state, bad)
+    assert main(args + [f"model.weights={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert bad in err and "same_shape" in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "run")

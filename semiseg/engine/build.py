@@ -115,8 +115,15 @@ def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True, verbo
         model = models_build_model(m.name, num_classes, pretrained_backbone=backbone, **m.options)
     if pretrained and m.weights:
         from semiseg.models import load_weights
+        from semiseg.models.pretrained import PretrainedWeightsError
 
-        report = load_weights(model, m.weights, mode=m.weights_mode)
+        try:
+            report = load_weights(model, m.weights, mode=m.weights_mode)
+        except (ValueError, TypeError) as e:  # shapes or layout that do not fit this model
+            raise PretrainedWeightsError(
+                f"model.weights={m.weights} does not fit {m.name} with {num_classes} classes: {e}\n"
+                "(model.weights_mode=same_shape loads what fits and skips the rest, e.g. a head for other classes)"
+            ) from e
         if verbose:
             print(report)
     return model

@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from semiseg.engine.checkpoint import CheckpointError
     from semiseg.engine.run_dir import RunDirError
     from semiseg.engine.trainer import Trainer, TrainingDiverged
+    from semiseg.models.pretrained import PretrainedWeightsError
 
     try:
         from semiseg.data import DataError
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ConfigError, RunDirError, CheckpointError, DataError) as e:
+    except (ConfigError, RunDirError, CheckpointError, DataError, PretrainedWeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

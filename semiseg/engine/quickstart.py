@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from semiseg.engine import distributed as dist
     from semiseg.engine.run_dir import RunDirError, unique_run_dir
     from semiseg.engine.trainer import Trainer, TrainingDiverged
+    from semiseg.models.pretrained import PretrainedWeightsError
 
     start = time.perf_counter()
     try:
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ConfigError, DataError, RunDirError) as e:  # e.g. a bad key=value given to the quickstart
+    except (ConfigError, DataError, RunDirError, PretrainedWeightsError) as e:  # e.g. a bad key=value given to it
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

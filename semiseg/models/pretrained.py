@@ -15,7 +15,11 @@ from torchvision.models import WeightsEnum
 
 
 class PretrainedWeightsError(RuntimeError):
-    """The requested pretrained weights are neither cached nor downloadable."""
+    """The requested weights are neither cached nor downloadable, or their file cannot be used."""
+
+
+class WeightsFileNotFound(PretrainedWeightsError, FileNotFoundError):
+    """A weights file given by path does not exist."""
 
 
 def cache_path(weights: WeightsEnum) -> Path:
@@ -30,7 +34,9 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise WeightsFileNotFound(
+            f"weights file not found: {path} (relative paths start from the current folder, {os.getcwd()}); "
+            "check model.weights / model.pretrained_backbone in the recipe or on the command line")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError from the weights-only unpickler
