@@ -7,6 +7,7 @@
     semiseg data info synthetic                       classes, palette and size of a dataset
     semiseg data split PATH --classes camvid --fraction 0.125 --seed 0 -o split.txt
     semiseg data preview synthetic --out DIR -n 8     image | coloured mask PNGs to look at
+    semiseg data sbd benchmark_RELEASE VOCdevkit      SBD .mat masks -> SegmentationClassAug + train_aug.txt
 
 PATH's kind is guessed (a VOC tree -> voc, the word "synthetic" -> synthetic, otherwise a folder of
 images + masks, which needs --classes); --kind overrides the guess.
@@ -60,6 +61,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _add_dataset_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("-n", "--count", type=int, default=8)
+
+    p = sub.add_parser("sbd", help="build voc_aug's SegmentationClassAug and train_aug.txt from SBD + VOC 2012")
+    p.add_argument("sbd_root", help="SBD's benchmark_RELEASE folder (or its dataset/ folder)")
+    p.add_argument("voc_root", help="VOCdevkit (or VOCdevkit/VOC2012): the masks and the list are written inside it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing SegmentationClassAug and train_aug.txt")
+    p.add_argument("--workers", type=int, default=4, help="writer threads")
+    p.add_argument("--no-progress", action="store_true")
     parser.set_defaults(_data_parser=parser)
 
 
@@ -115,6 +123,12 @@ def run(args: argparse.Namespace) -> int:
         args._data_parser.print_help()
         return 2
     try:
+        if args.data_command == "sbd":
+            from .sbd import convert_sbd
+
+            print(convert_sbd(args.sbd_root, args.voc_root, overwrite=args.overwrite, workers=args.workers,
+                              progress=not args.no_progress).format())
+            return 0
         if args.data_command == "check":
             from .check import check_dataset
 

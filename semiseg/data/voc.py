@@ -5,6 +5,7 @@
     VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
     VOCdevkit/VOC2012/SegmentationClassAug/ID.png       SBD-augmented masks (index PNGs), kind "voc_aug"
     train_aug.txt (10,582 ids) in ImageSets/SegmentationAug/, ImageSets/Segmentation/ or the root
+    (``semiseg data sbd`` writes both from SBD's .mat files: semiseg.data.sbd)
 
 ``root`` may be the VOCdevkit folder, the VOC2012 folder, or a folder that contains VOCdevkit.
 Masks converted to RGB colour images are decoded through the VOC colormap.
@@ -49,7 +50,7 @@ class VOCSegmentation(PairDataset):
         mask_dir = os.path.join(self.root, "SegmentationClassAug" if aug else "SegmentationClass")
         if not os.path.isdir(mask_dir):
             raise DataError("mask folder does not exist", mask_dir,
-                            "unpack SegmentationClassAug (SBD) into VOC2012 for voc_aug" if aug else "unpack the VOC2012 segmentation masks")
+                            "build it from the SBD download: semiseg data sbd benchmark_RELEASE VOCdevkit (or unpack a SegmentationClassAug into VOC2012)" if aug else "unpack the VOC2012 segmentation masks")
         list_path = os.fspath(list_file) if list_file is not None else self._find_list(split, aug)
         ids = read_names(list_path)
         if not ids:
