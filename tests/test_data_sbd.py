@@ -66,6 +66,8 @@ def test_read_sbd_mask_returns_the_segmentation_field(tmp_path):
     out = read_sbd_mask(str(tmp_path / "x.mat"))
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, mask)
+    _sbd_mat(tmp_path / "double.mat", mask.astype(np.float64))  # stored as MATLAB double
+    np.testing.assert_array_equal(read_sbd_mask(str(tmp_path / "double.mat")), mask)
 
 
 def test_read_sbd_mask_errors_name_the_file(tmp_path):
@@ -73,6 +75,9 @@ def test_read_sbd_mask_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="junk.mat.*cannot read the SBD mask"):
         read_sbd_mask(str(tmp_path / "junk.mat"))
     scipy_io.savemat(tmp_path / "inst.mat", {"GTinst": {"Segmentation": _sbd_mask(1)}})
+    scipy_io.savemat(tmp_path / "wide.mat", {"GTcls": {"Segmentation": np.full((3, 3), 300.0)}})
+    with pytest.raises(DataError, match="wide.mat.*values from 300"):  # not silently wrapped to 44 by uint8
+        read_sbd_mask(str(tmp_path / "wide.mat"))
     with pytest.raises(DataError, match="inst.mat.*GTcls") as e:
         read_sbd_mask(str(tmp_path / "inst.mat"))
     assert "dataset/cls/" in str(e.value)

@@ -66,7 +66,12 @@ def read_sbd_mask(path: str) -> np.ndarray:
     if segmentation is None or np.ndim(segmentation) != 2:
         raise DataError("not an SBD class mask: no 2-D GTcls.Segmentation", path,
                         "use the files of dataset/cls/ (dataset/inst/ holds instance masks)")
-    return np.asarray(segmentation).astype(np.uint8)
+    segmentation = np.asarray(segmentation)
+    if segmentation.size and (segmentation.min() < 0 or segmentation.max() > 255
+                              or not np.array_equal(segmentation, np.round(segmentation))):
+        raise DataError(f"GTcls.Segmentation holds values from {segmentation.min()} to {segmentation.max()}; "
+                        "class indices 0..20 are expected", path, "re-extract the file from benchmark.tgz")
+    return segmentation.astype(np.uint8)  # MATLAB may store it as double; the values are small integers
 
 
 @dataclass
