@@ -339,3 +339,49 @@ def test_deeplabv3plus_resnet50_extra():
         assert model.train()(torch.randn(2, 3, 49, 65)).shape == (2, 3, 49, 65)
         low, high = model.eval().backbone(torch.randn(1, 3, 49, 65))
     assert low.shape[1:] == (256, 13, 17) and high.shape[1:] == (2048, 4, 5)
+
+
+def test_deeplabv2_affine_frozen_batchnorm_is_advsemiseg_training():
+    """freeze_bn="affine": BatchNorm2d whose weight/bias never train but which, in train mode, normalises with
+    the batch's statistics and updates its running averages - what AdvSemiSeg's model.train() did."""
+    model = small_v2(freeze_bn="affine").train()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    assert all(not m.weight.requires_grad and not m.bias.requires_grad and m.training for m in bns)
+    bn_params = {id(p) for m in bns for p in m.parameters()}
+    assert not bn_params & {id(p) for g in model.param_groups() for p in g["params"]}
+
+    # The first BatchNorm behaves exactly as a hand-built nn.BatchNorm2d in train mode: batch statistics
+    # (not the stored identity ones), and running averages moved with momentum 0.1.
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 41, 41) * 3 + 1
+    reference = nn.BatchNorm2d(64)
+    reference.load_state_dict(model.bn1.state_dict())
+    stem = model.conv1(x).detach()
+    torch.testing.assert_close(model.bn1(stem), reference.train()(stem))
+    torch.testing.assert_close(model.bn1.running_mean, reference.running_mean)
+    assert model.bn1.running_mean.abs().sum() > 0  # it moved away from the zeros it started at
+
+    # A training step changes the statistics and the convolutions, never the affine parameters.
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for g in model.param_groups() for p in g["params"]], lr=0.1)
+    model(x).mean().backward()
+    opt.step()
+    after = model.state_dict()
+    assert torch.equal(after["layer1.0.bn1.weight"], weights["layer1.0.bn1.weight"])
+    assert torch.equal(after["layer1.0.bn1.bias"], weights["layer1.0.bn1.bias"])
+    assert not torch.equal(after["layer1.0.bn1.running_var"], weights["layer1.0.bn1.running_var"])
+    assert not torch.equal(after["layer5.conv2d_list.0.weight"], weights["layer5.conv2d_list.0.weight"])
+
+    # In eval mode it is the frozen network: same outputs as freeze_bn=True with the same tensors.
+    frozen = small_v2(freeze_bn=True).eval()
+    frozen.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")})
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), frozen(x))
+
+
+def test_deeplabv2_freeze_bn_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="freeze_bn"):
+        small_v2(freeze_bn="stats")
+    with pytest.raises(ValueError, match="freeze_bn"):
+        small_v2(freeze_bn=1)

@@ -364,3 +364,15 @@ def test_deeplabv3plus_resnet50_pretrained_backbone_true_uses_torchvision_resnet
     assert torch.equal(model.backbone.layer4[2].conv3.weight, tv.layer4[2].conv3.weight)
     # torchvision's own ResNet in DeepLabV3+: no stride-placement caveat.
     assert not [w for w in recwarn if issubclass(w.category, WeightsWarning)]
+
+
+def test_advsemiseg_checkpoint_loads_into_affine_frozen_batchnorm():
+    """AdvSemiSeg checkpoints have no num_batches_tracked; freeze_bn="affine" (nn.BatchNorm2d) still loads them fully."""
+    source = randomize_batchnorm_(small_v2(freeze_bn=True))
+    released = {"module." + k: v for k, v in source.state_dict().items()}
+    target = small_v2(seed=3, freeze_bn="affine")
+    report = load_weights(target, released)
+    assert report.ok and not report.missing and not report.skipped and len(report.copied) == len(released)
+    x = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        torch.testing.assert_close(target.eval()(x), source.eval()(x))

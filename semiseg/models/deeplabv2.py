@@ -21,8 +21,11 @@ defect, which is what the released AdvSemiSeg weights were trained with.
 BatchNorm: AdvSemiSeg sets ``requires_grad=False`` on every BatchNorm parameter but calls ``model.train()``,
 so during its training the layers normalised with batch statistics and updated their running averages.
 semiseg's default (``freeze_bn=True``) is the DeepLab-v2 convention the paper describes, fully frozen
-statistics, which also makes training with batch size 1 valid. ``freeze_bn=False`` gives ordinary,
-trainable ``nn.BatchNorm2d`` layers (same key names plus ``num_batches_tracked``).
+statistics, which also makes training with batch size 1 valid. ``freeze_bn="affine"`` is what the released
+training code does: ``nn.BatchNorm2d`` layers whose weight and bias never train (and are left out of the
+optimizer) but which normalise with batch statistics in train mode and update their running averages
+(momentum 0.1). ``freeze_bn=False`` gives ordinary, trainable ``nn.BatchNorm2d`` layers. Both
+``nn.BatchNorm2d`` modes have the same key names plus ``num_batches_tracked``.
 
 Inputs: ``normalization = "caffe"``: BGR, 0..255, mean-subtracted, as AdvSemiSeg feeds its network.
 """
@@ -43,7 +46,15 @@ RESNET101_LAYERS = (3, 4, 23, 3)
 ASPP_DILATIONS = (6, 12, 18, 24)
 
 
-def _norm(num_features: int, frozen: bool) -> nn.Module:
+FREEZE_BN_MODES = (True, False, "affine")
+
+
+def _norm(num_features: int, frozen: bool | str) -> nn.Module:
+    if frozen == "affine":  # AdvSemiSeg's code: affine parameters fixed, statistics from the batch
+        bn = nn.BatchNorm2d(num_features)
+        bn.weight.requires_grad_(False)
+        bn.bias.requires_grad_(False)
+        return bn
     return FrozenBatchNorm2d(num_features) if frozen else nn.BatchNorm2d(num_features)
 
 
@@ -59,7 +70,7 @@ class Bottleneck(nn.Module):
         stride: int = 1,
         dilation: int = 1,
         downsample: nn.Module | None = None,
-        frozen_bn: bool = True,
+        frozen_bn: bool | str = True,
     ) -> None:
         super().__init__()
         # The stride sits in the first 1x1 conv, as in the MSRA caffe model DeepLab-v2 was converted from.
@@ -120,7 +131,8 @@ class DeepLabV2(nn.Module):
     Args:
         num_classes: output channels.
         layers: bottleneck blocks per stage; (3, 4, 23, 3) is ResNet-101.
-        freeze_bn: frozen BatchNorm (default, as DeepLab-v2) or trainable ``nn.BatchNorm2d``.
+        freeze_bn: ``True`` frozen BatchNorm (default, as DeepLab-v2), ``"affine"`` fixed affine parameters
+            with batch statistics (the released AdvSemiSeg training), ``False`` trainable ``nn.BatchNorm2d``.
         legacy_aspp: sum only the first two ASPP branches, as the released AdvSemiSeg code does.
         align_corners: for the final bilinear upsampling (True matches AdvSemiSeg).
         head_lr_mult: learning-rate multiplier of the classifier in :meth:`param_groups` (10 in the seed).
@@ -133,13 +145,15 @@ class DeepLabV2(nn.Module):
         num_classes: int,
         *,
         layers: Sequence[int] = RESNET101_LAYERS,
-        freeze_bn: bool = True,
+        freeze_bn: bool | str = True,
         legacy_aspp: bool = False,
         aspp_dilations: Sequence[int] = ASPP_DILATIONS,
         align_corners: bool = True,
         head_lr_mult: float = 10.0,
     ) -> None:
         super().__init__()
+        if not (isinstance(freeze_bn, bool) or freeze_bn == "affine"):
+            raise ValueError(f"freeze_bn must be one of {FREEZE_BN_MODES}, got {freeze_bn!r}")
         if len(layers) != 4:
             raise ValueError(f"layers must give the number of blocks of the 4 ResNet stages, got {layers!r}")
         self.num_classes = num_classes
