@@ -4,11 +4,15 @@
     semiseg eval runs/voc/last.pt --split train
     semiseg eval runs/voc --data kind=folder root=data/my_set options={classes: [bg, car]}
     semiseg eval runs/camvid --mode slide --crop 512 512 --stride 341 341 --scales 0.75 1 1.25 --flip
+    semiseg eval AdvSemiSeg_VOC.pth --config configs/voc/deeplabv2_resnet101.yaml \
+        --set data.root=/data/VOCdevkit model.options.legacy_aspp=true     # released weights + a recipe
 
 The dataset defaults to the run's (``data`` in the checkpoint's config); ``--data key=value`` changes
 fields of it. Precision and memory format default to the run's, so the numbers equal those the run logged
 (this is the very code that evaluates during training: semiseg.engine.evaluate). So does the inference
 mode (the run's ``eval`` section), unless --mode/--crop/--stride/--scales/--flip change it.
+With ``--config RECIPE`` the file is weights of any layout ``load_weights`` converts (the papers' released
+checkpoints): the model, dataset and inference settings come from the recipe and ``--set`` overrides.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
     parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR", help="a .pt file, or a run folder (best.pt, else last.pt)")
+    parser.add_argument("--config", metavar="RECIPE.yaml",
+                        help="evaluate CHECKPOINT as plain weights (e.g. a paper's release) in the model of this recipe")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="with --config: dotted recipe overrides, e.g. model.options.legacy_aspp=true")
     parser.add_argument("--data", nargs="+", default=[], metavar="KEY=VALUE",
                         help="dataset fields overriding the run's: kind=, root=, val_split=, options=...")
     parser.add_argument("--split", help="dataset split to evaluate (default: the run's data.val_split)")
@@ -41,10 +49,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = None, device: str = "auto",
                         precision: str | None = None, batch_size: int | None = None,
-                        num_workers: int | None = None, inference_overrides=()) -> dict:
+                        num_workers: int | None = None, inference_overrides=(), recipe: str | None = None,
+                        recipe_overrides=()) -> dict:
     """Evaluate a checkpoint; returns {"metrics", "table", "classes", ...} (the JSON written by the command).
 
     ``inference_overrides``: dotted ``eval.*`` overrides of the run's inference settings (``eval.mode=slide``).
+    ``recipe``: ``path`` holds plain weights for the model of this recipe (``recipe_overrides`` apply to it).
     """
     import dataclasses
 
@@ -54,11 +64,20 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
     from semiseg.engine import build, distributed as dist
     from semiseg.engine.evaluate import evaluate, make_eval_loader
     from semiseg.engine.precision import resolve_device
-    from semiseg.engine.predict import load_trained_model
+    from semiseg.engine.predict import load_trained_model, load_weights_with_recipe
     from semiseg.metrics import to_json_dict
 
     dev = dist.init_distributed(resolve_device(device))
-    loaded = load_trained_model(path, device=dev, precision=precision, overrides=inference_overrides)
+    if recipe:
+        loaded = load_weights_with_recipe(path, recipe, device=dev, precision=precision,
+                                          overrides=[*recipe_overrides, *inference_overrides])
+    else:
+        if recipe_overrides:
+            from semiseg.config import ConfigError
+
+            raise ConfigError("--set changes a recipe: use it with --config (a run's own settings are fixed; "
+                              "--data and the inference flags change what evaluation reads)")
+        loaded = load_trained_model(path, device=dev, precision=precision, overrides=inference_overrides)
     cfg = override_config(loaded.cfg, [o if o.startswith("data.") else f"data.{o}" for o in data_overrides])
     split = split or cfg.data.val_split
     # the run's validation options apply when evaluating its validation split
@@ -103,18 +122,20 @@ def run(args: argparse.Namespace) -> int:
     from semiseg.engine import distributed as dist
     from semiseg.engine.checkpoint import CheckpointError, atomic_write_text
     from semiseg.engine.predict import inference_overrides
+    from semiseg.models.pretrained import PretrainedWeightsError
 
     try:
         result = evaluate_checkpoint(args.checkpoint, data_overrides=args.data, split=args.split, device=args.device,
                                      precision=args.precision, batch_size=args.batch_size,
-                                     num_workers=args.num_workers, inference_overrides=inference_overrides(args))
+                                     num_workers=args.num_workers, inference_overrides=inference_overrides(args),
+                                     recipe=args.config, recipe_overrides=args.overrides)
         if dist.is_main():
             print(result["table"])
             out = args.out or os.path.join(os.path.dirname(result["checkpoint"]), f"eval_{result['data']['split']}.json")
             atomic_write_text(out, json.dumps({k: v for k, v in result.items() if k != "table"}, indent=1))
             print(f"wrote {out}")
         return 0
-    except (ConfigError, CheckpointError, DataError) as e:
+    except (ConfigError, CheckpointError, DataError, PretrainedWeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -62,6 +62,35 @@ def load_trained_model(path: str, *, device: torch.device, precision: str | None
                        inference_options(cfg))
 
 
+def load_weights_with_recipe(weights: str, recipe: str, *, device: torch.device, overrides: list[str] | tuple[str, ...] = (),
+                             precision: str | None = None, channels_last: bool | str | None = None) -> LoadedModel:
+    """A model built from a recipe, with weights from any file ``load_weights`` reads: the released checkpoints of
+    AdvSemiSeg, pytorch-fcn, bubbliiiing, ... or a semiseg checkpoint. How a paper's number is checked here.
+
+    Every tensor of the model must receive a value (``strict=True``): a half-loaded model would print plausible
+    but wrong numbers. The class list and palette come from the recipe's dataset (its validation split).
+    """
+    from semiseg.config import load_config
+    from semiseg.models import load_weights
+
+    cfg = load_config(recipe, list(overrides))
+    dataset = build.build_dataset(cfg, cfg.data.val_split, validation=True)
+    model = build.build_model(cfg, int(dataset.num_classes), pretrained=False)
+    try:
+        report = load_weights(model, weights, strict=True, mode=cfg.model.weights_mode)
+    except ValueError as e:  # wrong model, options (e.g. legacy_aspp) or class count for these weights
+        raise ConfigError(f"{weights} does not fit the model of {recipe} ({cfg.model.name}, {dataset.num_classes} "
+                          f"classes): {e}") from None
+    print(report)
+    info = build.DatasetInfo.of(dataset, build.model_normalization(cfg, model))
+    precision = resolve_precision(precision or cfg.train.precision, device)
+    channels_last = resolve_channels_last(cfg.train.channels_last if channels_last is None else channels_last, device)
+    model.to(device).eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return LoadedModel(model, cfg, info, os.fspath(weights), 0, device, precision, channels_last, inference_options(cfg))
+
+
 @torch.no_grad()
 def predict_mask(loaded: LoadedModel, image: np.ndarray | torch.Tensor) -> np.ndarray:
     """Class indices (H, W) uint8 for one RGB image (H, W, 3) uint8 array or (3, H, W) uint8 tensor."""
@@ -130,6 +159,6 @@ def inference_overrides(args: argparse.Namespace) -> list[str]:
 
 
 __all__ = [
-    "LoadedModel", "load_trained_model", "predict_mask", "palette_image", "save_mask_png",
+    "LoadedModel", "load_trained_model", "load_weights_with_recipe", "predict_mask", "palette_image", "save_mask_png",
     "add_inference_arguments", "inference_overrides",
 ]
