@@ -53,13 +53,18 @@ def load_trained_model(path: str, *, device: torch.device, precision: str | None
     info = build.DatasetInfo(**ckpt["dataset"])
     model = build.build_model(cfg, info.num_classes, pretrained=False)
     model.load_state_dict(ckpt["model"])
+    return _for_inference(model, cfg, info, ckpt_path, int(ckpt["iteration"]), device, precision, channels_last)
+
+
+def _for_inference(model: nn.Module, cfg: Config, info: build.DatasetInfo, path: str, iteration: int,
+                   device: torch.device, precision: str | None, channels_last: bool | str | None) -> LoadedModel:
+    """The model in eval mode on ``device``, with the run's precision and memory format unless given."""
     precision = resolve_precision(precision or cfg.train.precision, device)
     channels_last = resolve_channels_last(cfg.train.channels_last if channels_last is None else channels_last, device)
     model.to(device).eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return LoadedModel(model, cfg, info, ckpt_path, int(ckpt["iteration"]), device, precision, channels_last,
-                       inference_options(cfg))
+    return LoadedModel(model, cfg, info, path, iteration, device, precision, channels_last, inference_options(cfg))
 
 
 def load_weights_with_recipe(weights: str, recipe: str, *, device: torch.device, overrides: list[str] | tuple[str, ...] = (),
@@ -83,12 +88,7 @@ def load_weights_with_recipe(weights: str, recipe: str, *, device: torch.device,
                           f"classes): {e}") from None
     print(report)
     info = build.DatasetInfo.of(dataset, build.model_normalization(cfg, model))
-    precision = resolve_precision(precision or cfg.train.precision, device)
-    channels_last = resolve_channels_last(cfg.train.channels_last if channels_last is None else channels_last, device)
-    model.to(device).eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return LoadedModel(model, cfg, info, os.fspath(weights), 0, device, precision, channels_last, inference_options(cfg))
+    return _for_inference(model, cfg, info, os.fspath(weights), 0, device, precision, channels_last)
 
 
 @torch.no_grad()
