@@ -60,6 +60,7 @@ from torch import nn
 from semiseg.config import ConfigError
 from semiseg.data.transforms import build_strong_augment, mean_rgb_uint8, normalize, strong_augment_batch
 from semiseg.engine.methods.base import Method
+from semiseg.engine.methods.teacher import EMATeacher, dropout_off, ema_momentum, unsupervised_weight
 
 # CutMix box aspect ratios (height / width), drawn uniformly: the official obtain_cutmix_box's 0.3 .. 1/0.3.
 CUTMIX_RATIO = (0.3, 1 / 0.3)
@@ -91,6 +92,25 @@ class UniMatchOptions:
     weight_strong: float | None = None
     # lambda: weight of the feature-perturbation loss. Official unimatch.py: 0.5.
     weight_fp: float = 0.5
+    # Where pseudo labels come from. "model": the model being trained, as the official UniMatch (V1): the
+    # unlabeled images' from the train-mode pass they share with the labeled ones, the pasted images' from an
+    # eval-mode pass. "ema": an exponential moving average of the model (Mean Teacher; UniMatch V2), in eval
+    # mode, for both.
+    teacher: str = "model"
+    # Momentum of the EMA teacher (UniMatch V2: 0.996 over tens of thousands of iterations; short CPU
+    # schedules want a faster teacher). Ramped as Mean Teacher: min(ema_momentum, 1 - 1 / (iteration + 1)).
+    ema_momentum: float = 0.99
+    # The official decoder has no dropout, so its pseudo labels are clean. false: dropout layers are switched
+    # off in the pass that makes pseudo labels (DeepLabV3+'s decoder has Dropout(0.5)/(0.1)).
+    teacher_dropout: bool = False
+    # Supervised warm-up: no unlabeled loss before iteration unsup_start (0-based), then its weight ramps
+    # linearly from 0 to 1 over unsup_rampup iterations. Official: 0 and 0 (a pretrained backbone gives
+    # usable pseudo labels from the first step; from scratch they are nearly all background).
+    unsup_start: int = 0
+    unsup_rampup: int = 0
+    # Diagnostics only: log the accuracy of the confident pseudo labels against the unlabeled images' true
+    # masks when the dataset has them (synthetic data). The masks never enter a loss.
+    log_pseudo_accuracy: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.conf_thresh <= 1.0:
@@ -111,6 +131,14 @@ class UniMatchOptions:
             raise ConfigError(f"method.options.weight_strong must be >= 0 (or null), got {self.weight_strong}")
         if self.weight_fp < 0:
             raise ConfigError(f"method.options.weight_fp must be >= 0, got {self.weight_fp}")
+        if self.teacher not in ("model", "ema"):
+            raise ConfigError(f"method.options.teacher must be 'model' (the official UniMatch) or 'ema' (a moving "
+                              f"average of the model), got {self.teacher!r}")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ConfigError(f"method.options.ema_momentum must be in [0, 1), got {self.ema_momentum}")
+        if self.unsup_start < 0 or self.unsup_rampup < 0:
+            raise ConfigError(f"method.options.unsup_start and unsup_rampup must be >= 0 (iterations), got "
+                              f"{self.unsup_start} and {self.unsup_rampup}")
         if self.feature_perturbation and self.weight_fp == 0:
             raise ConfigError("method.options.weight_fp=0 would run the feature-perturbation stream for nothing; "
                               "set method.options.feature_perturbation=false instead")
@@ -284,15 +312,38 @@ class UniMatch(Method):
         # The images CutMix pastes in: a second, independently shuffled pass over the unlabeled images.
         self.mix_stream = ctx.add_stream("unlabeled_mix", ctx.unlabeled_dataset)
         self.augment = build_strong_augment()
+        # The EMA teacher is a registered module: the loop checkpoints it and restores it on --resume.
+        self.teacher = ctx.add_module("teacher", EMATeacher(ctx.raw_model, o.ema_momentum), ddp=False) \
+            if o.teacher == "ema" else None
+        self._ema_updated_at = -1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema_updated_at": self._ema_updated_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._ema_updated_at = int(state.get("ema_updated_at", -1))
 
     # ------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, unlabeled_batch: dict | None, iteration: int) -> dict[str, torch.Tensor]:
         ctx, o = self.ctx, self.options
+        self._update_teacher(iteration)
         images_x, masks_x = ctx.to_device(batch)
-        images_u, _ = ctx.to_device(unlabeled_batch)  # the masks of unlabeled images are never used
+        weight = unsupervised_weight(iteration, o.unsup_start, o.unsup_rampup)
+        if weight == 0.0:  # supervised warm-up: the labeled images only, exactly the supervised method's step
+            with ctx.autocast():
+                logits_x = ctx.model(images_x)
+            loss_x = ctx.criterion(logits_x.float(), masks_x)
+            ctx.backward(loss_x)
+            return {"loss": loss_x.detach(), "loss_x": loss_x.detach()}
+
+        images_u, _ = ctx.to_device(unlabeled_batch)  # the masks of unlabeled images never enter a loss
         images_m, _ = ctx.to_device(next(self.mix_stream))
         valid_u = ~padding_mask(images_u, ctx.normalization)
-        targets_m = self._teacher_targets(images_m)
+        valid_m = ~padding_mask(images_m, ctx.normalization)
+        if self.teacher is not None:
+            targets_u, targets_m = self._ema_targets(images_u, valid_u, images_m, valid_m)
+        else:
+            targets_u, targets_m = None, self._eval_targets(images_m, valid_m)
         views = make_strong_views(images_u, images_m, views=o.strong_views, cutmix_prob=o.cutmix_prob,
                                   cutmix_area=tuple(o.cutmix_area), normalization=ctx.normalization,
                                   augment=self.augment)
@@ -300,7 +351,8 @@ class UniMatch(Method):
         with ctx.autocast():
             logits_x, logits_u, logits_fp = self._weak_forward(images_x, images_u)
             logits_s = ctx.model(self._layout(torch.cat([v for v, _ in views]))).chunk(len(views))
-        targets_u = pseudo_labels(logits_u, valid_u)
+        if targets_u is None:
+            targets_u = pseudo_labels(logits_u, valid_u)
 
         # Losses in float32 (softmax over bf16 logits loses the small probabilities CE cares about).
         loss_x = ctx.criterion(logits_x.float(), masks_x)
@@ -313,12 +365,31 @@ class UniMatch(Method):
             loss_fp = consistency_loss(logits_fp, targets_u, o.conf_thresh)
             loss_u = loss_u + o.weight_fp * loss_fp
             out["loss_fp"] = loss_fp.detach()
-        loss = (loss_x + loss_u) / 2
+        loss = (loss_x + weight * loss_u) / 2
         ctx.backward(loss)
         out["mask_ratio"] = mask_ratio(targets_u, o.conf_thresh)
+        if o.log_pseudo_accuracy and unlabeled_batch.get("mask") is not None:
+            out["pseudo_acc"] = pseudo_label_accuracy(targets_u, unlabeled_batch["mask"].to(ctx.device),
+                                                      o.conf_thresh, ctx.ignore_index)
         return {"loss": loss.detach(), **out}
 
-    def _teacher_targets(self, images: torch.Tensor) -> Targets:
+    def _update_teacher(self, iteration: int) -> None:
+        """Move the EMA teacher towards the model once per iteration, before its pseudo labels are made: the
+        model then holds the weights of the previous optimizer step (the loop steps after training_step)."""
+        if self.teacher is None or self._ema_updated_at == iteration:
+            return
+        if iteration > 0:
+            self.teacher.update(self.ctx.raw_model, ema_momentum(iteration, self.options.ema_momentum))
+        self._ema_updated_at = iteration
+
+    def _ema_targets(self, images_u, valid_u, images_m, valid_m) -> tuple[Targets, Targets]:
+        """Pseudo labels of the unlabeled and the pasted images from the EMA teacher in one no-grad pass."""
+        with torch.no_grad(), self.ctx.autocast():
+            logits = self.teacher(torch.cat([images_u, images_m]))
+        logits_u, logits_m = logits.split([images_u.shape[0], images_m.shape[0]])
+        return pseudo_labels(logits_u, valid_u), pseudo_labels(logits_m, valid_m)
+
+    def _eval_targets(self, images: torch.Tensor, valid: torch.Tensor) -> Targets:
         """Pseudo labels of the images CutMix pastes in: eval mode and no gradient, as the official code (so this
         extra pass neither updates BatchNorm's running statistics nor uses dropout)."""
         model = self.ctx.raw_model  # not the DDP wrapper: no gradient to synchronise, no buffer broadcast
@@ -329,17 +400,26 @@ class UniMatch(Method):
                 logits = model(images)
         finally:
             model.train(was_training)
-        return pseudo_labels(logits, ~padding_mask(images, self.ctx.normalization))
+        return pseudo_labels(logits, valid)
 
     def _weak_forward(self, images_x: torch.Tensor, images_u: torch.Tensor):
         """One train-mode pass over labeled + weak unlabeled images (BatchNorm sees both, as the official code);
-        with the fp stream the perturbed copies of the whole batch are decoded in the same pass."""
+        with the fp stream the perturbed copies of the whole batch are decoded in the same pass. With the model
+        as teacher this pass makes the unlabeled pseudo labels, so its dropout layers are off unless
+        ``teacher_dropout`` (the official decoder has none). With the EMA teacher and no fp stream the unlabeled
+        images are not needed here: the labeled ones go alone."""
+        o = self.options
+        if self.teacher is not None and self.fp is None:
+            return self.ctx.model(images_x), None, None
+        clean = dropout_off(self.ctx.raw_model) if self.teacher is None and not o.teacher_dropout \
+            else contextlib.nullcontext()
         images = torch.cat([images_x, images_u])
         n_x, n = images_x.shape[0], images.shape[0]
         if self.fp is None:
-            logits = self.ctx.model(images)
+            with clean:
+                logits = self.ctx.model(images)
             return logits[:n_x], logits[n_x:], None
-        with self.fp.active():
+        with self.fp.active(), clean:
             logits = self.ctx.model(images)
         if logits.shape[0] != 2 * n:
             raise RuntimeError(
@@ -352,5 +432,13 @@ class UniMatch(Method):
         return images.contiguous(memory_format=torch.channels_last) if self.ctx.channels_last else images
 
 
-__all__ = ["UniMatch", "UniMatchOptions", "Targets", "pseudo_labels", "consistency_loss", "mask_ratio",
+def pseudo_label_accuracy(targets: Targets, truth: torch.Tensor, conf_thresh: float, ignore_index: int) -> torch.Tensor:
+    """Share of confident pseudo-labeled pixels whose label is right (pixels the truth ignores left out): a
+    diagnostic of the teacher, never a training signal."""
+    keep = targets.valid & (targets.conf >= conf_thresh) & (truth != ignore_index)
+    right = keep & (targets.label == truth)
+    return right.sum().float() / keep.sum().clamp(min=1)
+
+
+__all__ = ["UniMatch", "UniMatchOptions", "Targets", "pseudo_labels", "consistency_loss", "mask_ratio", "pseudo_label_accuracy",
            "padding_mask", "cutmix_boxes", "paste", "make_strong_views", "FeaturePerturbation"]
