@@ -108,6 +108,15 @@ class UniMatchOptions:
     # usable pseudo labels from the first step; from scratch they are nearly all background).
     unsup_start: int = 0
     unsup_rampup: int = 0
+    # Colour / grayscale / blur in the strong views. false: the strong view is the weak crop with its CutMix box
+    # only (CutMix-Seg, French et al. 2020), for models whose few labels taught them colour more than shape.
+    strong_colour: bool = True
+    # Distribution alignment (ReMixMatch, Berthelot et al. 2020): the teacher's class probabilities are scaled by
+    # (labeled class frequency / the teacher's running mean prediction) and renormalised before argmax and
+    # threshold, so pseudo labels cannot drift towards the dominant class (background) over training.
+    distribution_alignment: bool = False
+    # Momentum of the two running class distributions distribution alignment keeps.
+    da_momentum: float = 0.99
     # Diagnostics only: log the accuracy of the confident pseudo labels against the unlabeled images' true
     # masks when the dataset has them (synthetic data). The masks never enter a loss.
     log_pseudo_accuracy: bool = False
@@ -136,6 +145,8 @@ class UniMatchOptions:
                               f"average of the model), got {self.teacher!r}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"method.options.ema_momentum must be in [0, 1), got {self.ema_momentum}")
+        if not 0.0 <= self.da_momentum < 1.0:
+            raise ConfigError(f"method.options.da_momentum must be in [0, 1), got {self.da_momentum}")
         if self.unsup_start < 0 or self.unsup_rampup < 0:
             raise ConfigError(f"method.options.unsup_start and unsup_rampup must be >= 0 (iterations), got "
                               f"{self.unsup_start} and {self.unsup_rampup}")
@@ -165,11 +176,52 @@ class Targets(NamedTuple):
         return Targets(*(torch.where(box, p, t) for t, p in zip(self, pasted)))
 
 
-def pseudo_labels(logits: torch.Tensor, valid: torch.Tensor) -> Targets:
-    """argmax and max softmax of (N, C, H, W) logits (computed in float32, without gradient)."""
+def pseudo_labels(logits: torch.Tensor, valid: torch.Tensor, align: "DistributionAlignment | None" = None) -> Targets:
+    """argmax and max softmax of (N, C, H, W) logits (computed in float32, without gradient), after distribution
+    alignment when ``align`` is given."""
     probs = logits.detach().float().softmax(dim=1)
+    if align is not None:
+        probs = align(probs, valid)
     conf, label = probs.max(dim=1)
     return Targets(label, conf, valid)
+
+
+class DistributionAlignment:
+    """ReMixMatch's distribution alignment for pixels: ``p * labeled_freq / running_mean(p)``, renormalised.
+
+    ``labeled_freq`` is a running average of the class frequencies of labeled pixels (:meth:`observe_labels`),
+    ``running_mean(p)`` one of the teacher's mean class probabilities over valid unlabeled pixels (updated by each
+    call). Both start at the first observation and are saved with the method's state."""
+
+    def __init__(self, num_classes: int, momentum: float, ignore_index: int):
+        self.num_classes, self.momentum, self.ignore_index = num_classes, momentum, ignore_index
+        self.labeled: torch.Tensor | None = None
+        self.predicted: torch.Tensor | None = None
+
+    def _ema(self, old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+        return new if old is None else self.momentum * old + (1 - self.momentum) * new
+
+    def observe_labels(self, masks: torch.Tensor) -> None:
+        keep = (masks != self.ignore_index) & (masks >= 0) & (masks < self.num_classes)
+        counts = torch.bincount(masks[keep].flatten(), minlength=self.num_classes).float().cpu()
+        if counts.sum() > 0:
+            self.labeled = self._ema(self.labeled, counts / counts.sum())
+
+    def __call__(self, probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        weights = valid.unsqueeze(1).float()
+        mean = ((probs * weights).sum(dim=(0, 2, 3)) / weights.sum().clamp(min=1)).cpu()
+        self.predicted = self._ema(self.predicted, mean)
+        if self.labeled is None:
+            return probs
+        ratio = (self.labeled / self.predicted.clamp(min=1e-6)).to(probs.device).view(1, -1, 1, 1)
+        aligned = probs * ratio
+        return aligned / aligned.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"labeled": self.labeled, "predicted": self.predicted}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.labeled, self.predicted = state.get("labeled"), state.get("predicted")
 
 
 def consistency_loss(logits: torch.Tensor, targets: Targets, conf_thresh: float) -> torch.Tensor:
@@ -231,18 +283,20 @@ def paste(box: torch.Tensor, images: torch.Tensor, pasted: torch.Tensor) -> torc
 
 def make_strong_views(images: torch.Tensor, images_mix: torch.Tensor, *, views: int, cutmix_prob: float,
                       cutmix_area: tuple[float, float], normalization: str,
-                      augment=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                      augment=None, colour: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``views`` strong views of the weak crops ``images``: each an independently colour-augmented copy with
     a CutMix box (maybe empty) filled from an independently augmented copy of ``images_mix``.
-    Returns (view, box) pairs; a view's targets must be CutMixed with the same box (``Targets.cutmix``)."""
+    Returns (view, box) pairs; a view's targets must be CutMixed with the same box (``Targets.cutmix``).
+    ``colour=False``: no colour augmentation, the views differ from the weak crops by their CutMix boxes only."""
     augment = augment or build_strong_augment()
+    recolour = (lambda x: strong_augment_batch(x, normalization, augment)) if colour else (lambda x: x.clone())
     n, _, h, w = images.shape
     out = []
     for _ in range(views):
-        strong = strong_augment_batch(images, normalization, augment)
+        strong = recolour(images)
         box = cutmix_boxes(n, h, w, prob=cutmix_prob, area=cutmix_area, device=images.device)
         if bool(box.any()):
-            strong = paste(box, strong, strong_augment_batch(images_mix, normalization, augment))
+            strong = paste(box, strong, recolour(images_mix))
         out.append((strong, box))
     return out
 
@@ -316,18 +370,27 @@ class UniMatch(Method):
         self.teacher = ctx.add_module("teacher", EMATeacher(ctx.raw_model, o.ema_momentum), ddp=False) \
             if o.teacher == "ema" else None
         self._ema_updated_at = -1
+        self.align = DistributionAlignment(ctx.num_classes, o.da_momentum, ctx.ignore_index) \
+            if o.distribution_alignment else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ema_updated_at": self._ema_updated_at}
+        state: dict[str, Any] = {"ema_updated_at": self._ema_updated_at}
+        if self.align is not None:
+            state["distribution_alignment"] = self.align.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._ema_updated_at = int(state.get("ema_updated_at", -1))
+        if self.align is not None and "distribution_alignment" in state:
+            self.align.load_state_dict(state["distribution_alignment"])
 
     # ------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, unlabeled_batch: dict | None, iteration: int) -> dict[str, torch.Tensor]:
         ctx, o = self.ctx, self.options
         self._update_teacher(iteration)
         images_x, masks_x = ctx.to_device(batch)
+        if self.align is not None:
+            self.align.observe_labels(masks_x)
         weight = unsupervised_weight(iteration, o.unsup_start, o.unsup_rampup)
         if weight == 0.0:  # supervised warm-up: the labeled images only, exactly the supervised method's step
             with ctx.autocast():
@@ -346,13 +409,13 @@ class UniMatch(Method):
             targets_u, targets_m = None, self._eval_targets(images_m, valid_m)
         views = make_strong_views(images_u, images_m, views=o.strong_views, cutmix_prob=o.cutmix_prob,
                                   cutmix_area=tuple(o.cutmix_area), normalization=ctx.normalization,
-                                  augment=self.augment)
+                                  augment=self.augment, colour=o.strong_colour)
 
         with ctx.autocast():
             logits_x, logits_u, logits_fp = self._weak_forward(images_x, images_u)
             logits_s = ctx.model(self._layout(torch.cat([v for v, _ in views]))).chunk(len(views))
         if targets_u is None:
-            targets_u = pseudo_labels(logits_u, valid_u)
+            targets_u = pseudo_labels(logits_u, valid_u, self.align)
 
         # Losses in float32 (softmax over bf16 logits loses the small probabilities CE cares about).
         loss_x = ctx.criterion(logits_x.float(), masks_x)
@@ -387,7 +450,7 @@ class UniMatch(Method):
         with torch.no_grad(), self.ctx.autocast():
             logits = self.teacher(torch.cat([images_u, images_m]))
         logits_u, logits_m = logits.split([images_u.shape[0], images_m.shape[0]])
-        return pseudo_labels(logits_u, valid_u), pseudo_labels(logits_m, valid_m)
+        return pseudo_labels(logits_u, valid_u, self.align), pseudo_labels(logits_m, valid_m, self.align)
 
     def _eval_targets(self, images: torch.Tensor, valid: torch.Tensor) -> Targets:
         """Pseudo labels of the images CutMix pastes in: eval mode and no gradient, as the official code (so this
@@ -441,4 +504,4 @@ def pseudo_label_accuracy(targets: Targets, truth: torch.Tensor, conf_thresh: fl
 
 
 __all__ = ["UniMatch", "UniMatchOptions", "Targets", "pseudo_labels", "consistency_loss", "mask_ratio", "pseudo_label_accuracy",
-           "padding_mask", "cutmix_boxes", "paste", "make_strong_views", "FeaturePerturbation"]
+           "DistributionAlignment", "padding_mask", "cutmix_boxes", "paste", "make_strong_views", "FeaturePerturbation"]
