@@ -179,6 +179,34 @@ def test_confidence_mask_through_the_step_with_a_stub_discriminator(tmp_path):
     torch.testing.assert_close(out["loss_d"], (fake_loss + real_loss) / 2)
 
 
+@pytest.mark.parametrize("ignore", [0, 11, -1])
+def test_ignored_pixels_contribute_nothing_whatever_the_dataset_ignore_value(tmp_path, ignore):
+    # the dataset marks its first row (and, with 0, every background pixel) with `ignore`; nothing is padded
+    data = {"data.options": f"{{ignore_border: true, ignore_index: {ignore}}}", "data.scale_range": "null"}
+    t = trainer(tmp_path, options="{semi_start: 0, mask_T: 0.0, gt_stream: false}", **data)
+    assert t.ctx.ignore_index == ignore
+    torch.manual_seed(0)
+    # Pointwise G and D (1x1 convolutions): a pixel's outputs depend on that pixel of the input only, so noise
+    # on the ignored pixels of the labeled images changes the predictions (and D's outputs) there and only there.
+    t.ctx.model = nn.Conv2d(3, t.ctx.num_classes, 1)
+    t.method.discriminator = t.method.discriminator_train = nn.Conv2d(t.ctx.num_classes, 1, 1)
+    batch, unlabeled = batches(t)
+    ignored = (batch["mask"] == ignore).unsqueeze(1)
+    assert ignored[:, :, 0].all() and not ignored.all()
+
+    def losses(images):
+        out = t.method.training_step({**batch, "image": images}, unlabeled, 0)
+        return {k: out[k] for k in ("loss", "loss_seg", "loss_adv", "loss_d", "loss_semi", "loss_semi_adv")}
+
+    reference = losses(batch["image"])
+    noise = 5 * torch.randn_like(batch["image"])
+    torch.testing.assert_close(losses(batch["image"] + noise * ignored), reference, rtol=0, atol=0)
+    # the same noise on the labelled pixels changes every term that sees the labeled images
+    changed = losses(batch["image"] + noise * ~ignored)
+    for key in ("loss_seg", "loss_adv", "loss_d"):
+        assert (changed[key] - reference[key]).abs() > 1e-4, key
+
+
 def test_d_update_leaves_g_gradients_and_g_losses_leave_d_gradients(tmp_path):
     t = trainer(tmp_path, options="{semi_start: 0}")
     ctx = t.ctx
@@ -236,6 +264,10 @@ def test_one_hot_and_d_targets_ignore_unlabeled_pixels():
     assert one_hot.sum(1).tolist() == [[[1, 1, 0], [1, 0, 1]]]
     assert torch.equal(one_hot.argmax(1)[masks != 255], masks[masks != 255])
     assert d_target(1.0, masks == 255).tolist() == [[[1, 1, 255], [1, 255, 1]]]
+    # D's label maps mark ignored pixels with their own 255, whatever the dataset's ignore value
+    masks0 = masks.masked_fill(masks == 255, 0) + (masks != 255)  # classes 1..3, 0 = no label
+    assert one_hot_labels(masks0, 4, ignore_index=0).sum(1).tolist() == [[[1, 1, 0], [1, 0, 1]]]
+    assert d_target(0.0, masks0 == 0).tolist() == [[[0, 0, 255], [0, 255, 0]]]
 
 
 # --------------------------------------------------------------------------------------------- options, recipes

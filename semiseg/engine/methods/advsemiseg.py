@@ -10,8 +10,9 @@ network G is trained with, per iteration (the order of the released ``train.py``
    (``sigmoid(D(.)) > mask_T``) and ignored elsewhere;
 2. labeled images: ``CE(G(x_l), y) + lambda_adv_pred * BCE(D(softmax(G(x_l))), 1)``;
 3. D: ``BCE(D(p), 0) / 2`` on the detached predictions of steps 1-2 and ``BCE(D(onehot(y')), 1) / 2`` on
-   ground truth ``y'`` from a second pass over the labeled set. Pixels without a label are ignored by
-   every BCE that has a label map.
+   ground truth ``y'`` from a second pass over the labeled set. Pixels without a label (the dataset's
+   ignore value, whatever it is: 255, 0, -1, ...) are ignored by every BCE that has a label map; D's label
+   maps mark them with their own value ``D_IGNORE`` (255), never with the dataset's, which may be a BCE label.
 
 While G's losses go through D, D's parameters do not require gradients (so G's step leaves D's
 gradients untouched), and D learns from detached predictions (so D's step leaves G's gradients untouched).
@@ -50,6 +51,9 @@ from semiseg.models.discriminator import FCDiscriminator
 
 # D's labels, as in the original: 1 = "ground truth", 0 = "prediction".
 GT_LABEL, PRED_LABEL = 1.0, 0.0
+# The value on D's label maps where a pixel is ignored (make_D_label's 255). It marks D's own targets, so it is
+# not the dataset's ignore value: that one may be 0 or 1, which a BCE label map could not tell from a label.
+D_IGNORE = 255
 # The smallest crop the discriminator's five stride-2 convolutions accept.
 MIN_CROP = 32
 
@@ -123,9 +127,13 @@ def one_hot_labels(masks: torch.Tensor, num_classes: int, ignore_index: int = 25
     return one_hot.masked_fill(ignored.unsqueeze(1), 0).float()
 
 
-def d_target(label: float, ignored: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """D's label map (N, H, W): ``label`` everywhere but ``ignore_index`` on ``ignored`` (the original make_D_label)."""
-    return torch.where(ignored, torch.tensor(float(ignore_index), device=ignored.device),
+def d_target(label: float, ignored: torch.Tensor) -> torch.Tensor:
+    """D's label map (N, H, W): ``label`` everywhere but ``D_IGNORE`` on ``ignored`` (the original make_D_label).
+
+    Give it to ``bce_with_logits_2d(..., ignore_index=D_IGNORE)``; ``ignored`` comes from the dataset's masks
+    (``masks == ctx.ignore_index``), whatever their ignore value.
+    """
+    return torch.where(ignored, torch.tensor(float(D_IGNORE), device=ignored.device),
                        torch.tensor(float(label), device=ignored.device))
 
 
@@ -195,7 +203,7 @@ class AdvSemiSeg(Method):
         logits = self._predict(images)
         probs = logits.softmax(1)
         d_logits = self._discriminate(self.discriminator, probs)
-        loss_semi_adv = bce_with_logits_2d(d_logits, GT_LABEL)  # every unlabeled pixel counts
+        loss_semi_adv = bce_with_logits_2d(d_logits, GT_LABEL, ignore_index=D_IGNORE)  # every unlabeled pixel counts
         pseudo = pseudo_labels(logits.detach(), d_logits.detach(), o.mask_T, ctx.ignore_index)
         if o.lambda_semi > 0 and iteration >= o.semi_start:
             loss_semi = ctx.criterion(logits, pseudo)  # 0 (not NaN) when no pixel is confident
@@ -216,7 +224,7 @@ class AdvSemiSeg(Method):
         ignored = masks == ctx.ignore_index
         probs = logits.softmax(1)
         d_logits = self._discriminate(self.discriminator, probs)
-        loss_adv = bce_with_logits_2d(d_logits, d_target(GT_LABEL, ignored, ctx.ignore_index))
+        loss_adv = bce_with_logits_2d(d_logits, d_target(GT_LABEL, ignored), ignore_index=D_IGNORE)
         ctx.backward(loss_seg + o.lambda_adv_pred * loss_adv)
         return {"loss_seg": loss_seg.detach(), "loss_adv": loss_adv.detach()}, probs.detach(), ignored
 
@@ -225,14 +233,14 @@ class AdvSemiSeg(Method):
         """D's update, half on predictions (label 0), half on one-hot ground truth (label 1)."""
         ctx = self.ctx
         d_fake = self._discriminate(self.discriminator_train, fake_probs)
-        loss_fake = bce_with_logits_2d(d_fake, d_target(PRED_LABEL, fake_ignored, ctx.ignore_index))
+        loss_fake = bce_with_logits_2d(d_fake, d_target(PRED_LABEL, fake_ignored), ignore_index=D_IGNORE)
         ctx.backward(loss_fake / 2)
         real = one_hot_labels(gt_masks, ctx.num_classes, ctx.ignore_index)
         if ctx.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         d_real = self._discriminate(self.discriminator_train, real)
         gt_ignored = gt_masks == ctx.ignore_index
-        loss_real = bce_with_logits_2d(d_real, d_target(GT_LABEL, gt_ignored, ctx.ignore_index))
+        loss_real = bce_with_logits_2d(d_real, d_target(GT_LABEL, gt_ignored), ignore_index=D_IGNORE)
         ctx.backward(loss_real / 2)
         return (loss_fake.detach() + loss_real.detach()) / 2
 
@@ -272,4 +280,4 @@ class AdvSemiSeg(Method):
         return source["mask"].to(self.ctx.device, non_blocking=True)
 
 
-__all__ = ["AdvSemiSeg", "AdvSemiSegOptions", "pseudo_labels", "one_hot_labels", "d_target", "frozen"]
+__all__ = ["AdvSemiSeg", "AdvSemiSegOptions", "pseudo_labels", "one_hot_labels", "d_target", "frozen", "D_IGNORE"]
