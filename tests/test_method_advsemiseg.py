@@ -14,9 +14,9 @@ from torch.nn import functional as F
 from semiseg.config import ConfigError, load_config
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.logger import read_metrics
+from semiseg.engine.methods import advsemiseg
 from semiseg.engine.methods.advsemiseg import AdvSemiSeg, d_target, one_hot_labels, pseudo_labels
 from semiseg.engine.trainer import Trainer
-from semiseg.losses import cross_entropy
 
 from test_engine_fixtures import tiny_overrides
 
@@ -106,15 +106,23 @@ def test_full_labels_adversarial_only(tmp_path):
 # --------------------------------------------------------------------------------------------- unit level
 
 
-def test_semi_loss_is_zero_before_semi_start_and_the_pseudo_label_ce_after(tmp_path):
-    t = trainer(tmp_path, options="{semi_start: 3, mask_T: 0.0}")  # mask_T 0: every pixel is confident
+# the recipe's loss applies to the labeled images only; the self-taught loss is train.py's plain CE (loss_calc)
+RECIPE_LOSSES = [{}, {"loss.name": "ce+dice", "loss.class_weights": "[0.5,1,2,4]", "loss.label_smoothing": 0.1,
+                      "loss.per_image": "true"}]
+
+
+@pytest.mark.parametrize("loss", RECIPE_LOSSES, ids=["ce", "weighted_ce+dice"])
+def test_semi_loss_is_zero_before_semi_start_and_the_plain_pseudo_label_ce_after(tmp_path, loss):
+    t = trainer(tmp_path, options="{semi_start: 3, mask_T: 0.0}", **loss)  # mask_T 0: every pixel is confident
     batch, unlabeled = batches(t)
     before = t.method.training_step(batch, unlabeled, 2)
     after = t.method.training_step(batch, unlabeled, 3)
     assert before["loss_semi"].item() == 0.0
     with torch.no_grad():  # no optimizer step in between: G is unchanged
         logits = t.ctx.model(unlabeled["image"])
-    expected = cross_entropy(logits, logits.argmax(1))
+    expected = F.cross_entropy(logits, logits.argmax(1), ignore_index=255)  # no weights, no Dice, no smoothing
+    if loss:  # (the recipe's criterion would give another value)
+        assert abs(t.ctx.criterion(logits, logits.argmax(1)).item() - expected.item()) > 1e-2
     assert after["loss_semi"].item() > 0
     torch.testing.assert_close(after["loss_semi"], expected)
     assert after["semi_ratio"].item() == 1.0
@@ -142,7 +150,7 @@ class StubDiscriminator(nn.Module):
         return self.pattern.expand(x.shape[0], 1, *x.shape[-2:]) * self.scale
 
 
-def test_confidence_mask_through_the_step_with_a_stub_discriminator(tmp_path):
+def test_confidence_mask_through_the_step_with_a_stub_discriminator(tmp_path, monkeypatch):
     # default mask_T = 0.2; ignore_border: the first row of every tiny mask is 255
     data = {"data.options": "{ignore_border: true}", "data.scale_range": "null"}
     t = trainer(tmp_path, options="{semi_start: 0}", **data)
@@ -151,17 +159,25 @@ def test_confidence_mask_through_the_step_with_a_stub_discriminator(tmp_path):
     pattern[..., 0, :] = -5.0  # ... and 0.007 on the first row
     stub = StubDiscriminator(pattern)
     t.method.discriminator = t.method.discriminator_train = stub
-    targets = []
+    targets, semi_targets = [], []  # what the recipe's criterion and the self-taught plain CE see
     criterion = t.ctx.criterion
     t.ctx.criterion = lambda logits, target: (targets.append(target.clone()), criterion(logits, target))[1]
+    plain_ce = advsemiseg.cross_entropy
+
+    def recording_ce(logits, target, **kw):
+        semi_targets.append(target.clone())
+        return plain_ce(logits, target, **kw)
+
+    monkeypatch.setattr(advsemiseg, "cross_entropy", recording_ce)
 
     batch, unlabeled = batches(t)
     assert (batch["mask"][:, 0] == 255).all() and (batch["mask"][:, 1:] != 255).all()
     out = t.method.training_step(batch, unlabeled, 0)
     with torch.no_grad():
         argmax = t.ctx.model(unlabeled["image"]).argmax(1)
-    pseudo = targets[0]  # the unlabeled branch runs first, as in train.py; targets[1] are the labels
-    assert torch.equal(targets[1], batch["mask"])
+    (pseudo,) = semi_targets  # the unlabeled branch runs first, as in train.py; the criterion sees the labels only
+    (labels,) = targets
+    assert torch.equal(labels, batch["mask"])
     assert torch.equal(pseudo[:, 1:, :16], argmax[:, 1:, :16])
     assert (pseudo[:, 1:, 16:] == 255).all() and (pseudo[:, 0] == 255).all()
     assert out["semi_ratio"].item() == 31 * 16 / 32**2

@@ -7,7 +7,9 @@ network G is trained with, per iteration (the order of the released ``train.py``
 1. unlabeled images (when ``lambda_semi`` or ``lambda_semi_adv`` is > 0, from ``semi_start_adv`` on):
    ``lambda_semi_adv * BCE(D(softmax(G(x_u))), 1)`` (fool D), plus from ``semi_start`` on
    ``lambda_semi * CE(G(x_u), pseudo)``, where ``pseudo`` is G's argmax on the pixels D is confident about
-   (``sigmoid(D(.)) > mask_T``) and ignored elsewhere;
+   (``sigmoid(D(.)) > mask_T``) and ignored elsewhere. This CE is the plain cross-entropy of train.py's
+   ``loss_calc`` (mean over the pseudo-labelled pixels, no class weights), whatever loss the recipe sets
+   (``loss.*``: class weights, Dice, label smoothing, per-image averaging apply to the labeled loss only);
 2. labeled images: ``CE(G(x_l), y) + lambda_adv_pred * BCE(D(softmax(G(x_l))), 1)``;
 3. D: ``BCE(D(p), 0) / 2`` on the detached predictions of steps 1-2 and ``BCE(D(onehot(y')), 1) / 2`` on
    ground truth ``y'`` from a second pass over the labeled set. Pixels without a label (the dataset's
@@ -46,7 +48,7 @@ from torch import nn
 
 from semiseg.config import ConfigError
 from semiseg.engine.methods.base import Method
-from semiseg.losses import bce_with_logits_2d
+from semiseg.losses import bce_with_logits_2d, cross_entropy
 from semiseg.models.discriminator import FCDiscriminator
 
 # D's labels, as in the original: 1 = "ground truth", 0 = "prediction".
@@ -206,7 +208,8 @@ class AdvSemiSeg(Method):
         loss_semi_adv = bce_with_logits_2d(d_logits, GT_LABEL, ignore_index=D_IGNORE)  # every unlabeled pixel counts
         pseudo = pseudo_labels(logits.detach(), d_logits.detach(), o.mask_T, ctx.ignore_index)
         if o.lambda_semi > 0 and iteration >= o.semi_start:
-            loss_semi = ctx.criterion(logits, pseudo)  # 0 (not NaN) when no pixel is confident
+            # train.py's loss_calc: plain CE, not the recipe's criterion; 0 (not NaN) when no pixel is confident
+            loss_semi = cross_entropy(logits, pseudo, ignore_index=ctx.ignore_index)
         else:
             loss_semi = torch.zeros((), device=logits.device)
         ctx.backward(o.lambda_semi_adv * loss_semi_adv + o.lambda_semi * loss_semi)
