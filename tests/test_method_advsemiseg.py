@@ -223,6 +223,43 @@ def test_ignored_pixels_contribute_nothing_whatever_the_dataset_ignore_value(tmp
         assert (changed[key] - reference[key]).abs() > 1e-4, key
 
 
+@pytest.mark.parametrize("gt_stream", [True, False])
+def test_d_ground_truth_input_has_predictions_not_zeros_on_unlabeled_pixels(tmp_path, monkeypatch, gt_stream):
+    # 40x40 crops of 32x32 images: every crop is padded (ignore value in the mask); the first rows are ignored too
+    data = {"data.options": "{ignore_border: true}", "data.scale_range": "null", "data.crop_size": "[40,40]"}
+    t = trainer(tmp_path, options=f"{{gt_stream: {str(gt_stream).lower()}}}", **data)
+    d_io = []  # (input, output) of each call of D
+    t.ctx.modules["discriminator"].register_forward_hook(lambda m, args, out: d_io.append((args[0], out.detach())))
+    gt_masks = []
+    get_masks = t.method._ground_truth_masks
+
+    def recording_get_masks(batch):
+        gt_masks.append(get_masks(batch))
+        return gt_masks[-1]
+
+    monkeypatch.setattr(t.method, "_ground_truth_masks", recording_get_masks)
+    batch, unlabeled = batches(t)
+    out = t.method.training_step(batch, unlabeled, 0)
+    n = t.ctx.per_rank_batch
+    (fake, d_fake), (real, d_real) = d_io[2], d_io[3]  # D's update: predictions, then ground truth
+    (masks,) = gt_masks
+    ignored = masks == 255
+    assert ignored.sum() > 16 * 40 and (~ignored).sum() > 0  # padding and first rows
+    assert not gt_stream or not torch.equal(masks, batch["mask"])  # another draw of the labeled set
+    labeled_probs = fake[:n]
+    # (a) no all-zero pixel: unlabeled pixels hold the labeled predictions at the same positions, ...
+    assert (real.sum(1) - 1).abs().max() < 1e-5 and real.amax(1).min() > 0
+    keep = ~ignored.unsqueeze(1).expand_as(real)
+    torch.testing.assert_close(real[~keep], labeled_probs[~keep], rtol=0, atol=0)
+    # ... labelled pixels the one-hot of their class
+    torch.testing.assert_close(real[keep], one_hot_labels(masks, t.ctx.num_classes)[keep], rtol=0, atol=0)
+    # (b) D's losses still skip the unlabeled pixels (of the ground truth and of the labeled predictions)
+    real_loss = F.binary_cross_entropy_with_logits(d_real[~ignored.unsqueeze(1)], torch.ones(int((~ignored).sum())))
+    fake_ignored = torch.cat([batch["mask"] == 255, torch.zeros_like(batch["mask"], dtype=torch.bool)]).unsqueeze(1)
+    fake_loss = F.binary_cross_entropy_with_logits(d_fake[~fake_ignored], torch.zeros(int((~fake_ignored).sum())))
+    torch.testing.assert_close(out["loss_d"], (fake_loss + real_loss) / 2)
+
+
 def test_d_update_leaves_g_gradients_and_g_losses_leave_d_gradients(tmp_path):
     t = trainer(tmp_path, options="{semi_start: 0}")
     ctx = t.ctx
