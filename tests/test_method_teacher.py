@@ -173,3 +173,31 @@ def test_bad_teacher_options_are_refused():
     for bad in ({"teacher": "mean"}, {"ema_momentum": 1.0}, {"unsup_start": -1}):
         with pytest.raises(ConfigError, match="method.options"):
             UniMatch(bad)
+
+
+def test_frozen_bn_statistics_normalise_by_batch_but_keep_running_averages():
+    from semiseg.engine.methods.teacher import frozen_bn_statistics
+    bn = nn.BatchNorm2d(3).train()
+    bn(torch.randn(4, 3, 5, 5))
+    mean, var, tracked = bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked)
+    x = torch.randn(4, 3, 5, 5) * 7 + 3
+    with frozen_bn_statistics(bn):
+        y = bn(x)
+    assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+    assert int(bn.num_batches_tracked) == tracked and bn.momentum == 0.1
+    assert torch.allclose(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)  # still the batch's statistics
+
+
+def test_strong_views_can_stay_out_of_the_running_statistics(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
+    method = UniMatch({"strong_views": 1, "feature_perturbation": False, "teacher": "ema",
+                       "strong_bn_statistics": False})
+    method.setup(direct_context(tmp_path, model, Constant(200)))
+    labeled = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
+    expected = nn.BatchNorm2d(2)
+    expected.load_state_dict(model[1].state_dict())
+    method.training_step(labeled, {"image": torch.randn(2, 3, 32, 32) * 5}, 0)
+    with torch.no_grad():  # only the labeled pass (EMA teacher, no fp stream) updates the running mean
+        expected.train()(model[0](labeled["image"]))
+    assert torch.allclose(model[1].running_mean, expected.running_mean)

@@ -78,6 +78,26 @@ def ema_momentum(iteration: int, momentum: float) -> float:
     return min(momentum, 1.0 - 1.0 / (iteration + 1))
 
 
+@contextlib.contextmanager
+def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
+    """Inside the block BatchNorm layers in train mode still normalise with the batch's statistics but do not
+    fold them into their running averages (momentum 0), so a batch unlike the test images (strongly recoloured,
+    blurred views) cannot shift the statistics evaluation uses."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+              and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(layers, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
 def unsupervised_weight(iteration: int, start: int, rampup: int) -> float:
     """Weight of the unlabeled loss at ``iteration`` (0-based): 0 before ``start``, then linear to 1 over ``rampup``
     iterations (1 at once when ``rampup`` is 0)."""
@@ -88,4 +108,4 @@ def unsupervised_weight(iteration: int, start: int, rampup: int) -> float:
     return min(1.0, (iteration - start + 1) / rampup)
 
 
-__all__ = ["EMATeacher", "dropout_off", "ema_momentum", "unsupervised_weight"]
+__all__ = ["EMATeacher", "dropout_off", "frozen_bn_statistics", "ema_momentum", "unsupervised_weight"]

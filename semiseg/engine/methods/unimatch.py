@@ -60,7 +60,9 @@ from torch import nn
 from semiseg.config import ConfigError
 from semiseg.data.transforms import build_strong_augment, mean_rgb_uint8, normalize, strong_augment_batch
 from semiseg.engine.methods.base import Method
-from semiseg.engine.methods.teacher import EMATeacher, dropout_off, ema_momentum, unsupervised_weight
+from semiseg.engine.methods.teacher import (
+    EMATeacher, dropout_off, ema_momentum, frozen_bn_statistics, unsupervised_weight,
+)
 
 # CutMix box aspect ratios (height / width), drawn uniformly: the official obtain_cutmix_box's 0.3 .. 1/0.3.
 CUTMIX_RATIO = (0.3, 1 / 0.3)
@@ -111,6 +113,10 @@ class UniMatchOptions:
     # Colour / grayscale / blur in the strong views. false: the strong view is the weak crop with its CutMix box
     # only (CutMix-Seg, French et al. 2020), for models whose few labels taught them colour more than shape.
     strong_colour: bool = True
+    # false: the strong views' batch statistics stay out of BatchNorm's running averages (they still normalise
+    # their own batch). The official code lets them in; from scratch, the recoloured views then shift the
+    # statistics evaluation and an EMA teacher use.
+    strong_bn_statistics: bool = True
     # Distribution alignment (ReMixMatch, Berthelot et al. 2020): the teacher's class probabilities are scaled by
     # (labeled class frequency / the teacher's running mean prediction) and renormalised before argmax and
     # threshold, so pseudo labels cannot drift towards the dominant class (background) over training.
@@ -411,9 +417,11 @@ class UniMatch(Method):
                                   cutmix_area=tuple(o.cutmix_area), normalization=ctx.normalization,
                                   augment=self.augment, colour=o.strong_colour)
 
+        strong_stats = contextlib.nullcontext() if o.strong_bn_statistics else frozen_bn_statistics(ctx.raw_model)
         with ctx.autocast():
             logits_x, logits_u, logits_fp = self._weak_forward(images_x, images_u)
-            logits_s = ctx.model(self._layout(torch.cat([v for v, _ in views]))).chunk(len(views))
+            with strong_stats:
+                logits_s = ctx.model(self._layout(torch.cat([v for v, _ in views]))).chunk(len(views))
         if targets_u is None:
             targets_u = pseudo_labels(logits_u, valid_u, self.align)
 
