@@ -17,8 +17,9 @@ A study file (YAML) names a base recipe, the arms (overrides or a recipe of thei
     eval_split: test                              # evaluated with last.pt, never a checkpoint picked on it
     jobs: 2                                       # runs at once (default min(2, cores))
 
-Each run is a subprocess ``python -m semiseg train`` into ``OUT/runs/<arm>_<labels>_s<seed>`` followed by
-``python -m semiseg eval RUN/last.pt --split eval_split``, logged to ``OUT/logs/<run>.log``. Running the study
+Each run is one subprocess that runs ``semiseg train`` into ``OUT/runs/<arm>_<labels>_s<seed>`` and then
+``semiseg eval RUN/last.pt --split eval_split`` (one process: torch is imported once per run), its output in
+``OUT/logs/<run>.log``. Running the study
 again skips finished runs, resumes runs that have a ``last.pt`` and restarts the others (moving what is there
 aside to ``<run>.failed-N``; nothing is deleted). The results go to ``OUT/study.md``, ``OUT/study.json`` and
 ``OUT/study.png``. This module has no argparse: the command line is ``semiseg/commands/study.py``.
@@ -394,9 +395,8 @@ def cpu_count() -> int:
 
 
 def commands(spec: RunSpec, state: str, threads: int) -> list[list[str]]:
-    """The subprocesses that bring a run from ``state`` to done."""
-    py = [sys.executable, "-m", "semiseg"]
-    train = [*py, "train", "--no-progress"]
+    """The semiseg commands (argument lists after ``semiseg``) that bring a run from ``state`` to done."""
+    train = ["train", "--no-progress"]
     steps = []
     if state in ("new", "broken"):
         steps.append([*train, "--config", spec.recipe, "--run-dir", spec.run_dir, *spec.overrides,
@@ -404,9 +404,36 @@ def commands(spec: RunSpec, state: str, threads: int) -> list[list[str]]:
     elif state == "partial":
         steps.append([*train, "--resume", spec.run_dir, f"train.threads={threads}"])
     if state != "done":
-        steps.append([*py, "eval", os.path.join(spec.run_dir, "last.pt"), "--split", spec.eval_split,
+        steps.append(["eval", os.path.join(spec.run_dir, "last.pt"), "--split", spec.eval_split,
                       "--out", spec.eval_file, "--threads", str(threads)])
     return steps
+
+
+def worker_command(steps: list[list[str]]) -> list[str]:
+    """One process for a run's steps: ``python -m semiseg.engine.study STEP --then STEP``."""
+    argv = [sys.executable, "-m", "semiseg.engine.study"]
+    for i, step in enumerate(steps):
+        argv += (["--then"] if i else []) + step
+    return argv
+
+
+def run_steps(argv: list[str]) -> int:
+    """The worker: semiseg commands separated by ``--then``, one after another in this process; stops at
+    the first that fails and returns its exit code."""
+    from semiseg.cli import main
+
+    steps: list[list[str]] = [[]]
+    for a in argv:
+        if a == "--then":
+            steps.append([])
+        else:
+            steps[-1].append(a)
+    for step in steps:
+        print(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} $ semiseg {shlex.join(step)}", flush=True)
+        rc = main(step)
+        if rc:
+            return rc
+    return 0
 
 
 def _child_env(threads: int) -> dict[str, str]:
@@ -467,14 +494,11 @@ def execute(specs_states: list[tuple[RunSpec, str]], *, jobs: int, threads: int,
     outcome: dict[str, str | None] = {}
     total, finished = len(pending), 0
 
-    def start_step(job: _Job) -> None:
-        cmd = job.steps.pop(0)
+    def start(job: _Job) -> None:
         os.makedirs(os.path.dirname(job.spec.log), exist_ok=True)
         job.log = open(job.spec.log, "a", encoding="utf-8")
-        job.log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shlex.join(cmd)}\n")
-        job.log.flush()
-        job.proc = subprocess.Popen(cmd, stdout=job.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, preexec_fn=_die_with_parent(os.getpid()))
+        job.proc = subprocess.Popen(worker_command(job.steps), stdout=job.log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent(os.getpid()))
 
     previous = None
     try:
@@ -487,7 +511,7 @@ def execute(specs_states: list[tuple[RunSpec, str]], *, jobs: int, threads: int,
                 job = pending.pop(0)
                 job.started = time.time()
                 echo(f"[{finished + len(running) + 1}/{total}] start {job.spec.name}  (log: {job.spec.log})")
-                start_step(job)
+                start(job)
                 running.append(job)
             time.sleep(poll)
             for job in list(running):
@@ -495,9 +519,6 @@ def execute(specs_states: list[tuple[RunSpec, str]], *, jobs: int, threads: int,
                 if rc is None:
                     continue
                 job.log.close()
-                if rc == 0 and job.steps:
-                    start_step(job)
-                    continue
                 running.remove(job)
                 finished += 1
                 error = None if rc == 0 else f"exit code {rc}; see {job.spec.log}"
@@ -838,7 +859,7 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
     if dry_run:
         for spec, state in todo:
             for cmd in commands(spec, state, threads):
-                echo(shlex.join(cmd))
+                echo(shlex.join(["semiseg", *cmd]))
         return 0
 
     with _Lock(out_dir):
@@ -860,5 +881,9 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
 
 
 __all__ = ["StudyError", "Study", "Arm", "Labels", "RunSpec", "load_study", "expand",
-           "run_state", "config_mismatch", "move_aside", "commands", "execute", "collect", "summarize", "verdict",
+           "run_state", "config_mismatch", "move_aside", "commands", "worker_command", "run_steps", "execute", "collect", "summarize", "verdict",
            "train_seconds", "markdown_table", "plot", "write_results", "run_study", "cpu_count", "default_out_dir"]
+
+
+if __name__ == "__main__":  # the worker of one run (see worker_command)
+    raise SystemExit(run_steps(sys.argv[1:]))
