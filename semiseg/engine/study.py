@@ -539,6 +539,8 @@ def execute(specs_states: list[tuple[RunSpec, str]], *, jobs: int, threads: int,
             except subprocess.TimeoutExpired:
                 job.proc.kill()
                 job.proc.wait()
+            job.log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} stopped: the study was interrupted\n")
+            job.log.close()
         raise KeyboardInterrupt from None
     finally:
         if previous is not None:
