@@ -415,3 +415,12 @@ jobs: 2
     assert record["missing"] == [] and all(math.isfinite(r["miou"]) for r in record["runs"])
     log = (out / "logs" / "smooth_1-4_s0.log").read_text()
     assert "$ semiseg train --no-progress --resume" in log and "$ semiseg eval" in log
+
+
+def test_one_study_process_per_folder(tmp_path):
+    path = write_study(tmp_path, STUDY)
+    out = tmp_path / "out"
+    with st._Lock(str(out)):
+        with pytest.raises(st.StudyError, match="another `semiseg study` is running"):
+            st.run_study(st.load_study(path), str(out), echo=lambda s: None)
+    assert not (out / "runs").exists()

@@ -27,6 +27,7 @@ aside to ``<run>.failed-N``; nothing is deleted). The results go to ``OUT/study.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import math
@@ -840,31 +841,32 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
     jobs = jobs or study.jobs or min(2, cores)
     threads = max(1, cores // jobs)
 
-    states = [(s, run_state(s)) for s in selected]
-    problems = []
-    for spec, state in states:
-        if state in ("done", "trained", "partial"):
-            diff = config_mismatch(spec)
-            if diff:
-                problems.append(f"{spec.run_dir}:\n    " + "\n    ".join(diff))
-    if problems:
-        raise StudyError("these runs were made with other settings than the study now asks for (a table mixing them "
-                         "would compare different experiments):\n  " + "\n  ".join(problems)
-                         + "\nmove them away (or use another --out), or undo the change to the study or recipe")
+    # the lock first: the states of the folders are only stable while no other study writes into them
+    with contextlib.nullcontext() if dry_run else _Lock(out_dir):
+        states = [(s, run_state(s)) for s in selected]
+        problems = []
+        for spec, state in states:
+            if state in ("done", "trained", "partial"):
+                diff = config_mismatch(spec)
+                if diff:
+                    problems.append(f"{spec.run_dir}:\n    " + "\n    ".join(diff))
+        if problems:
+            raise StudyError("these runs were made with other settings than the study now asks for (a table mixing "
+                             "them would compare different experiments):\n  " + "\n  ".join(problems)
+                             + "\nmove them away (or use another --out), or undo the change to the study or recipe")
 
-    actions = {"done": "skip (done)", "trained": "evaluate", "partial": "resume + evaluate", "new": "train + evaluate",
-               "broken": "move aside, train + evaluate"}
-    echo(f"study {study.name}: {len(specs)} runs in {out_dir}/runs; {jobs} at a time, {threads} thread(s) each")
-    for spec, state in states:
-        echo(f"  {spec.name:<32} {actions[state]}")
-    todo = [(s, st) for s, st in states if st != "done"]
-    if dry_run:
-        for spec, state in todo:
-            for cmd in commands(spec, state, threads):
-                echo(shlex.join(["semiseg", *cmd]))
-        return 0
+        actions = {"done": "skip (done)", "trained": "evaluate", "partial": "resume + evaluate",
+                   "new": "train + evaluate", "broken": "move aside, train + evaluate"}
+        echo(f"study {study.name}: {len(specs)} runs in {out_dir}/runs; {jobs} at a time, {threads} thread(s) each")
+        for spec, state in states:
+            echo(f"  {spec.name:<32} {actions[state]}")
+        todo = [(s, st) for s, st in states if st != "done"]
+        if dry_run:
+            for spec, state in todo:
+                for cmd in commands(spec, state, threads):
+                    echo(shlex.join(["semiseg", *cmd]))
+            return 0
 
-    with _Lock(out_dir):
         from semiseg.engine.checkpoint import atomic_write_text
 
         with open(study.path, encoding="utf-8") as f:
