@@ -389,7 +389,8 @@ jobs: 2
     from semiseg.engine.trainer import Trainer
 
     smooth = specs["smooth_1-4_s0"]
-    Trainer(load_config(smooth.recipe, [*smooth.overrides, "train.threads=1"]), smooth.run_dir, progress=False).fit(stop_at=1)
+    cfg = load_config(smooth.recipe, [*smooth.overrides, "train.threads=1"])
+    Trainer(cfg, smooth.run_dir, progress=False).fit(stop_at=1)
     # killed before its first checkpoint; a file of the user's is in the folder too
     full = specs["supervised_all_s0"]
     os.makedirs(full.run_dir)

@@ -884,8 +884,8 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
     return 0
 
 
-__all__ = ["StudyError", "Study", "Arm", "Labels", "RunSpec", "load_study", "expand",
-           "run_state", "config_mismatch", "move_aside", "commands", "worker_command", "run_steps", "execute", "collect", "summarize", "verdict",
+__all__ = ["StudyError", "Study", "Arm", "Labels", "RunSpec", "load_study", "expand", "run_state", "config_mismatch",
+           "move_aside", "commands", "worker_command", "run_steps", "execute", "collect", "summarize", "verdict",
            "train_seconds", "markdown_table", "plot", "write_results", "run_study", "cpu_count", "default_out_dir"]
 
 
