@@ -425,3 +425,14 @@ def test_one_study_process_per_folder(tmp_path):
         with pytest.raises(st.StudyError, match="another `semiseg study` is running"):
             st.run_study(st.load_study(path), str(out), echo=lambda s: None)
     assert not (out / "runs").exists()
+
+
+def test_eval_split_checked_before_training(tmp_path):
+    out = str(tmp_path / "out")
+    study = st.load_study(write_study(tmp_path, STUDY + "eval_split: nosuch\n"))
+    with pytest.raises(st.StudyError, match="eval_split 'nosuch' cannot be read for run supervised_1-8_s0"):
+        st.run_study(study, out, dry_run=True, echo=lambda s: None)
+    lines = []
+    st.run_study(st.load_study(write_study(tmp_path, STUDY + "eval_split: val\n")), out, dry_run=True,
+                 echo=lines.append)
+    assert any("also the runs' validation split" in line for line in lines)

@@ -141,6 +141,7 @@ class RunSpec:
     log: str  # the subprocesses' output (next to the run folder: a fresh run needs an empty folder)
     eval_split: str
     iterations: int = 0  # train.iterations of the resolved config: the final iteration
+    data: dict = field(default_factory=dict)  # the resolved config's data section
 
     @property
     def eval_file(self) -> str:
@@ -285,9 +286,10 @@ def expand(study: Study, out_dir: str, *, resolve: bool = True) -> list[RunSpec]
                            eval_split=study.eval_split)
             if resolve:
                 try:
-                    spec.iterations = load_config(arm.recipe, overrides).train.iterations
+                    cfg = load_config(arm.recipe, overrides)
                 except ConfigError as e:
                     raise StudyError(f"{study.path}: run {name} (recipe {arm.recipe}): {e}") from None
+                spec.iterations, spec.data = cfg.train.iterations, config_to_dict(cfg)["data"]
             specs.append(spec)
     return specs
 
@@ -342,6 +344,29 @@ def run_state(spec: RunSpec) -> str:
     if final and os.path.getmtime(last) >= final[-1].get("time", math.inf):
         return "trained"
     return "partial"
+
+
+def check_eval_split(study: Study, specs: list[RunSpec], echo: Callable[[str], None] = print) -> None:
+    """The held-out split must be readable before hours of training end in a failed evaluation."""
+    from semiseg.config import config_from_dict
+
+    seen = set()
+    for spec in specs:
+        # the labeled split does not change the held-out split: read each dataset once
+        key = json.dumps({k: v for k, v in spec.data.items() if k != "labeled"}, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        if spec.data.get("val_split") == study.eval_split and len(seen) == 1:
+            echo(f"note: eval_split {study.eval_split!r} is also the runs' validation split (data.val_split): "
+                 "scores of last.pt are unbiased by checkpoint choice, but not by any tuning done on that split")
+        from semiseg.engine.build import build_dataset
+
+        try:
+            build_dataset(config_from_dict({"data": spec.data}), study.eval_split)
+        except Exception as e:  # any dataset error: missing folder, unknown split, ...
+            raise StudyError(f"{study.path}: eval_split {study.eval_split!r} cannot be read for run {spec.name} "
+                             f"({type(e).__name__}: {e}); name a split of the dataset that has labels") from None
 
 
 def config_mismatch(spec: RunSpec) -> list[str]:
@@ -837,6 +862,7 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
     if table_only:
         write_results(study, specs, out_dir, echo)
         return 0
+    check_eval_split(study, selected, echo)
     cores = cpu_count()
     jobs = jobs or study.jobs or min(2, cores)
     threads = max(1, cores // jobs)
@@ -884,8 +910,8 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
     return 0
 
 
-__all__ = ["StudyError", "Study", "Arm", "Labels", "RunSpec", "load_study", "expand", "run_state", "config_mismatch",
-           "move_aside", "commands", "worker_command", "run_steps", "execute", "collect", "summarize", "verdict",
+__all__ = ["StudyError", "Study", "Arm", "Labels", "RunSpec", "load_study", "expand", "run_state", "check_eval_split",
+           "config_mismatch", "move_aside", "commands", "worker_command", "run_steps", "execute", "collect", "summarize", "verdict",
            "train_seconds", "markdown_table", "plot", "write_results", "run_study", "cpu_count", "default_out_dir"]
 
 
