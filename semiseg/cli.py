@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("semiseg.engine.commands_predict", "write coloured masks for a folder of images"),
     "export": ("semiseg.export", "export a checkpoint to ONNX"),
     "report": ("semiseg.report", "write an HTML report of a run: curves, per-class IoU, confusion matrix, samples"),
+    "study": ("semiseg.commands.study", "a grid of runs (methods x labels x seeds) and the table: do my unlabeled images help?"),
     "data": ("semiseg.data.cli", "inspect and validate datasets"),
 }
 

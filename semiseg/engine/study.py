@@ -1,0 +1,919 @@
+"""A study: a grid of training runs (method arms x label settings x seeds) and the table that answers
+"does my unlabeled data help?".
+
+A study file (YAML) names a base recipe, the arms (overrides or a recipe of their own), the label settings
+(fractions or counts of labeled training images), the seeds, the baseline arm and the held-out split::
+
+    name: payoff_synthetic                        # default: the file name
+    recipe: deeplabv3plus_mobilenetv2_1-8.yaml    # relative to this file
+    set: [train.iterations=2000]                  # overrides for every run
+    arms:
+      supervised: {set: [method.name=supervised]}
+      unimatch:   {recipe: unimatch_deeplabv3plus_mobilenetv2_1-8.yaml, set: [method.options.conf_thresh=0.9]}
+    baseline: supervised
+    labels: [0.03125, 0.125]                      # fractions in (0, 1] (floats) or image counts (ints)
+    full_labels: true                             # also the baseline with every label: the ceiling
+    seeds: [0, 1, 2]                              # train.seed and data.labeled.seed: arms share split and seed
+    eval_split: test                              # evaluated with last.pt, never a checkpoint picked on it
+    jobs: 2                                       # runs at once (default min(2, cores))
+
+Each run is one subprocess that runs ``semiseg train`` into ``OUT/runs/<arm>_<labels>_s<seed>`` and then
+``semiseg eval RUN/last.pt --split eval_split`` (one process: torch is imported once per run), its output in
+``OUT/logs/<run>.log``. Running the study
+again skips finished runs, resumes runs that have a ``last.pt`` and restarts the others (moving what is there
+aside to ``<run>.failed-N``; nothing is deleted). The results go to ``OUT/study.md``, ``OUT/study.json`` and
+``OUT/study.png``. This module has no argparse: the command line is ``semiseg/commands/study.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import yaml
+
+from semiseg.config import ConfigError, config_to_dict, load_config
+from semiseg.engine.run_dir import CONFIG, METRICS, SPLIT
+
+STUDY_KEYS = ("name", "recipe", "set", "arms", "baseline", "labels", "full_labels", "seeds", "eval_split", "jobs")
+ARM_KEYS = ("recipe", "set")
+# Keys the grid sets per run; a `set` that changed them would silently break the pairing.
+GRID_KEYS = ("train.seed", "data.labeled.fraction", "data.labeled.count", "data.labeled.id_file", "data.labeled.seed")
+# Keys that may differ between a run's saved config and the study without making it another experiment.
+MACHINE_KEYS = ("name", "output_dir", "train.threads")
+ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class StudyError(ValueError):
+    """A study file or study folder that cannot be used as asked; the message names the file and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# the study file
+
+
+@dataclass(frozen=True)
+class Labels:
+    """One label setting: a fraction of the training images, a count of them, or all of them."""
+
+    fraction: float | None = None
+    count: int | None = None
+
+    @property
+    def is_all(self) -> bool:
+        return self.fraction is None and self.count is None
+
+    @property
+    def tag(self) -> str:
+        """The run-name part: ``1-8`` for 1/8, ``f0.3``, ``n50``, ``all``."""
+        if self.count is not None:
+            return f"n{self.count}"
+        if self.fraction is None:
+            return "all"
+        inverse = 1.0 / self.fraction
+        if inverse > 1.5 and abs(inverse - round(inverse)) < 1e-6:
+            return f"1-{round(inverse)}"
+        return f"f{self.fraction:g}"
+
+    @property
+    def text(self) -> str:
+        if self.count is not None:
+            return f"{self.count} images"
+        if self.fraction is None:
+            return "all"
+        return self.tag.replace("-", "/") if not self.tag.startswith("f") else f"{self.fraction:g}"
+
+    def overrides(self) -> list[str]:
+        f = "null" if self.fraction is None else repr(self.fraction)
+        c = "null" if self.count is None else str(self.count)
+        return [f"data.labeled.fraction={f}", f"data.labeled.count={c}", "data.labeled.id_file=null"]
+
+    def sort_key(self) -> tuple:
+        # fractions and counts cannot be ordered against each other before the data is read; keep them apart
+        return (2, 0.0) if self.is_all else (0, self.fraction) if self.fraction is not None else (1, float(self.count))
+
+
+@dataclass
+class Arm:
+    name: str
+    recipe: str  # absolute path
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Study:
+    path: str  # absolute path of the study file
+    name: str
+    arms: dict[str, Arm]
+    baseline: str
+    labels: list[Labels]
+    full_labels: bool
+    seeds: list[int]
+    eval_split: str
+    jobs: int | None = None
+    overrides: list[str] = field(default_factory=list)  # the file's `set`
+    cli_overrides: list[str] = field(default_factory=list)  # the command line's --set (after each arm's `set`)
+
+
+@dataclass
+class RunSpec:
+    """One run of the grid: what to train, where, and with which overrides."""
+
+    name: str
+    arm: str
+    labels: Labels
+    seed: int
+    recipe: str
+    overrides: list[str]  # everything but train.threads, which depends on the machine
+    run_dir: str
+    log: str  # the subprocesses' output (next to the run folder: a fresh run needs an empty folder)
+    eval_split: str
+    iterations: int = 0  # train.iterations of the resolved config: the final iteration
+    data: dict = field(default_factory=dict)  # the resolved config's data section
+
+    @property
+    def eval_file(self) -> str:
+        return os.path.join(self.run_dir, f"eval_{self.eval_split}_last.json")
+
+
+def _list_of_str(value: Any, where: str, path: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
+        raise StudyError(f"{path}: {where} must be a list of key=value overrides, e.g. [train.threads=1], got {value!r}")
+    return list(value)
+
+
+def _check_grid_keys(overrides: list[str], where: str, path: str) -> None:
+    for o in overrides:
+        key = o.partition("=")[0].strip()
+        if key in GRID_KEYS:
+            raise StudyError(f"{path}: {where} sets {key}, which the study sets for each run (labels: sets "
+                             "data.labeled.*, seeds: sets train.seed and data.labeled.seed); change labels/seeds instead")
+
+
+def _parse_labels(value: Any, path: str) -> list[Labels]:
+    if not isinstance(value, list) or not value:
+        raise StudyError(f"{path}: labels must be a non-empty list of fractions (0.125) or image counts (50), got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise StudyError(f"{path}: labels value {v!r} is neither a fraction in (0, 1] nor a positive image count")
+        if isinstance(v, int):
+            if v < 1:
+                raise StudyError(f"{path}: labels value {v} is not a positive image count (fractions are floats: 0.125)")
+            out.append(Labels(count=v))
+        else:
+            if not 0 < v <= 1:
+                raise StudyError(f"{path}: labels value {v} is not a fraction in (0, 1] (counts are integers: 50)")
+            out.append(Labels(fraction=float(v)))
+    if len(set(out)) != len(out):
+        raise StudyError(f"{path}: labels has repeated values: {value}")
+    return out
+
+
+def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Study:
+    """Read and check a study file; ``overrides`` (key=value) apply to every run after the file's ``set``."""
+    path = os.path.abspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise StudyError(f"study file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise StudyError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise StudyError(f"{path}: a study file is a mapping (recipe:, arms:, labels:, seeds: ...)")
+    unknown = [k for k in data if k not in STUDY_KEYS]
+    if unknown:
+        raise StudyError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(STUDY_KEYS)}")
+    here = os.path.dirname(path)
+
+    def recipe_path(value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise StudyError(f"{path}: {where} must be a recipe file name, got {value!r}")
+        p = os.path.normpath(os.path.join(here, os.path.expanduser(value)))
+        if not os.path.isfile(p):
+            raise StudyError(f"{path}: {where} {value!r} not found (looked for {p}; paths are relative to the study file)")
+        return p
+
+    base = recipe_path(data["recipe"], "recipe") if data.get("recipe") is not None else None
+    common = _list_of_str(data.get("set"), "set", path)
+    _check_grid_keys(common, "set", path)
+    cli = list(overrides)
+    _check_grid_keys(cli, "--set", path)
+
+    arms_data = data.get("arms")
+    if not isinstance(arms_data, dict) or not arms_data:
+        raise StudyError(f"{path}: arms must map arm names to {{recipe: ..., set: [...]}}, "
+                         "e.g. arms: {supervised: {set: [method.name=supervised]}}")
+    arms = {}
+    for name, spec in arms_data.items():
+        name = str(name)
+        if not ARM_NAME.fullmatch(name):
+            raise StudyError(f"{path}: arm name {name!r} must be a plain name (it is part of the run folder names)")
+        spec = spec or {}
+        if not isinstance(spec, dict) or any(k not in ARM_KEYS for k in spec):
+            raise StudyError(f"{path}: arm {name!r} must be a mapping with keys {', '.join(ARM_KEYS)}, got {spec!r}")
+        recipe = recipe_path(spec["recipe"], f"arm {name!r} recipe") if spec.get("recipe") is not None else base
+        if recipe is None:
+            raise StudyError(f"{path}: arm {name!r} has no recipe; give the study a recipe: or the arm one")
+        arm_set = _list_of_str(spec.get("set"), f"arm {name!r} set", path)
+        _check_grid_keys(arm_set, f"arm {name!r} set", path)
+        arms[name] = Arm(name, recipe, arm_set)
+
+    baseline = data.get("baseline", next(iter(arms)) if len(arms) == 1 else None)
+    if baseline not in arms:
+        raise StudyError(f"{path}: baseline {baseline!r} is not one of the arms ({', '.join(arms)}); "
+                         "name the arm the paired gains are measured against")
+    seeds = data.get("seeds", [0])
+    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise StudyError(f"{path}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
+    jobs = data.get("jobs")
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise StudyError(f"{path}: jobs must be a positive integer, got {jobs!r}")
+    eval_split = data.get("eval_split", "test")
+    if not isinstance(eval_split, str) or not eval_split:
+        raise StudyError(f"{path}: eval_split must be a split name such as test, got {eval_split!r}")
+    full = data.get("full_labels", True)
+    if not isinstance(full, bool):
+        raise StudyError(f"{path}: full_labels must be true or false, got {full!r}")
+    name = data.get("name") or os.path.splitext(os.path.basename(path))[0]
+    return Study(path=path, name=str(name), arms=arms, baseline=baseline, labels=_parse_labels(data.get("labels"), path),
+                 full_labels=full, seeds=list(seeds), eval_split=eval_split, jobs=jobs, overrides=common,
+                 cli_overrides=cli)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the grid
+
+
+def expand(study: Study, out_dir: str, *, resolve: bool = True) -> list[RunSpec]:
+    """Every run of the study, in the order they are started: seed by seed (so that a study stopped early
+    already holds complete paired comparisons), within a seed label setting by label setting, arm by arm,
+    and the full-label baseline last. Each run's config is loaded once here (``resolve``), so that a wrong
+    override fails before anything runs."""
+    runs_dir = os.path.join(os.path.abspath(out_dir), "runs")
+    logs_dir = os.path.join(os.path.abspath(out_dir), "logs")
+    cells = [(arm, labels) for labels in study.labels for arm in study.arms]
+    if study.full_labels:
+        cells.append((study.baseline, Labels()))
+    specs = []
+    for seed in study.seeds:
+        for arm_name, labels in cells:
+            arm = study.arms[arm_name]
+            name = f"{arm_name}_{labels.tag}_s{seed}"
+            # the file's `set`, then the arm's, then the command line's --set, then the grid's own keys
+            overrides = [*study.overrides, *arm.overrides, *study.cli_overrides,
+                         *labels.overrides(), f"train.seed={seed}", f"data.labeled.seed={seed}", f"name={name}"]
+            spec = RunSpec(name=name, arm=arm_name, labels=labels, seed=seed, recipe=arm.recipe, overrides=overrides,
+                           run_dir=os.path.join(runs_dir, name), log=os.path.join(logs_dir, f"{name}.log"),
+                           eval_split=study.eval_split)
+            if resolve:
+                try:
+                    cfg = load_config(arm.recipe, overrides)
+                except ConfigError as e:
+                    raise StudyError(f"{study.path}: run {name} (recipe {arm.recipe}): {e}") from None
+                spec.iterations, spec.data = cfg.train.iterations, config_to_dict(cfg)["data"]
+            specs.append(spec)
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------------
+# run state
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _events(run_dir: str) -> list[dict]:
+    out = []
+    try:
+        with open(os.path.join(run_dir, METRICS), encoding="utf-8") as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue  # a line cut by kill -9
+    except OSError:
+        pass
+    return out
+
+
+def run_state(spec: RunSpec) -> str:
+    """What a run folder holds, from what semiseg writes there:
+
+    * ``done``: the held-out evaluation of the final last.pt is recorded (eval_<split>_last.json);
+    * ``trained``: training finished (the final evaluation is logged and last.pt was written after it);
+    * ``partial``: a last.pt to resume from;
+    * ``new``: no folder, or an empty one;
+    * ``broken``: something is there but no checkpoint (killed before its first last.pt): moved aside.
+    """
+    d = spec.run_dir
+    if not os.path.isdir(d) or not os.listdir(d):
+        return "new"
+    last = os.path.join(d, "last.pt")
+    result = _read_json(spec.eval_file)
+    if (isinstance(result, dict) and result.get("iteration") == spec.iterations and os.path.isfile(last)
+            and os.path.basename(str(result.get("checkpoint", ""))) == "last.pt"):
+        return "done"
+    if not os.path.isfile(last):
+        return "broken"
+    final = [e for e in _events(d) if e.get("kind") == "eval" and e.get("iteration") == spec.iterations]
+    # the trainer logs the final evaluation, then writes last.pt: a kill in between leaves an older last.pt
+    if final and os.path.getmtime(last) >= final[-1].get("time", math.inf):
+        return "trained"
+    return "partial"
+
+
+def check_eval_split(study: Study, specs: list[RunSpec], echo: Callable[[str], None] = print) -> None:
+    """The held-out split must be readable before hours of training end in a failed evaluation."""
+    from semiseg.config import config_from_dict
+
+    seen = set()
+    for spec in specs:
+        # the labeled split does not change the held-out split: read each dataset once
+        key = json.dumps({k: v for k, v in spec.data.items() if k != "labeled"}, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        if spec.data.get("val_split") == study.eval_split and len(seen) == 1:
+            echo(f"note: eval_split {study.eval_split!r} is also the runs' validation split (data.val_split): "
+                 "scores of last.pt are unbiased by checkpoint choice, but not by any tuning done on that split")
+        from semiseg.engine.build import build_dataset
+
+        try:
+            build_dataset(config_from_dict({"data": spec.data}), study.eval_split)
+        except Exception as e:  # any dataset error: missing folder, unknown split, ...
+            raise StudyError(f"{study.path}: eval_split {study.eval_split!r} cannot be read for run {spec.name} "
+                             f"({type(e).__name__}: {e}); name a split of the dataset that has labels") from None
+
+
+def config_mismatch(spec: RunSpec) -> list[str]:
+    """Differences between a run folder's config.yaml and what the study asks for (machine keys aside)."""
+    saved = os.path.join(spec.run_dir, CONFIG)
+    if not os.path.isfile(saved):
+        return []
+    try:
+        have = config_to_dict(load_config(saved))
+    except ConfigError as e:
+        return [f"its config.yaml cannot be read ({e})"]
+    want = config_to_dict(load_config(spec.recipe, spec.overrides))
+    for d in (have, want):
+        for key in MACHINE_KEYS:
+            *parents, leaf = key.split(".")
+            for p in parents:
+                d = d[p]
+            d.pop(leaf, None)
+    return _diff(want, have)
+
+
+def _diff(want: dict, have: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(want) | set(have)):
+        a, b = want.get(k), have.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: run has {b!r}, study asks {a!r}")
+    return out
+
+
+def move_aside(run_dir: str) -> str:
+    """Rename a run folder that cannot be resumed to ``<run_dir>.failed-N`` (nothing is deleted)."""
+    i = 1
+    while os.path.exists(f"{run_dir}.failed-{i}"):
+        i += 1
+    target = f"{run_dir}.failed-{i}"
+    os.replace(run_dir, target)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------
+# commands and the process pool
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def commands(spec: RunSpec, state: str, threads: int) -> list[list[str]]:
+    """The semiseg commands (argument lists after ``semiseg``) that bring a run from ``state`` to done."""
+    train = ["train", "--no-progress"]
+    steps = []
+    if state in ("new", "broken"):
+        steps.append([*train, "--config", spec.recipe, "--run-dir", spec.run_dir, *spec.overrides,
+                      f"train.threads={threads}"])
+    elif state == "partial":
+        steps.append([*train, "--resume", spec.run_dir, f"train.threads={threads}"])
+    if state != "done":
+        steps.append(["eval", os.path.join(spec.run_dir, "last.pt"), "--split", spec.eval_split,
+                      "--out", spec.eval_file, "--threads", str(threads)])
+    return steps
+
+
+def worker_command(steps: list[list[str]]) -> list[str]:
+    """One process for a run's steps: ``python -m semiseg.engine.study STEP --then STEP``."""
+    argv = [sys.executable, "-m", "semiseg.engine.study"]
+    for i, step in enumerate(steps):
+        argv += (["--then"] if i else []) + step
+    return argv
+
+
+def run_steps(argv: list[str]) -> int:
+    """The worker: semiseg commands separated by ``--then``, one after another in this process; stops at
+    the first that fails and returns its exit code."""
+    from semiseg.cli import main
+
+    steps: list[list[str]] = [[]]
+    for a in argv:
+        if a == "--then":
+            steps.append([])
+        else:
+            steps[-1].append(a)
+    for step in steps:
+        print(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} $ semiseg {shlex.join(step)}", flush=True)
+        rc = main(step)
+        if rc:
+            return rc
+    return 0
+
+
+def _child_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    # the children import this very semiseg, wherever it was imported from
+    import semiseg
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(semiseg.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["TQDM_DISABLE"] = "1"  # no progress bars in the log files
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """Linux: a child gets SIGTERM when the study process dies, even by kill -9, so that no orphaned run
+    keeps writing into a folder the next study run resumes."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def set_pdeathsig() -> None:
+        import ctypes
+
+        try:
+            ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # the parent died before the prctl
+            os._exit(1)
+
+    return set_pdeathsig
+
+
+class _Job:
+    def __init__(self, spec: RunSpec, steps: list[list[str]]):
+        self.spec, self.steps = spec, list(steps)
+        self.proc: subprocess.Popen | None = None
+        self.log = None
+        self.started = 0.0
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _raise_interrupted(signum, frame):
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+def execute(specs_states: list[tuple[RunSpec, str]], *, jobs: int, threads: int,
+            echo: Callable[[str], None] = print, poll: float = 0.5) -> dict[str, str | None]:
+    """Bring every run to done, ``jobs`` subprocesses at a time; returns {run name: error or None}."""
+    env = _child_env(threads)
+    pending = [_Job(spec, commands(spec, state, threads)) for spec, state in specs_states]
+    pending = [j for j in pending if j.steps]
+    running: list[_Job] = []
+    outcome: dict[str, str | None] = {}
+    total, finished = len(pending), 0
+
+    def start(job: _Job) -> None:
+        os.makedirs(os.path.dirname(job.spec.log), exist_ok=True)
+        job.log = open(job.spec.log, "a", encoding="utf-8")
+        job.proc = subprocess.Popen(worker_command(job.steps), stdout=job.log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent(os.getpid()))
+
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                job = pending.pop(0)
+                job.started = time.time()
+                echo(f"[{finished + len(running) + 1}/{total}] start {job.spec.name}  (log: {job.spec.log})")
+                start(job)
+                running.append(job)
+            time.sleep(poll)
+            for job in list(running):
+                rc = job.proc.poll()
+                if rc is None:
+                    continue
+                job.log.close()
+                running.remove(job)
+                finished += 1
+                error = None if rc == 0 else f"exit code {rc}; see {job.spec.log}"
+                if error is None and run_state(job.spec) != "done":
+                    error = f"the evaluation did not record the final iteration {job.spec.iterations}; see {job.spec.log}"
+                outcome[job.spec.name] = error
+                took = time.time() - job.started
+                echo(f"[{finished}/{total}] {'done' if error is None else 'FAILED'} {job.spec.name} "
+                     f"({_duration(took)}){'' if error is None else ': ' + error}")
+    except (KeyboardInterrupt, _Interrupted):
+        for job in running:
+            if job.proc.poll() is None:
+                job.proc.terminate()
+        deadline = time.time() + 15
+        for job in running:
+            try:
+                job.proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                job.proc.kill()
+                job.proc.wait()
+            job.log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} stopped: the study was interrupted\n")
+            job.log.close()
+        raise KeyboardInterrupt from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return outcome
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+# ---------------------------------------------------------------------------------------------------
+# results
+
+
+def train_seconds(events: list[dict]) -> float | None:
+    """Wall time of training from metrics.jsonl: the sum over sessions (start or resume -> last event)."""
+    total, begin, end = 0.0, None, None
+    for e in events:
+        t = e.get("time")
+        if not isinstance(t, (int, float)):
+            continue
+        if e.get("kind") in ("start", "resume"):
+            if begin is not None and end is not None:
+                total += end - begin
+            begin, end = t, t
+        elif begin is not None:
+            end = t
+    if begin is not None and end is not None:
+        total += end - begin
+    return total if begin is not None else None
+
+
+def _split_counts(run_dir: str) -> tuple[int | None, int | None]:
+    labeled = total = None
+    try:
+        with open(os.path.join(run_dir, SPLIT), encoding="utf-8") as f:
+            for line in f:
+                if not line.startswith("#"):
+                    break
+                key, _, value = line[1:].partition(":")
+                if key.strip() == "labeled":
+                    labeled = int(value)
+                elif key.strip() == "total":
+                    total = int(value)
+    except (OSError, ValueError):
+        pass
+    return labeled, total
+
+
+def collect(spec: RunSpec) -> dict:
+    """What the table needs from one run folder (``miou`` None when the run is not done)."""
+    done = run_state(spec) == "done"
+    result = _read_json(spec.eval_file) if done else None
+    labeled, total = _split_counts(spec.run_dir)
+    events = _events(spec.run_dir)
+    starts = [e for e in events if e.get("kind") in ("start", "resume")]
+    metrics = (result or {}).get("metrics") or {}
+    return {
+        "name": spec.name, "arm": spec.arm, "labels": spec.labels.tag, "seed": spec.seed, "done": done,
+        "n_labeled": labeled if labeled is not None else None, "n_train": total,
+        "miou": metrics.get("miou") if done else None,
+        "iou": dict(zip(result.get("classes", []), metrics.get("iou", []))) if done else None,
+        "iteration": (result or {}).get("iteration"),
+        "train_seconds": train_seconds(events) if done else None,
+        "threads": starts[-1].get("threads") if starts else None,
+        "run_dir": spec.run_dir,
+    }
+
+
+def verdict(gains: list[float], baseline_spread: float | None) -> str:
+    """The decision rule: an arm helps when it beats the baseline on every seed and its mean gain exceeds
+    twice the baseline's seed-to-seed spread (max - min); "hurts" is the mirror image."""
+    if len(gains) < 2 or baseline_spread is None:
+        return "needs 2+ seeds"
+    mean = sum(gains) / len(gains)
+    if all(g > 0 for g in gains) and mean > 2 * baseline_spread:
+        return "helps"
+    if all(g < 0 for g in gains) and -mean > 2 * baseline_spread:
+        return "hurts"
+    return "no clear effect"
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0, "mean": None, "min": None, "max": None, "spread": None, "std": None}
+    return {"n": len(values), "mean": sum(values) / len(values), "min": min(values), "max": max(values),
+            "spread": max(values) - min(values), "std": statistics.stdev(values) if len(values) >= 3 else None}
+
+
+def summarize(results: list[dict], *, baseline: str, arms: list[str], labels: list[str], seeds: list[int]) -> list[dict]:
+    """Rows of the table, one per (arm, label setting), from ``collect`` records (pure: no files).
+
+    ``labels``: the label tags in table order (the full-label setting ``all`` last, if it was run).
+    """
+    by_cell: dict[tuple[str, str], dict[int, dict]] = {}
+    for r in results:
+        by_cell.setdefault((r["arm"], r["labels"]), {})[r["seed"]] = r
+    full = {s: r["miou"] for s, r in by_cell.get((baseline, "all"), {}).items() if r.get("miou") is not None}
+    full_mean = sum(full.values()) / len(full) if full else None
+    rows = []
+    for tag in labels:
+        for arm in ([baseline] if tag == "all" else [baseline, *[a for a in arms if a != baseline]]):
+            cell = by_cell.get((arm, tag), {})
+            vals = {s: r["miou"] for s, r in cell.items() if r.get("miou") is not None}
+            n_labeled = next((r["n_labeled"] for r in cell.values() if r.get("n_labeled") is not None), None)
+            times = [r["train_seconds"] for r in cell.values() if r.get("train_seconds") is not None]
+            row = {"arm": arm, "labels": tag, "n_labeled": n_labeled, "planned": len(seeds),
+                   "seeds": sorted(vals), "miou": vals, **_stats(list(vals.values())),
+                   "train_seconds_mean": sum(times) / len(times) if times else None,
+                   "gains": None, "gain_mean": None, "gain_min": None, "gain_max": None, "share_of_gap": None,
+                   "verdict": "ceiling" if tag == "all" else "baseline" if arm == baseline else None}
+            if arm != baseline and tag != "all":
+                base = {s: r["miou"] for s, r in by_cell.get((baseline, tag), {}).items() if r.get("miou") is not None}
+                paired = sorted(set(vals) & set(base))
+                gains = [vals[s] - base[s] for s in paired]
+                base_stats = _stats(list(base.values()))
+                row["gains"] = dict(zip(paired, gains))
+                if gains:
+                    row["gain_mean"] = sum(gains) / len(gains)
+                    row["gain_min"], row["gain_max"] = min(gains), max(gains)
+                    gap = None if full_mean is None else full_mean - sum(base[s] for s in paired) / len(paired)
+                    row["share_of_gap"] = row["gain_mean"] / gap if gap is not None and gap > 0 else None
+                row["baseline_spread"] = base_stats["spread"] if base_stats["n"] >= 2 else None
+                row["verdict"] = verdict(gains, row["baseline_spread"]) if gains else "no paired runs yet"
+            rows.append(row)
+    return rows
+
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+
+
+def markdown_table(rows: list[dict], *, eval_split: str, label_text: dict[str, str]) -> str:
+    head = ("| method | labels | labeled images | seeds | mIoU mean | min-max | std | paired gain (min..max) "
+            "| share of gap | verdict | train time / run |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        seeds = f"{r['n']}" if r["n"] == r["planned"] else f"{r['n']} of {r['planned']}"
+        spread = "-" if r["n"] == 0 else f"{_pct(r['min'])}-{_pct(r['max'])}"
+        if r["gain_mean"] is None:
+            gain = "-"
+        elif len(r["gains"]) > 1:
+            gain = f"{_pct(r['gain_mean'], True)} ({_pct(r['gain_min'], True)}..{_pct(r['gain_max'], True)})"
+        else:
+            gain = _pct(r["gain_mean"], True)
+        share = "-" if r["share_of_gap"] is None else f"{100 * r['share_of_gap']:.0f}%"
+        lines.append(f"| {r['arm']} | {label_text.get(r['labels'], r['labels'])} | "
+                     f"{'-' if r['n_labeled'] is None else r['n_labeled']} | {seeds} | "
+                     f"{'**' + _pct(r['mean']) + '**' if r['n'] else '-'} | {spread} | {_pct(r['std'])} | {gain} | "
+                     f"{share} | {r['verdict'] or '-'} | {_duration(r['train_seconds_mean'])} |")
+    lines += [
+        "",
+        f"mIoU in percent on the `{eval_split}` split with each run's last checkpoint (no checkpoint was chosen on it); "
+        "min-max over seeds, std from 3 seeds on.",
+        "Paired gain: the mean of per-seed differences to the baseline arm at the same labels, seed and split "
+        "(min..max over seeds). Share of gap: that gain over (baseline with all labels - baseline), the ceiling's mean.",
+        "Verdict: \"helps\" when the arm beats the baseline on every seed and its mean gain exceeds twice the "
+        "baseline's seed-to-seed spread (max - min); \"hurts\" the mirror image; otherwise \"no clear effect\".",
+        "Train time: wall time of training from metrics.jsonl (mean per run), with the study's runs sharing the machine.",
+    ]
+    return "\n".join(lines)
+
+
+def runs_table(results: list[dict]) -> str:
+    lines = ["| run | mIoU | iterations | labeled | threads | train time |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['name']} | {_pct(r['miou']) if r['done'] else 'not done'} | {r['iteration'] or '-'} | "
+                     f"{r['n_labeled'] if r['n_labeled'] is not None else '-'} | {r['threads'] or '-'} | "
+                     f"{_duration(r['train_seconds'])} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str, *, title: str, eval_split: str, baseline: str) -> str:
+    """mIoU against the number of labeled images (log x), one line per arm, the ceiling dashed.
+    Raises ImportError without matplotlib."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.add_subplot()
+    arms = list(dict.fromkeys(r["arm"] for r in rows if r["labels"] != "all"))
+    for arm in arms:
+        pts = sorted((r["n_labeled"], r) for r in rows if r["arm"] == arm and r["labels"] != "all"
+                     and r["n"] and r["n_labeled"] is not None)
+        if not pts:
+            continue
+        xs = [x for x, _ in pts]
+        ys = [100 * r["mean"] for _, r in pts]
+        err = [[100 * (r["mean"] - r["min"]) for _, r in pts], [100 * (r["max"] - r["mean"]) for _, r in pts]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=arm)
+    for r in rows:
+        if r["labels"] == "all" and r["n"]:
+            n = f" {r['n_labeled']}" if r["n_labeled"] is not None else ""
+            ax.axhline(100 * r["mean"], linestyle="--", color="gray", label=f"{baseline} with all{n} labels")
+    ax.set_xscale("log")
+    ticks = sorted({r["n_labeled"] for r in rows if r["labels"] != "all" and r["n"] and r["n_labeled"] is not None})
+    if ticks:  # the label counts themselves, not powers of ten
+        ax.minorticks_off()
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("labeled training images")
+    ax.set_ylabel(f"mIoU on {eval_split} (%)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def write_results(study: Study, specs: list[RunSpec], out_dir: str, echo: Callable[[str], None] = print) -> dict:
+    """study.md, study.json and study.png from the run folders; returns the JSON record."""
+    from semiseg.engine.checkpoint import atomic_write_text
+
+    results = [collect(s) for s in specs]
+    tags = list(dict.fromkeys(s.labels.tag for s in sorted(specs, key=lambda s: s.labels.sort_key())))
+    label_text = {s.labels.tag: s.labels.text for s in specs}
+    rows = summarize(results, baseline=study.baseline, arms=list(study.arms), labels=tags, seeds=study.seeds)
+    table = markdown_table(rows, eval_split=study.eval_split, label_text=label_text)
+    missing = [r["name"] for r in results if not r["done"]]
+    text = f"# Study {study.name}\n\nStudy file: `{study.path}`\n\n{table}\n\n## Runs\n\n{runs_table(results)}\n"
+    if missing:
+        text += f"\nNot finished yet ({len(missing)}): {', '.join(missing)}. Run the study again to finish them.\n"
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(os.path.join(out_dir, "study.md"), text)
+    record = {"study": study.name, "file": study.path, "eval_split": study.eval_split, "baseline": study.baseline,
+              "seeds": study.seeds, "rows": rows, "runs": results, "missing": missing}
+    from semiseg.metrics import to_json_dict
+
+    atomic_write_text(os.path.join(out_dir, "study.json"), json.dumps(to_json_dict(record), indent=1))
+    echo(table)
+    if missing:
+        echo(f"\n{len(missing)} of {len(results)} runs not finished: {', '.join(missing)}")
+    try:
+        png = plot(rows, os.path.join(out_dir, "study.png"), title=study.name, eval_split=study.eval_split,
+                   baseline=study.baseline)
+        echo(f"\nwrote {os.path.join(out_dir, 'study.md')}, study.json, {os.path.basename(png)}")
+    except ImportError:
+        echo(f"\nwrote {os.path.join(out_dir, 'study.md')} and study.json; no plot: matplotlib is not installed "
+             "(pip install 'semiseg[plots]')")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------
+# the whole study
+
+
+def default_out_dir(study: Study) -> str:
+    return os.path.join("runs", "studies", study.name)
+
+
+class _Lock:
+    """One study process per output folder (released by the OS when the process dies, even by kill -9)."""
+
+    def __init__(self, out_dir: str):
+        self.path = os.path.join(out_dir, ".study.lock")
+        self.file = None
+
+    def __enter__(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.file = open(self.path, "a+", encoding="utf-8")
+        try:
+            import fcntl
+
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            pass
+        except OSError:
+            self.file.close()
+            raise StudyError(f"another `semiseg study` is running with the output folder {os.path.dirname(self.path)}; "
+                             "wait for it, or give this one another --out") from None
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = None, only: list[str] | None = None,
+              dry_run: bool = False, table_only: bool = False, echo: Callable[[str], None] = print) -> int:
+    """Plan, run what is missing, write the table. Returns 0 when every selected run is done, else 1."""
+    out_dir = os.path.abspath(out_dir or default_out_dir(study))
+    specs = expand(study, out_dir)
+    selected = [s for s in specs if not only or any(fnmatch.fnmatchcase(s.name, p) for p in only)]
+    if only and not selected:
+        raise StudyError(f"--only {' '.join(only)} matches none of the runs: {', '.join(s.name for s in specs)}")
+    if table_only:
+        write_results(study, specs, out_dir, echo)
+        return 0
+    check_eval_split(study, selected, echo)
+    cores = cpu_count()
+    jobs = jobs or study.jobs or min(2, cores)
+    threads = max(1, cores // jobs)
+
+    # the lock first: the states of the folders are only stable while no other study writes into them
+    with contextlib.nullcontext() if dry_run else _Lock(out_dir):
+        states = [(s, run_state(s)) for s in selected]
+        problems = []
+        for spec, state in states:
+            if state in ("done", "trained", "partial"):
+                diff = config_mismatch(spec)
+                if diff:
+                    problems.append(f"{spec.run_dir}:\n    " + "\n    ".join(diff))
+        if problems:
+            raise StudyError("these runs were made with other settings than the study now asks for (a table mixing "
+                             "them would compare different experiments):\n  " + "\n  ".join(problems)
+                             + "\nmove them away (or use another --out), or undo the change to the study or recipe")
+
+        actions = {"done": "skip (done)", "trained": "evaluate", "partial": "resume + evaluate",
+                   "new": "train + evaluate", "broken": "move aside, train + evaluate"}
+        echo(f"study {study.name}: {len(specs)} runs in {out_dir}/runs; {jobs} at a time, {threads} thread(s) each")
+        for spec, state in states:
+            echo(f"  {spec.name:<32} {actions[state]}")
+        todo = [(s, st) for s, st in states if st != "done"]
+        if dry_run:
+            for spec, state in todo:
+                for cmd in commands(spec, state, threads):
+                    echo(shlex.join(["semiseg", *cmd]))
+            return 0
+
+        from semiseg.engine.checkpoint import atomic_write_text
+
+        with open(study.path, encoding="utf-8") as f:
+            atomic_write_text(os.path.join(out_dir, "study.yaml"), f.read())
+        for spec, state in todo:
+            if state == "broken":
+                echo(f"  {spec.name}: no checkpoint in the folder; moved to {move_aside(spec.run_dir)}")
+        outcome = execute(todo, jobs=jobs, threads=threads, echo=echo) if todo else {}
+        echo("")
+        write_results(study, specs, out_dir, echo)
+    failed = {k: v for k, v in outcome.items() if v}
+    if failed:
+        echo(f"\n{len(failed)} run(s) failed:\n  " + "\n  ".join(f"{k}: {v}" for k, v in failed.items()))
+        return 1
+    return 0
+
+
+__all__ = ["StudyError", "Study", "Arm", "Labels", "RunSpec", "load_study", "expand", "run_state", "check_eval_split",
+           "config_mismatch", "move_aside", "commands", "worker_command", "run_steps", "execute", "collect", "summarize", "verdict",
+           "train_seconds", "markdown_table", "plot", "write_results", "run_study", "cpu_count", "default_out_dir"]
+
+
+if __name__ == "__main__":  # the worker of one run (see worker_command)
+    raise SystemExit(run_steps(sys.argv[1:]))

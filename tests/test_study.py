@@ -1,0 +1,438 @@
+"""semiseg study: the study file and its grid, run-state detection, the table maths, and one tiny study that is
+killed (kill -9) midway and finished by running it again."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from semiseg.cli import main
+from semiseg.config import dump_config, load_config
+from semiseg.engine import study as st
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYN = os.path.join(REPO, "configs", "synthetic")
+BASE = os.path.join(SYN, "deeplabv3plus_mobilenetv2_1-8.yaml")
+ADV = os.path.join(SYN, "advsemiseg_deeplabv3plus_mobilenetv2_1-8.yaml")
+TINY = ["data.options={size: 32, length: 16}", "data.crop_size=[32,32]", "data.batch_size=2", "eval.batch_size=4",
+        "train.iterations=3", "train.checkpoint_interval=1", "train.eval_interval=0", "train.tensorboard=false",
+        "train.precision=fp32", "data.num_workers=0"]
+
+
+def write_study(tmp_path, text: str, name: str = "study.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+STUDY = f"""
+name: grid
+recipe: {BASE}
+set: [train.iterations=10, optim.lr=0.01]
+arms:
+  supervised: {{}}
+  adv: {{recipe: {ADV}, set: [optim.lr=0.02]}}
+baseline: supervised
+labels: [0.125, 50]
+seeds: [0, 1]
+"""
+
+
+# ---------------------------------------------------------------------------------------------------
+# the study file and the grid
+
+
+def test_grid_shares_split_and_seed_across_arms(tmp_path):
+    study = st.load_study(write_study(tmp_path, STUDY), ["optim.lr=0.03"])
+    specs = st.expand(study, str(tmp_path / "out"))
+    names = [s.name for s in specs]
+    assert names == ["supervised_1-8_s0", "adv_1-8_s0", "supervised_n50_s0", "adv_n50_s0", "supervised_all_s0",
+                     "supervised_1-8_s1", "adv_1-8_s1", "supervised_n50_s1", "adv_n50_s1", "supervised_all_s1"]
+    cfgs = {s.name: load_config(s.recipe, s.overrides) for s in specs}
+    for tag in ("1-8", "n50"):
+        for seed in (0, 1):
+            a, b = cfgs[f"supervised_{tag}_s{seed}"], cfgs[f"adv_{tag}_s{seed}"]
+            assert (a.method.name, b.method.name) == ("supervised", "advsemiseg")
+            for c in (a, b):  # the same split and the same seed for both arms
+                assert c.train.seed == c.data.labeled.seed == seed
+            assert (a.data.labeled.fraction, a.data.labeled.count) == (b.data.labeled.fraction, b.data.labeled.count)
+    assert cfgs["adv_1-8_s0"].data.labeled.fraction == 0.125 and cfgs["adv_1-8_s0"].data.labeled.count is None
+    assert cfgs["adv_n50_s1"].data.labeled.count == 50 and cfgs["adv_n50_s1"].data.labeled.fraction is None
+    full = cfgs["supervised_all_s1"].data.labeled
+    assert full.fraction is None and full.count is None and full.id_file is None
+    # order: the file's set, the arm's set, the command line's --set
+    assert cfgs["adv_1-8_s0"].optim.lr == cfgs["supervised_1-8_s0"].optim.lr == 0.03
+    assert all(c.train.iterations == 10 for c in cfgs.values())
+    assert {s.iterations for s in specs} == {10}
+    s = specs[0]
+    assert s.run_dir == str(tmp_path / "out" / "runs" / "supervised_1-8_s0")
+    assert s.log == str(tmp_path / "out" / "logs" / "supervised_1-8_s0.log")
+    assert s.eval_file.endswith("eval_test_last.json")
+
+
+@pytest.mark.parametrize("change, message", [
+    (("labels: [0.125, 50]", "labels: [0]"), "not a positive image count"),
+    (("labels: [0.125, 50]", "labels: [1.5]"), "not a fraction in (0, 1]"),
+    (("labels: [0.125, 50]", "labels: [eighth]"), "neither a fraction"),
+    (("baseline: supervised", "baseline: sup"), "baseline 'sup' is not one of the arms"),
+    (("set: [train.iterations=10, optim.lr=0.01]", "set: [train.seed=3]"), "sets train.seed"),
+    (("seeds: [0, 1]", "seeds: [0, 0]"), "distinct integers"),
+    (("name: grid", "nme: grid"), "unknown key(s) 'nme'"),
+    ((f"recipe: {ADV}", "recipe: no_such_recipe.yaml"), "arm 'adv' recipe 'no_such_recipe.yaml' not found"),
+    ((f"recipe: {BASE}", "recipe: missing/base.yaml"), "recipe 'missing/base.yaml' not found"),
+])
+def test_study_file_errors_name_the_problem(tmp_path, change, message):
+    path = write_study(tmp_path, STUDY.replace(*change))
+    with pytest.raises(st.StudyError) as e:
+        st.load_study(path)
+    assert message in str(e.value) and path in str(e.value)
+
+
+def test_bad_override_fails_before_anything_runs(tmp_path):
+    study = st.load_study(write_study(tmp_path, STUDY), ["optim.lrr=1"])
+    with pytest.raises(st.StudyError, match="optim.lrr"):
+        st.expand(study, str(tmp_path / "out"))
+    with pytest.raises(st.StudyError, match="data.labeled.seed"):
+        st.load_study(write_study(tmp_path, STUDY), ["data.labeled.seed=4"])
+
+
+def test_cli_dry_run_and_errors(tmp_path, capsys):
+    path = write_study(tmp_path, STUDY)
+    out = tmp_path / "out"
+    assert main(["study", path, "--out", str(out), "--dry-run", "--jobs", "2", "--only", "adv_*"]) == 0
+    text = capsys.readouterr().out
+    assert "10 runs" in text and "adv_1-8_s0" in text and "train + evaluate" in text
+    assert "--run-dir " + str(out / "runs" / "adv_n50_s1") in text
+    assert "--run-dir " + str(out / "runs" / "supervised_1-8_s0") not in text  # --only adv_*
+    assert not out.exists()  # a dry run writes nothing
+    assert main(["study", str(tmp_path / "nope.yaml")]) == 2
+    assert "study file not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# run state
+
+
+def _spec(tmp_path, iterations=3) -> st.RunSpec:
+    d = tmp_path / "runs" / "a_1-8_s0"
+    return st.RunSpec(name="a_1-8_s0", arm="a", labels=st.Labels(fraction=0.125), seed=0, recipe=BASE,
+                      overrides=list(TINY), run_dir=str(d), log=str(tmp_path / "logs" / "a.log"), eval_split="test",
+                      iterations=iterations)
+
+
+def _event(kind, iteration, t):
+    return json.dumps({"kind": kind, "iteration": iteration, "time": t}) + "\n"
+
+
+def test_run_state_from_the_files_semiseg_writes(tmp_path):
+    spec = _spec(tmp_path)
+    d = spec.run_dir
+    assert st.run_state(spec) == "new"
+    os.makedirs(d)
+    assert st.run_state(spec) == "new"  # empty folder
+    open(os.path.join(d, "config.yaml"), "w").close()
+    assert st.run_state(spec) == "broken"  # killed before its first checkpoint
+    with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+        f.write(_event("start", 0, 100.0) + _event("train", 2, 101.0) + '{"kind": "tra')  # a line cut by kill -9
+    open(os.path.join(d, "last.pt"), "w").close()
+    assert st.run_state(spec) == "partial"
+    # the final evaluation logged, but killed before last.pt was written after it: still partial
+    with open(os.path.join(d, "metrics.jsonl"), "a") as f:
+        f.write("\n" + _event("eval", 3, time.time() + 60))
+    assert st.run_state(spec) == "partial"
+    with open(os.path.join(d, "metrics.jsonl"), "a") as f:
+        f.write(_event("eval", 3, 102.0))
+    assert st.run_state(spec) == "trained"
+    result = {"checkpoint": os.path.join(d, "last.pt"), "iteration": 2, "metrics": {"miou": 0.5}}
+    with open(spec.eval_file, "w") as f:
+        json.dump(result, f)
+    assert st.run_state(spec) == "trained"  # an evaluation of an earlier last.pt does not count
+    result["iteration"] = 3
+    with open(spec.eval_file, "w") as f:
+        json.dump(result, f)
+    assert st.run_state(spec) == "done"
+    with open(spec.eval_file, "w") as f:
+        json.dump({**result, "checkpoint": os.path.join(d, "best.pt")}, f)
+    assert st.run_state(spec) == "trained"  # never a checkpoint picked by validation
+
+
+def test_commands_per_state(tmp_path):
+    spec = _spec(tmp_path)
+    new = st.commands(spec, "new", threads=3)
+    assert [c[0] for c in new] == ["train", "eval"]
+    assert new[0][-1] == "train.threads=3" and "--run-dir" in new[0] and spec.overrides[0] in new[0]
+    assert new[1][1:] == [os.path.join(spec.run_dir, "last.pt"), "--split", "test", "--out", spec.eval_file,
+                          "--threads", "3"]
+    resume = st.commands(spec, "partial", threads=1)
+    assert resume[0] == ["train", "--no-progress", "--resume", spec.run_dir, "train.threads=1"]
+    assert [c[0] for c in st.commands(spec, "trained", threads=1)] == ["eval"]
+    assert st.commands(spec, "done", threads=1) == []
+    # one process per run: the steps joined by --then
+    worker = st.worker_command(resume)
+    assert worker[1:3] == ["-m", "semiseg.engine.study"] and worker.count("--then") == 1
+    assert worker[3:].index("--then") == len(resume[0])
+
+
+def test_move_aside_keeps_everything(tmp_path):
+    d = tmp_path / "runs" / "r"
+    d.mkdir(parents=True)
+    (d / "notes.txt").write_text("mine")
+    (tmp_path / "runs" / "r.failed-1").mkdir()
+    target = st.move_aside(str(d))
+    assert target == str(d) + ".failed-2" and not d.exists()
+    assert (tmp_path / "runs" / "r.failed-2" / "notes.txt").read_text() == "mine"
+
+
+def test_changed_settings_are_refused(tmp_path):
+    path = write_study(tmp_path, STUDY)
+    out = tmp_path / "out"
+    study = st.load_study(path)
+    spec = st.expand(study, str(out))[0]
+    os.makedirs(spec.run_dir)
+    # the run's saved config: what the study asks for, with a machine-dependent thread count
+    dump_config(load_config(spec.recipe, [*spec.overrides, "train.threads=7"]), os.path.join(spec.run_dir, "config.yaml"))
+    open(os.path.join(spec.run_dir, "last.pt"), "w").close()
+    assert st.config_mismatch(spec) == []
+    changed = st.load_study(path, ["optim.lr=0.5"])
+    spec2 = st.expand(changed, str(out))[0]
+    assert st.config_mismatch(spec2) == ["optim.lr: run has 0.01, study asks 0.5"]
+    with pytest.raises(st.StudyError, match="optim.lr: run has 0.01, study asks 0.5"):
+        st.run_study(changed, str(out), dry_run=True, echo=lambda s: None)
+
+
+def test_train_seconds_sums_sessions():
+    events = [{"kind": "start", "time": 100.0}, {"kind": "train", "time": 110.0},
+              {"kind": "resume", "time": 500.0}, {"kind": "train", "time": 520.0}, {"kind": "eval", "time": 530.0}]
+    assert st.train_seconds(events) == pytest.approx(40.0)
+    assert st.train_seconds([]) is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# the table
+
+
+def _result(arm, labels, seed, miou, n=125, secs=60.0):
+    return {"name": f"{arm}_{labels}_s{seed}", "arm": arm, "labels": labels, "seed": seed, "done": miou is not None,
+            "miou": miou, "n_labeled": n, "train_seconds": secs}
+
+
+def test_table_maths():
+    base = {0: 0.30, 1: 0.32, 2: 0.31}
+    good = {0: 0.36, 1: 0.37, 2: 0.35}       # gains .06 .05 .04: every seed, mean .05 > 2 x spread .02
+    small = {0: 0.335, 1: 0.345, 2: 0.345}   # gains .035 .025 .035: every seed, mean .0317 < .04
+    bad = {0: 0.20, 1: 0.21, 2: 0.22}        # every seed worse by far
+    full = {0: 0.50, 1: 0.52, 2: 0.48}
+    results = [_result("sup", "1-8", s, v) for s, v in base.items()]
+    results += [_result("good", "1-8", s, v) for s, v in good.items()]
+    results += [_result("small", "1-8", s, v) for s, v in small.items()]
+    results += [_result("bad", "1-8", s, v) for s, v in bad.items()]
+    results += [_result("sup", "all", s, v, n=1000) for s, v in full.items()]
+    rows = st.summarize(results, baseline="sup", arms=["sup", "good", "small", "bad"], labels=["1-8", "all"],
+                        seeds=[0, 1, 2])
+    by = {(r["arm"], r["labels"]): r for r in rows}
+    assert [(r["arm"], r["labels"]) for r in rows] == [("sup", "1-8"), ("good", "1-8"), ("small", "1-8"),
+                                                       ("bad", "1-8"), ("sup", "all")]
+    b = by["sup", "1-8"]
+    assert b["mean"] == pytest.approx(0.31) and b["min"] == 0.30 and b["max"] == 0.32
+    assert b["std"] == pytest.approx(0.01) and b["verdict"] == "baseline" and b["gain_mean"] is None
+    g = by["good", "1-8"]
+    assert g["gain_mean"] == pytest.approx(0.05) and g["gain_min"] == pytest.approx(0.04)
+    assert g["gain_max"] == pytest.approx(0.06) and g["gains"] == pytest.approx({0: 0.06, 1: 0.05, 2: 0.04})
+    assert g["share_of_gap"] == pytest.approx(0.05 / (0.50 - 0.31))
+    assert g["verdict"] == "helps"
+    assert by["small", "1-8"]["verdict"] == "no clear effect"
+    assert by["bad", "1-8"]["verdict"] == "hurts" and by["bad", "1-8"]["share_of_gap"] < 0
+    assert by["sup", "all"]["verdict"] == "ceiling" and by["sup", "all"]["n_labeled"] == 1000
+
+    md = st.markdown_table(rows, eval_split="test", label_text={"1-8": "1/8", "all": "all"})
+    assert "| good | 1/8 | 125 | 3 | **36.0** | 35.0-37.0 | 1.0 | +5.0 (+4.0..+6.0) | 26% | helps | 60 s |" in md
+    assert "| sup | all | 1000 | 3 | **50.0** |" in md and "twice the baseline's seed-to-seed spread" in md
+
+
+def test_table_with_missing_runs_and_no_ceiling():
+    results = [_result("sup", "1-8", 0, 0.30), _result("sup", "1-8", 1, None), _result("x", "1-8", 0, 0.33),
+               _result("x", "1-8", 1, 0.34)]
+    rows = st.summarize(results, baseline="sup", arms=["sup", "x"], labels=["1-8"], seeds=[0, 1])
+    x = rows[1]
+    assert x["gains"] == pytest.approx({0: 0.03}) and x["share_of_gap"] is None  # no full-label run
+    assert x["verdict"] == "needs 2+ seeds"
+    assert "| sup | 1-8 | 125 | 1 of 2 |" in st.markdown_table(rows, eval_split="test", label_text={})
+
+
+@pytest.mark.parametrize("gains, spread, expected", [
+    ([0.05, 0.05], 0.025, "no clear effect"),  # exactly twice the spread is not more than twice
+    ([0.05, 0.05], 0.02, "helps"),
+    ([0.10, -0.01], 0.0, "no clear effect"),   # not on every seed
+    ([-0.05, -0.06], 0.01, "hurts"),
+    ([0.05], 0.0, "needs 2+ seeds"),
+])
+def test_verdict_rule(gains, spread, expected):
+    assert st.verdict(gains, spread) == expected
+
+
+def test_gap_closed_undefined_when_baseline_reaches_ceiling():
+    results = [_result("sup", "1-8", s, 0.5) for s in (0, 1)] + [_result("x", "1-8", s, 0.55) for s in (0, 1)]
+    results += [_result("sup", "all", s, 0.5) for s in (0, 1)]
+    rows = st.summarize(results, baseline="sup", arms=["sup", "x"], labels=["1-8", "all"], seeds=[0, 1])
+    assert rows[1]["share_of_gap"] is None and rows[1]["verdict"] == "helps"
+
+
+def _fake_run(spec, miou, *, labeled, total, iou=(0.9, 0.1)):
+    d = spec.run_dir
+    os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, "last.pt"), "w").close()
+    with open(os.path.join(d, "split.txt"), "w") as f:
+        f.write(f"# semiseg split v1\n# seed: {spec.seed}\n# labeled: {labeled}\n# unlabeled: {total - labeled}\n"
+                f"# total: {total}\n[labeled]\n")
+    with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"kind": "start", "iteration": 0, "time": 10.0, "threads": 1}) + "\n")
+        f.write(_event("eval", spec.iterations, 40.0))
+    with open(spec.eval_file, "w") as f:
+        json.dump({"checkpoint": os.path.join(d, "last.pt"), "iteration": spec.iterations, "classes": ["bg", "fg"],
+                   "metrics": {"miou": miou, "iou": list(iou)}}, f)
+
+
+def test_table_only_from_run_folders(tmp_path, capsys):
+    path = write_study(tmp_path, STUDY.replace("labels: [0.125, 50]", "labels: [0.125]"))
+    out = tmp_path / "out"
+    study = st.load_study(path)
+    specs = {s.name: s for s in st.expand(study, str(out))}
+    values = {"supervised_1-8_s0": 0.30, "supervised_1-8_s1": 0.31, "adv_1-8_s0": 0.34, "supervised_all_s0": 0.5,
+              "supervised_all_s1": 0.52}
+    for name, v in values.items():
+        _fake_run(specs[name], v, labeled=1000 if "all" in name else 125, total=1000)
+    assert main(["study", path, "--out", str(out), "--table-only"]) == 0
+    printed = capsys.readouterr().out
+    md = (out / "study.md").read_text()
+    assert "| adv | 1/8 | 125 | 1 of 2 | **34.0** |" in md and "| supervised | all | 1000 | 2 | **51.0** |" in md
+    assert "Not finished yet (1): adv_1-8_s1" in md and "adv_1-8_s1" in printed
+    record = json.loads((out / "study.json").read_text())
+    run = next(r for r in record["runs"] if r["name"] == "adv_1-8_s0")
+    assert run["miou"] == 0.34 and run["iou"] == {"bg": 0.9, "fg": 0.1} and run["train_seconds"] == 30.0
+    row = next(r for r in record["rows"] if r["arm"] == "adv")
+    assert row["gain_mean"] == pytest.approx(0.04) and row["share_of_gap"] == pytest.approx(0.04 / 0.21)
+    pytest.importorskip("matplotlib")
+    assert (out / "study.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# end to end: kill -9 the study midway, run it again
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, waiting to be reaped
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_children_die_with_the_study():
+    """kill -9 of the study must not leave a run writing on: the next study run would resume that folder."""
+    code = ("import os, subprocess, sys, time\n"
+            "from semiseg.engine.study import _die_with_parent\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+            " preexec_fn=_die_with_parent(os.getpid()))\n"
+            "print(p.pid, flush=True)\n"
+            "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": REPO})
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 20
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.05)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive
+
+
+def test_study_stopped_midway_finishes_only_missing_runs(tmp_path):
+    """A study run partly (--only), a run killed after its first checkpoint and one killed before it; running
+    the study again skips the finished run, resumes the checkpointed one and restarts the other."""
+    tiny = ", ".join(json.dumps(o) for o in TINY)
+    path = write_study(tmp_path, f"""
+name: tiny
+recipe: {BASE}
+set: [{tiny}]
+arms:
+  supervised: {{}}
+  smooth: {{set: [loss.label_smoothing=0.1]}}
+baseline: supervised
+labels: [0.25]
+seeds: [0]
+jobs: 2
+""")
+    out = tmp_path / "out"
+    study = st.load_study(path)
+    specs = {s.name: s for s in st.expand(study, str(out))}
+    assert list(specs) == ["supervised_1-4_s0", "smooth_1-4_s0", "supervised_all_s0"]
+
+    lines = []
+    assert st.run_study(study, str(out), only=["supervised_1-4*"], echo=lines.append) == 0
+    assert st.run_state(specs["supervised_1-4_s0"]) == "done"
+    assert "2 of 3 runs not finished" in "\n".join(lines)
+    done_stamp = os.path.getmtime(specs["supervised_1-4_s0"].eval_file)
+
+    # killed after its first checkpoint (iteration 1 of 3)
+    from semiseg.engine.trainer import Trainer
+
+    smooth = specs["smooth_1-4_s0"]
+    cfg = load_config(smooth.recipe, [*smooth.overrides, "train.threads=1"])
+    Trainer(cfg, smooth.run_dir, progress=False).fit(stop_at=1)
+    # killed before its first checkpoint; a file of the user's is in the folder too
+    full = specs["supervised_all_s0"]
+    os.makedirs(full.run_dir)
+    dump_config(load_config(full.recipe, full.overrides), os.path.join(full.run_dir, "config.yaml"))
+    open(os.path.join(full.run_dir, "notes.txt"), "w").close()
+    assert [st.run_state(s) for s in specs.values()] == ["done", "partial", "broken"]
+
+    lines = []
+    assert main(["study", path, "--out", str(out), "--dry-run"]) == 0  # changes nothing
+    assert st.run_state(full) == "broken"
+    assert st.run_study(study, str(out), echo=lines.append) == 0
+    text = "\n".join(lines)
+    started = {line.split()[2] for line in lines if "] start " in line}
+    assert started == {"smooth_1-4_s0", "supervised_all_s0"}  # only the missing runs
+    assert os.path.getmtime(specs["supervised_1-4_s0"].eval_file) == done_stamp
+    kinds = [e["kind"] for e in st._events(smooth.run_dir)]
+    assert kinds.count("start") == 1 and kinds.count("resume") == 1  # continued, not restarted
+    assert os.path.isfile(full.run_dir + ".failed-1/notes.txt") and "moved to" in text
+    assert all(st.run_state(s) == "done" for s in specs.values())
+    md = (out / "study.md").read_text()
+    assert "| smooth | 1/4 | 4 | 1 |" in md and "| supervised | all | 16 | 1 |" in md
+    record = json.loads((out / "study.json").read_text())
+    assert record["missing"] == [] and all(math.isfinite(r["miou"]) for r in record["runs"])
+    log = (out / "logs" / "smooth_1-4_s0.log").read_text()
+    assert "$ semiseg train --no-progress --resume" in log and "$ semiseg eval" in log
+
+
+def test_one_study_process_per_folder(tmp_path):
+    path = write_study(tmp_path, STUDY)
+    out = tmp_path / "out"
+    with st._Lock(str(out)):
+        with pytest.raises(st.StudyError, match="another `semiseg study` is running"):
+            st.run_study(st.load_study(path), str(out), echo=lambda s: None)
+    assert not (out / "runs").exists()
+
+
+def test_eval_split_checked_before_training(tmp_path):
+    out = str(tmp_path / "out")
+    study = st.load_study(write_study(tmp_path, STUDY + "eval_split: nosuch\n"))
+    with pytest.raises(st.StudyError, match="eval_split 'nosuch' cannot be read for run supervised_1-8_s0"):
+        st.run_study(study, out, dry_run=True, echo=lambda s: None)
+    lines = []
+    st.run_study(st.load_study(write_study(tmp_path, STUDY + "eval_split: val\n")), out, dry_run=True,
+                 echo=lines.append)
+    assert any("also the runs' validation split" in line for line in lines)
