@@ -1,41 +1,46 @@
-"""``semiseg quickstart``: train a small model on the built-in synthetic shapes, in a few minutes on a CPU.
+"""``semiseg quickstart``: do unlabeled images help? Supervised vs semi-supervised on one seeded split, on a CPU.
 
-Trains DeepLabV3+ (MobileNetV2 backbone, from scratch: no download) on 128x128 procedural scenes of 7 shape
-classes (random 96px crops), evaluates it on 200 whole held-out scenes, prints the per-class IoU table and
-leaves a run folder:
+Trains DeepLabV3+ (MobileNetV2 backbone, from scratch: no download) twice on the built-in synthetic scenes of
+7 shape classes, on the same seeded split of 256 training scenes where 1/8 (32) keep their labels:
+supervised on the 32 labeled scenes only, and semi-supervised (consistency training with a moving-average
+teacher) on the 32 labeled plus the 224 unlabeled ones. Both runs go side by side (one per core), with the
+same seed, data order and number of steps; each is then scored on 200 held-out test scenes with its last
+checkpoint. It prints both mIoUs and the gain, and leaves a study folder:
 
-    runs/quickstart/config.yaml      the resolved config: `semiseg train --config` accepts it as a recipe
-    runs/quickstart/split.txt        which training samples were used (all labeled here)
-    runs/quickstart/best.pt, last.pt checkpoints (`semiseg eval runs/quickstart`, `semiseg predict ...`)
-    runs/quickstart/metrics.jsonl    loss, learning rate, speed and evaluations over time (tb/: TensorBoard)
-    runs/quickstart/predictions/     a few validation scenes: image | ground truth | prediction
+    runs/quickstart/study.md, study.json   the table: mIoU per run, the gain (`semiseg study` made it)
+    runs/quickstart/study.yaml, recipe.yaml the study and its base recipe: `semiseg study runs/quickstart/study.yaml`
+    runs/quickstart/runs/<arm>_1-8_s0/     each run: config, split, checkpoints, metrics (`semiseg report` it)
+    runs/quickstart/predictions/           a few test scenes: image | truth | supervised | semi-supervised
 
-An existing runs/quickstart is kept: the next run goes to runs/quickstart-2 and so on.
+One seed is a demonstration, not a result: BENCHMARKS.md has the same comparison over seeds and label fractions
+(`configs/synthetic/study_payoff.yaml`). An existing runs/quickstart is kept: the next run goes to
+runs/quickstart-2 and so on.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 
-from semiseg.data.synthetic import DEFAULT_LENGTH
+import yaml
 
-# Chosen by measurement on the 2-core dev box (see the README): a few minutes of training with bf16 autocast.
-# From scratch, AdamW with one learning rate for all layers converges much faster than SGD: at 128px,
-# val mIoU 0.34 after 500 iterations vs 0.29 for SGD lr 0.05, and 0.19 after 400 for the papers' SGD with a
-# 10x head (which assumes a pretrained backbone). AdamW lr 4e-3 gave the same as 2e-3.
+# The regime: few labels (32 of 256 scenes), a schedule where labels, not training time, limit the supervised
+# model (BENCHMARKS.md, "Semi-supervised payoff"). From scratch, AdamW with one learning rate for all layers
+# converges much faster than SGD: at 128px, val mIoU 0.34 after 500 iterations vs 0.29 for SGD lr 0.05.
 QUICKSTART = {
     "name": "quickstart",
     "model.name": "deeplabv3plus_mobilenetv2",
     "model.pretrained_backbone": False,
     "data.kind": "synthetic",
-    "data.options": {"size": 128},  # 1000 training and 200 validation scenes (the dataset's defaults)
+    "data.options": {"size": 128, "length": 256},  # 256 training scenes, of which 1/8 labeled
+    "data.val_options": {"length": 200},  # 200 validation and 200 test scenes
     "data.crop_size": [96, 96],  # 96px crops of the 128px scenes: same mIoU per CPU-second as 128, more steps
     "data.scale_range": [0.75, 1.25],
     "data.batch_size": 8,
-    "data.num_workers": 0,  # rendering is a small part of a step; a worker would compete for the 2 cores
+    "data.num_workers": 0,  # rendering is a small part of a step; a worker would compete for the cores
     "optim.name": "adamw",
     "optim.lr": 0.002,
     "optim.weight_decay": 1e-4,
@@ -43,27 +48,38 @@ QUICKSTART = {
     "optim.warmup_iters": 50,
     "loss.name": "ce",
     "train.iterations": 700,
-    "train.eval_interval": 350,
+    "train.eval_interval": 0,  # validate at the end only: the runs are scored on test, nothing is picked on val
     "train.checkpoint_interval": 100,
     "train.log_interval": 20,
     "eval.batch_size": 25,
 }
+LABELED_FRACTION = 0.125
+SEED = 0
+# The semi-supervised arm: configs/synthetic/consistency_deeplabv3plus_mobilenetv2_1-8.yaml (its comments say why
+# each option differs from the official FixMatch/UniMatch); unsup_start scales with the schedule.
+SEMI_OPTIONS = {"strong_views": 1, "feature_perturbation": False, "teacher": "ema", "ema_momentum": 0.99,
+                "distribution_alignment": True, "conf_thresh": 0.8, "weight_strong": 0.25,
+                "strong_bn_statistics": False}
+WARMUP_SHARE, RAMPUP_SHARE = 2 / 7, 1 / 7  # 200 and 100 of 700 iterations
 FAST_ITERATIONS = 20  # `--fast`: a smoke test of the whole pipeline (CI), small images, not a model
+ARMS = ("supervised", "semi-supervised")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n")[0].replace("``", "")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="change the quickstart config, e.g. train.precision=fp32")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="change both runs' config, e.g. train.precision=fp32")
     parser.add_argument("--run-dir", default=os.path.join("runs", "quickstart"), help="where to write (default: runs/quickstart)")
-    parser.add_argument("--iters", type=int, help=f"training iterations (default {QUICKSTART['train.iterations']})")
+    parser.add_argument("--iters", type=int, help=f"training iterations of each run (default {QUICKSTART['train.iterations']})")
     parser.add_argument("--fast", action="store_true", help=f"{FAST_ITERATIONS} iterations on less data: checks the pipeline, not the model")
-    parser.add_argument("--predictions", type=int, default=6, help="validation scenes to render into predictions/")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: 2 when there are 2+ cores)")
+    parser.add_argument("--predictions", type=int, default=4, help="test scenes to render into predictions/")
+    parser.add_argument("--no-progress", action="store_true", help="accepted for compatibility; the runs log to files")
 
 
 def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool = False):
+    """The base recipe both runs share (supervised; the semi-supervised arm changes only ``method``)."""
     from semiseg.config import config_from_dict, override_config
 
     values = dict(QUICKSTART)
@@ -73,7 +89,6 @@ def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool
                        "data.val_options": {"length": 16}, "data.batch_size": 4, "eval.batch_size": 16})
     if iterations is not None:
         values["train.iterations"] = iterations
-        values["train.eval_interval"] = min(values["train.eval_interval"], iterations)
     nested: dict = {}
     for dotted, value in values.items():
         *sections, key = dotted.split(".")
@@ -84,48 +99,76 @@ def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool
     return override_config(config_from_dict(nested), list(overrides))
 
 
-def write_predictions(trainer, count: int) -> str:
-    """Palette masks and image | truth | prediction panels for the first ``count`` validation scenes."""
+def semi_options(iterations: int) -> dict:
+    return {**SEMI_OPTIONS, "unsup_start": round(WARMUP_SHARE * iterations),
+            "unsup_rampup": round(RAMPUP_SHARE * iterations)}
+
+
+def write_study(run_dir: str, cfg) -> str:
+    """recipe.yaml (the shared base) and study.yaml (two arms, one split, one seed) in ``run_dir``."""
+    from semiseg.config import dump_config
+
+    dump_config(cfg, os.path.join(run_dir, "recipe.yaml"))
+    options = yaml.safe_dump(semi_options(cfg.train.iterations), default_flow_style=True, width=10_000).strip()
+    study = {
+        "name": "quickstart",
+        "recipe": "recipe.yaml",
+        "arms": {"supervised": {}, "semi-supervised": {"set": ["method.name=unimatch", f"method.options={options}"]}},
+        "baseline": "supervised",
+        "labels": [LABELED_FRACTION],
+        "full_labels": False,
+        "seeds": [SEED],
+        "eval_split": "test",
+    }
+    path = os.path.join(run_dir, "study.yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("# written by `semiseg quickstart`; rerun (or finish) it with `semiseg study " + path + f" --out {run_dir}`\n")
+        yaml.safe_dump(study, f, sort_keys=False)
+    return path
+
+
+def write_predictions(run_dirs: dict[str, str], cfg, out: str, count: int) -> str:
+    """Panels image | truth | one prediction per run for the first ``count`` test scenes, and each run's palette
+    mask (``<scene>_<arm>.png``, what `semiseg predict` writes)."""
     import numpy as np
     import torch
     from PIL import Image
 
     from semiseg.data.transforms import denormalize
+    from semiseg.engine import build
     from semiseg.engine.evaluate import predict_logits
-    from semiseg.engine.predict import palette_image, save_mask_png
+    from semiseg.engine.predict import load_trained_model, palette_image, save_mask_png
 
-    out = os.path.join(trainer.run_dir, "predictions")
     os.makedirs(out, exist_ok=True)
-    palette = trainer.dataset_info.palette
-    norm = trainer.dataset_info.normalization
-    model = trainer.model
-    model.eval()
-    for i in range(min(count, len(trainer.val_set))):
-        sample = trainer.val_set[i]
-        x = sample["image"].unsqueeze(0).to(trainer.device)
-        pred = predict_logits(model, x, precision=trainer.precision, channels_last=trainer.channels_last)
-        pred = pred.argmax(1)[0].to("cpu", torch.uint8).numpy()
-        name = sample["name"]
-        save_mask_png(pred, palette, os.path.join(out, f"{name}_pred.png"))
-        image = denormalize(sample["image"], norm).permute(1, 2, 0).numpy()
-        truth = palette_image(sample["mask"].clamp(max=255).numpy().astype(np.uint8), palette).convert("RGB")
-        guess = palette_image(pred, palette).convert("RGB")
-        zoom = max(1, 256 // image.shape[0])  # small scenes are shown enlarged (nearest: crisp label edges)
-        h, w = image.shape[0] * zoom, image.shape[1] * zoom
-        panel = Image.new("RGB", (3 * w + 8, h), (255, 255, 255))
-        for k, part in enumerate((Image.fromarray(image), truth, guess)):
+    device = torch.device("cpu")
+    models = {arm: load_trained_model(os.path.join(d, "last.pt"), device=device) for arm, d in run_dirs.items()}
+    first = next(iter(models.values()))
+    palette, norm = first.info.palette, first.info.normalization
+    scenes = build.build_dataset(cfg, "test", build.eval_transform(norm), validation=True)
+    for i in range(min(count, len(scenes))):
+        sample = scenes[i]
+        x = sample["image"].unsqueeze(0)
+        image = Image.fromarray(denormalize(sample["image"], norm).permute(1, 2, 0).numpy())
+        parts = [image, palette_image(sample["mask"].clamp(max=255).numpy().astype(np.uint8), palette).convert("RGB")]
+        for arm, loaded in models.items():
+            with torch.no_grad():
+                logits = predict_logits(loaded.model, x, precision=loaded.precision, channels_last=loaded.channels_last)
+            pred = logits.argmax(1)[0].to("cpu", torch.uint8).numpy()
+            save_mask_png(pred, palette, os.path.join(out, f"{sample['name']}_{arm}.png"))
+            parts.append(palette_image(pred, palette).convert("RGB"))
+        zoom = max(1, 256 // image.height)  # small scenes are shown enlarged (nearest: crisp label edges)
+        h, w = image.height * zoom, image.width * zoom
+        panel = Image.new("RGB", (len(parts) * (w + 4) - 4, h), (255, 255, 255))
+        for k, part in enumerate(parts):
             panel.paste(part.resize((w, h), Image.NEAREST), (k * (w + 4), 0))
-        panel.save(os.path.join(out, f"{name}_panel.png"))
+        panel.save(os.path.join(out, f"{sample['name']}_panel.png"))
     return out
 
 
 def run(args: argparse.Namespace) -> int:
     from semiseg.config import ConfigError
-    from semiseg.data import DataError
-    from semiseg.engine import distributed as dist
-    from semiseg.engine.run_dir import RunDirError, unique_run_dir
-    from semiseg.engine.trainer import Trainer, TrainingDiverged
-    from semiseg.models.pretrained import PretrainedWeightsError
+    from semiseg.engine.run_dir import unique_run_dir
+    from semiseg.engine.study import StudyError, cpu_count, load_study, run_study
 
     start = time.perf_counter()
     try:
@@ -133,35 +176,41 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run_dir = unique_run_dir(args.run_dir)
-    cfg.name = os.path.basename(run_dir)
-    print(f"semiseg quickstart: {cfg.model.name} from scratch on synthetic shapes "
-          f"({cfg.data.options.get('length', DEFAULT_LENGTH['train'])} training scenes, {cfg.data.crop_size[0]}px crops), "
-          f"{cfg.train.iterations} iterations of batch {cfg.data.batch_size} -> {run_dir}")
+    run_dir = os.path.abspath(unique_run_dir(args.run_dir))
+    os.makedirs(run_dir)
+    jobs = args.jobs or min(2, cpu_count())
+    n_train = cfg.data.options.get("length", 1000)
+    n_labeled = round(LABELED_FRACTION * n_train)
+    print(f"semiseg quickstart: do {n_train - n_labeled} unlabeled scenes help a model that has {n_labeled} labeled "
+          f"ones?\n{cfg.model.name} from scratch, {cfg.data.crop_size[0]}px crops, {cfg.train.iterations} iterations "
+          f"of batch {cfg.data.batch_size}; supervised and semi-supervised side by side ({jobs} at a time) -> {run_dir}")
     try:
-        trainer = Trainer(cfg, run_dir, progress=not args.no_progress)
-        print(f"device {trainer.device}, precision {trainer.precision}, channels_last {trainer.channels_last}")
-        result = trainer.fit()
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ConfigError, DataError, RunDirError, PretrainedWeightsError) as e:  # e.g. a bad key=value given to it
+        study = load_study(write_study(run_dir, cfg))
+        code = run_study(study, run_dir, jobs=jobs, echo=lambda line: print(line, flush=True))
+    except (StudyError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    finally:
-        dist.destroy()
-    print()
-    print(trainer.last_cm.table(trainer.dataset_info.classes))
-    write_predictions(trainer, args.predictions)
-    best = result["best"]
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finish with `semiseg study {run_dir}/study.yaml --out {run_dir}`", file=sys.stderr)
+        return 130
+    with open(os.path.join(run_dir, "study.json"), encoding="utf-8") as f:
+        runs = {r["arm"]: r for r in json.load(f)["runs"]}
+    if code or not all(runs.get(a, {}).get("done") for a in ARMS):
+        print(f"error: a run did not finish; its log is in {run_dir}/logs/", file=sys.stderr)
+        return 1
+    run_dirs = {arm: runs[arm]["run_dir"] for arm in ARMS}
+    if args.predictions:
+        write_predictions(run_dirs, cfg, os.path.join(run_dir, "predictions"), args.predictions)
+    sup, semi = (100 * runs[a]["miou"] for a in ARMS)
     minutes = (time.perf_counter() - start) / 60
-    print(f"\nfinished in {minutes:.1f} min: val mIoU {100 * result['metrics']['miou']:.2f} "
-          f"(best {100 * best['miou']:.2f} at iteration {best['iteration']})")
-    print(f"run folder {run_dir}:\n"
-          f"  config.yaml       resolved config (reusable: semiseg train --config {run_dir}/config.yaml name=mine)\n"
-          f"  split.txt         training samples used\n"
-          f"  best.pt, last.pt  checkpoints: semiseg eval {run_dir} ; semiseg predict {run_dir} IMAGES/ OUT/\n"
-          f"  metrics.jsonl     training loss, lr, speed and evaluations (TensorBoard: tensorboard --logdir {run_dir})\n"
-          f"  predictions/      {args.predictions} validation scenes: image | ground truth | prediction\n"
-          f"An HTML page with the training curves, per-class IoU and samples: semiseg report {run_dir}")
+    rows = [f"supervised on {n_labeled} labeled scenes", f"semi-supervised, + {n_train - n_labeled} unlabeled scenes"]
+    width = max(map(len, rows))
+    print(f"\nfinished in {minutes:.1f} min; test mIoU after {cfg.train.iterations} iterations each:\n"
+          f"  {rows[0]:<{width}}  {sup:5.1f}\n"
+          f"  {rows[1]:<{width}}  {semi:5.1f}  (gain {semi - sup:+.1f})\n"
+          "One seed: BENCHMARKS.md has this comparison over seeds and label fractions, with its spread.\n"
+          f"study folder {run_dir}:\n"
+          f"  study.md           the table; study.yaml + recipe.yaml rerun it: semiseg study {run_dir}/study.yaml --out {run_dir}\n"
+          f"  runs/*/            each run: checkpoints, metrics.jsonl, split.txt (semiseg report {run_dirs['semi-supervised']})\n"
+          f"  predictions/       {args.predictions} test scenes: image | truth | supervised | semi-supervised")
     return 0
