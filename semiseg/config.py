@@ -68,7 +68,7 @@ class DataConfig:
     scale_range: list[float] | None = field(default_factory=lambda: [0.5, 1.5])  # null: no random scale
     hflip: bool = True
     photometric: bool = False  # mild colour distortion of training crops (brightness, contrast, saturation, hue)
-    normalization: str = "auto"  # auto (what the model's weights expect) | imagenet | caffe
+    normalization: str = "auto"  # auto (what the model's weights expect) | imagenet | caffe (BGR) | caffe_rgb
     batch_size: int = 10  # images per optimizer step summed over all processes and accumulation steps
     num_workers: int = 2  # per process
     labeled: LabeledConfig = field(default_factory=LabeledConfig)
@@ -378,8 +378,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.crop_size must be [height, width] with positive values, got {d.crop_size}")
     if d.scale_range is not None and (len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]):
         raise ConfigError(f"data.scale_range must be [min, max] with 0 < min <= max (or null), got {d.scale_range}")
-    if d.normalization not in ("auto", "imagenet", "caffe"):
-        raise ConfigError(f"data.normalization must be auto, imagenet or caffe, got {d.normalization!r}")
+    if d.normalization not in ("auto", "imagenet", "caffe", "caffe_rgb"):  # semiseg.data.transforms.NORMALIZATIONS
+        raise ConfigError(f"data.normalization must be auto, imagenet, caffe or caffe_rgb, got {d.normalization!r}")
     if d.batch_size < 1 or t.accum_steps < 1:
         raise ConfigError("data.batch_size and train.accum_steps must be >= 1")
     if d.batch_size % t.accum_steps:

@@ -143,13 +143,9 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, images: torch.Tensor) 
 
 def input_description(normalization: str) -> str:
     """How to turn an RGB uint8 image into the model's input, for the file's metadata."""
-    from semiseg.data.transforms import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD
+    from semiseg.data.transforms import describe_normalization
 
-    if normalization == "caffe":
-        return (f"float32 NCHW, channels BGR in 0..255 minus the mean {[round(m, 4) for m in CAFFE_MEAN_BGR]} "
-                "(BGR order)")
-    return (f"float32 NCHW, channels RGB: (pixel / 255 - mean) / std with mean {list(IMAGENET_MEAN)} "
-            f"and std {list(IMAGENET_STD)}")
+    return f"float32 NCHW, {describe_normalization(normalization)}"
 
 
 # ---------------------------------------------------------------------------------------------------

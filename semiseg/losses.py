@@ -224,7 +224,14 @@ def bce_with_logits_2d(
 
     ``loss = mean over non-ignored pixels of -[y log s(x) + (1 - y) log(1 - s(x))]``. With every pixel ignored it
     returns 0 with a zero gradient (the original returned an unconnected ``zeros(1)``).
+
+    ``ignore_index`` marks ignored pixels of *this* label map; any value outside ``[0, 1]`` works (255, -1, 11, ...).
+    It need not be the dataset's ignore value: a value in ``[0, 1]`` (e.g. a dataset whose ignore value is 0)
+    could not be told from a label and is refused.
     """
+    if 0 <= ignore_index <= 1:
+        raise ValueError(f"ignore_index={ignore_index} is also a BCE label (labels are in [0, 1]); mark ignored "
+                         "pixels with a value outside [0, 1], e.g. 255")
     if not isinstance(target, torch.Tensor):
         target = torch.full_like(logits, float(target))
     if target.dim() == logits.dim() - 1 and logits.dim() >= 2 and logits.shape[1] == 1:

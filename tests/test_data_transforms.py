@@ -1,18 +1,23 @@
 """Joint image/mask transforms: geometry stays aligned, padding uses mean/ignore, normalisation modes."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torchvision import tv_tensors
 
+from semiseg.config import load_config
 from semiseg.data import DataError
 from semiseg.data.palettes import voc_colormap
 from semiseg.data.transforms import (
     CAFFE_MEAN_BGR,
+    NORMALIZATIONS,
     build_eval_transform,
     build_strong_augment,
     build_train_transform,
     denormalize,
+    describe_normalization,
     mean_rgb_uint8,
     normalize,
     strong_augment_batch,
@@ -36,7 +41,7 @@ def _decode(image_uint8):
     return dist.argmin(-1)
 
 
-@pytest.mark.parametrize("mode", ["imagenet", "caffe"])
+@pytest.mark.parametrize("mode", NORMALIZATIONS)
 def test_crop_and_flip_keep_image_and_mask_aligned(mode):
     torch.manual_seed(0)
     t = build_train_transform((24, 32), scale_range=None, normalization=mode)
@@ -63,11 +68,11 @@ def test_random_scale_resizes_masks_with_nearest_and_stays_aligned():
 def test_padding_uses_mean_for_image_and_ignore_for_mask():
     image = tv_tensors.Image(torch.full((3, 10, 10), 200, dtype=torch.uint8))
     mask = tv_tensors.Mask(torch.ones(10, 10, dtype=torch.int64))
-    for mode in ("imagenet", "caffe"):
+    for mode in NORMALIZATIONS:
         out_img, out_mask = build_train_transform(30, scale_range=None, hflip=False, normalization=mode)(image, mask)
         pad = out_mask == 255
         assert pad.sum() == 30 * 30 - 100 and (out_mask[~pad] == 1).all()
-        assert out_img[:, pad].abs().max() < 0.02 * (255 if mode == "caffe" else 1)  # mean-padded -> ~0
+        assert out_img[:, pad].abs().max() < 0.02 * (255 if mode.startswith("caffe") else 1)  # mean-padded -> ~0
     out_img, out_mask = build_train_transform(30, scale_range=None, ignore_index=7)(image, mask)
     assert set(out_mask.unique().tolist()) == {1, 7}
     assert mean_rgb_uint8("imagenet") == (124, 116, 104)
@@ -80,11 +85,63 @@ def test_caffe_is_bgr_mean_subtracted_and_both_modes_invert():
     torch.testing.assert_close(out, expected)
     imnet = normalize(px, "imagenet").flatten()
     torch.testing.assert_close(imnet[0], torch.tensor((10 / 255 - 0.485) / 0.229))
+    rgb = normalize(px, "caffe_rgb").flatten()  # the same numbers in RGB order
+    torch.testing.assert_close(rgb, torch.tensor([10.0, 20.0, 30.0]) - torch.tensor(CAFFE_MEAN_BGR).flip(0))
     image = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8)
-    for mode in ("imagenet", "caffe"):
+    for mode in NORMALIZATIONS:
         assert torch.equal(denormalize(normalize(image, mode), mode), image)
+        assert describe_normalization(mode)
     with pytest.raises(DataError, match="unknown normalization"):
         normalize(image, "bgr")
+
+
+# ------------------------------------------------------------------ the input pipelines of the reference code
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "voc"
+ADVSEMISEG_IMG_MEAN = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float32)  # train.py IMG_MEAN
+PYTORCH_FCN_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434])  # VOCClassSegBase.mean_bgr
+
+
+def advsemiseg_input(rgb: np.ndarray) -> torch.Tensor:
+    """hfslyc/AdvSemiSeg dataset/voc_dataset.py (VOCDataSet, no scale/crop/mirror) on an RGB uint8 image."""
+    image = rgb[:, :, ::-1]  # cv2.imread(..., cv2.IMREAD_COLOR) gives BGR
+    image = np.asarray(image, np.float32)
+    image -= ADVSEMISEG_IMG_MEAN  # the BGR mean from the BGR image
+    image = image[:, :, ::-1]  # "change to BGR": the channels are reversed after the mean, so RGB
+    return torch.from_numpy(image.transpose((2, 0, 1)).copy())
+
+
+def pytorch_fcn_input(rgb: np.ndarray) -> torch.Tensor:
+    """wkentaro/pytorch-fcn VOCClassSegBase.transform on an RGB uint8 image."""
+    img = rgb[:, :, ::-1]  # RGB -> BGR
+    img = img.astype(np.float64)
+    img -= PYTORCH_FCN_MEAN_BGR
+    return torch.from_numpy(img.transpose(2, 0, 1).copy()).float()
+
+
+def semiseg_input(rgb: np.ndarray, normalization: str) -> torch.Tensor:
+    image = tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1).contiguous())
+    mask = tv_tensors.Mask(torch.zeros(rgb.shape[:2], dtype=torch.int64))
+    return build_eval_transform(normalization=normalization)(image, mask)[0]
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*deeplabv2*.yaml")))
+def test_deeplabv2_gets_advsemiseg_input_and_fcn_vgg_gets_pytorch_fcn_input(recipe):
+    from semiseg.engine.build import model_normalization
+    from semiseg.models.deeplabv2 import DeepLabV2
+    from semiseg.models.fcn_vgg import FCNVGG16
+
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    expected = advsemiseg_input(rgb)
+    cfg = load_config(str(RECIPES / recipe), [])
+    auto = load_config(str(RECIPES / recipe), ["data.normalization=auto"])
+    for normalization in (model_normalization(cfg, DeepLabV2), model_normalization(auto, DeepLabV2)):
+        assert normalization == "caffe_rgb"
+        torch.testing.assert_close(semiseg_input(rgb, normalization), expected, rtol=0, atol=0)
+    # pytorch-fcn's FCN-VGG16 weights see BGR: "caffe", the default of an FCN-VGG16 not built on torchvision's VGG16
+    fcn_default = FCNVGG16.__init__.__kwdefaults__["normalization"]
+    assert fcn_default == "caffe"
+    torch.testing.assert_close(semiseg_input(rgb, fcn_default), pytorch_fcn_input(rgb))
+    assert not torch.allclose(expected, pytorch_fcn_input(rgb))  # the two orders differ on this image
 
 
 def test_strong_augment_changes_image_only():

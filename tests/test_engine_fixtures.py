@@ -33,10 +33,11 @@ class TinyShapes(Dataset):
     palette = PALETTE
 
     def __init__(self, split: str = "train", *, length: int = 16, size: int = 32, seed: int = 0, transform=None,
-                 ignore_border: bool = False):
+                 ignore_border: bool = False, ignore_index: int = 255):
         self.split, self.length, self.size, self.seed = split, length, size, seed
         self.transform = transform
         self.ignore_border = ignore_border
+        self.ignore_index = ignore_index  # the value of pixels without a label (the first row with ignore_border)
         self.names = [f"{split}_{i:03d}" for i in range(length)]
 
     def __len__(self) -> int:
@@ -54,7 +55,7 @@ class TinyShapes(Dataset):
             image[y:y + h, x:x + w] = np.clip(PALETTE[c].astype(int) * 0.8 + rng.integers(0, 50, 3), 0, 255)
             mask[y:y + h, x:x + w] = c
         if self.ignore_border:
-            mask[0, :] = 255
+            mask[0, :] = self.ignore_index
         img = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
         msk = tv_tensors.Mask(torch.from_numpy(mask))
         if self.transform is not None:

@@ -50,7 +50,9 @@ def test_cli_eval_with_config_and_set(trained, tmp_path, capsys):
     run_dir, recipe, weights = trained
     out = tmp_path / "eval.json"
     assert main(["eval", weights, "--config", recipe, "--set", "eval.batch_size=2", "--out", str(out), "--threads", "1"]) == 0
-    assert "copied" in capsys.readouterr().out and out.is_file()  # the load report, then the table
+    printed = capsys.readouterr().out
+    assert "copied" in printed and out.is_file()  # the load report, then the table
+    assert "input normalization: imagenet (channels RGB" in printed  # the recipe's (here the model's) convention
     assert main(["eval", run_dir, "--set", "eval.flip=true"]) == 2  # --set belongs to --config
     assert "--set changes a recipe" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing.pth"), "--config", recipe]) == 2

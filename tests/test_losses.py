@@ -178,6 +178,9 @@ def test_bce_ignores_marked_pixels():
     assert torch.allclose(bce_with_logits_2d(d_out, d_label.unsqueeze(1)), ref, atol=1e-6)
     (g,) = torch.autograd.grad(bce_with_logits_2d(d_out, d_label), d_out)
     assert torch.all(g[~keep] == 0) and torch.all(g[keep] != 0)
+    for marker in (-1, 11):  # any marker outside [0, 1]
+        marked = torch.where(ignore_mask, float(marker), 1.0)
+        assert torch.allclose(bce_with_logits_2d(d_out, marked, ignore_index=marker), ref, atol=1e-6)
 
 
 def test_bce_all_ignored_and_errors():
@@ -190,6 +193,9 @@ def test_bce_all_ignored_and_errors():
         bce_with_logits_2d(d_out, torch.tensor([[[[0.0, 2.0, 1.0]] * 3]]))
     with pytest.raises(ValueError, match="broadcast"):
         bce_with_logits_2d(d_out, torch.zeros(1, 1, 4, 4))
+    for marker in (0, 1, 0.5):  # a marker that is also a label would silently drop (or keep) labelled pixels
+        with pytest.raises(ValueError, match=f"ignore_index={marker} is also a BCE label"):
+            bce_with_logits_2d(d_out, torch.zeros(1, 1, 3, 3), ignore_index=marker)
 
 
 # ---------------------------------------------------------------------- factory

@@ -14,9 +14,9 @@ from torch.nn import functional as F
 from semiseg.config import ConfigError, load_config
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.logger import read_metrics
+from semiseg.engine.methods import advsemiseg
 from semiseg.engine.methods.advsemiseg import AdvSemiSeg, d_target, one_hot_labels, pseudo_labels
 from semiseg.engine.trainer import Trainer
-from semiseg.losses import cross_entropy
 
 from test_engine_fixtures import tiny_overrides
 
@@ -106,15 +106,23 @@ def test_full_labels_adversarial_only(tmp_path):
 # --------------------------------------------------------------------------------------------- unit level
 
 
-def test_semi_loss_is_zero_before_semi_start_and_the_pseudo_label_ce_after(tmp_path):
-    t = trainer(tmp_path, options="{semi_start: 3, mask_T: 0.0}")  # mask_T 0: every pixel is confident
+# the recipe's loss applies to the labeled images only; the self-taught loss is train.py's plain CE (loss_calc)
+RECIPE_LOSSES = [{}, {"loss.name": "ce+dice", "loss.class_weights": "[0.5,1,2,4]", "loss.label_smoothing": 0.1,
+                      "loss.per_image": "true"}]
+
+
+@pytest.mark.parametrize("loss", RECIPE_LOSSES, ids=["ce", "weighted_ce+dice"])
+def test_semi_loss_is_zero_before_semi_start_and_the_plain_pseudo_label_ce_after(tmp_path, loss):
+    t = trainer(tmp_path, options="{semi_start: 3, mask_T: 0.0}", **loss)  # mask_T 0: every pixel is confident
     batch, unlabeled = batches(t)
     before = t.method.training_step(batch, unlabeled, 2)
     after = t.method.training_step(batch, unlabeled, 3)
     assert before["loss_semi"].item() == 0.0
     with torch.no_grad():  # no optimizer step in between: G is unchanged
         logits = t.ctx.model(unlabeled["image"])
-    expected = cross_entropy(logits, logits.argmax(1))
+    expected = F.cross_entropy(logits, logits.argmax(1), ignore_index=255)  # no weights, no Dice, no smoothing
+    if loss:  # (the recipe's criterion would give another value)
+        assert abs(t.ctx.criterion(logits, logits.argmax(1)).item() - expected.item()) > 1e-2
     assert after["loss_semi"].item() > 0
     torch.testing.assert_close(after["loss_semi"], expected)
     assert after["semi_ratio"].item() == 1.0
@@ -142,7 +150,7 @@ class StubDiscriminator(nn.Module):
         return self.pattern.expand(x.shape[0], 1, *x.shape[-2:]) * self.scale
 
 
-def test_confidence_mask_through_the_step_with_a_stub_discriminator(tmp_path):
+def test_confidence_mask_through_the_step_with_a_stub_discriminator(tmp_path, monkeypatch):
     # default mask_T = 0.2; ignore_border: the first row of every tiny mask is 255
     data = {"data.options": "{ignore_border: true}", "data.scale_range": "null"}
     t = trainer(tmp_path, options="{semi_start: 0}", **data)
@@ -151,17 +159,25 @@ def test_confidence_mask_through_the_step_with_a_stub_discriminator(tmp_path):
     pattern[..., 0, :] = -5.0  # ... and 0.007 on the first row
     stub = StubDiscriminator(pattern)
     t.method.discriminator = t.method.discriminator_train = stub
-    targets = []
+    targets, semi_targets = [], []  # what the recipe's criterion and the self-taught plain CE see
     criterion = t.ctx.criterion
     t.ctx.criterion = lambda logits, target: (targets.append(target.clone()), criterion(logits, target))[1]
+    plain_ce = advsemiseg.cross_entropy
+
+    def recording_ce(logits, target, **kw):
+        semi_targets.append(target.clone())
+        return plain_ce(logits, target, **kw)
+
+    monkeypatch.setattr(advsemiseg, "cross_entropy", recording_ce)
 
     batch, unlabeled = batches(t)
     assert (batch["mask"][:, 0] == 255).all() and (batch["mask"][:, 1:] != 255).all()
     out = t.method.training_step(batch, unlabeled, 0)
     with torch.no_grad():
         argmax = t.ctx.model(unlabeled["image"]).argmax(1)
-    pseudo = targets[0]  # the unlabeled branch runs first, as in train.py; targets[1] are the labels
-    assert torch.equal(targets[1], batch["mask"])
+    (pseudo,) = semi_targets  # the unlabeled branch runs first, as in train.py; the criterion sees the labels only
+    (labels,) = targets
+    assert torch.equal(labels, batch["mask"])
     assert torch.equal(pseudo[:, 1:, :16], argmax[:, 1:, :16])
     assert (pseudo[:, 1:, 16:] == 255).all() and (pseudo[:, 0] == 255).all()
     assert out["semi_ratio"].item() == 31 * 16 / 32**2
@@ -176,6 +192,71 @@ def test_confidence_mask_through_the_step_with_a_stub_discriminator(tmp_path):
                  + F.binary_cross_entropy_with_logits(unlabeled_all, torch.zeros_like(unlabeled_all), reduction="sum")
                  ) / (labeled_rows.numel() + unlabeled_all.numel())
     real_loss = F.binary_cross_entropy_with_logits(d_out[:, :, 1:], torch.ones_like(d_out[:, :, 1:]))
+    torch.testing.assert_close(out["loss_d"], (fake_loss + real_loss) / 2)
+
+
+@pytest.mark.parametrize("ignore", [0, 11, -1])
+def test_ignored_pixels_contribute_nothing_whatever_the_dataset_ignore_value(tmp_path, ignore):
+    # the dataset marks its first row (and, with 0, every background pixel) with `ignore`; nothing is padded
+    data = {"data.options": f"{{ignore_border: true, ignore_index: {ignore}}}", "data.scale_range": "null"}
+    t = trainer(tmp_path, options="{semi_start: 0, mask_T: 0.0, gt_stream: false}", **data)
+    assert t.ctx.ignore_index == ignore
+    torch.manual_seed(0)
+    # Pointwise G and D (1x1 convolutions): a pixel's outputs depend on that pixel of the input only, so noise
+    # on the ignored pixels of the labeled images changes the predictions (and D's outputs) there and only there.
+    t.ctx.model = nn.Conv2d(3, t.ctx.num_classes, 1)
+    t.method.discriminator = t.method.discriminator_train = nn.Conv2d(t.ctx.num_classes, 1, 1)
+    batch, unlabeled = batches(t)
+    ignored = (batch["mask"] == ignore).unsqueeze(1)
+    assert ignored[:, :, 0].all() and not ignored.all()
+
+    def losses(images):
+        out = t.method.training_step({**batch, "image": images}, unlabeled, 0)
+        return {k: out[k] for k in ("loss", "loss_seg", "loss_adv", "loss_d", "loss_semi", "loss_semi_adv")}
+
+    reference = losses(batch["image"])
+    noise = 5 * torch.randn_like(batch["image"])
+    torch.testing.assert_close(losses(batch["image"] + noise * ignored), reference, rtol=0, atol=0)
+    # the same noise on the labelled pixels changes every term that sees the labeled images
+    changed = losses(batch["image"] + noise * ~ignored)
+    for key in ("loss_seg", "loss_adv", "loss_d"):
+        assert (changed[key] - reference[key]).abs() > 1e-4, key
+
+
+@pytest.mark.parametrize("gt_stream", [True, False])
+def test_d_ground_truth_input_has_predictions_not_zeros_on_unlabeled_pixels(tmp_path, monkeypatch, gt_stream):
+    # 40x40 crops of 32x32 images: every crop is padded (ignore value in the mask); the first rows are ignored too
+    data = {"data.options": "{ignore_border: true}", "data.scale_range": "null", "data.crop_size": "[40,40]"}
+    t = trainer(tmp_path, options=f"{{gt_stream: {str(gt_stream).lower()}}}", **data)
+    d_io = []  # (input, output) of each call of D
+    t.ctx.modules["discriminator"].register_forward_hook(lambda m, args, out: d_io.append((args[0], out.detach())))
+    gt_masks = []
+    get_masks = t.method._ground_truth_masks
+
+    def recording_get_masks(batch):
+        gt_masks.append(get_masks(batch))
+        return gt_masks[-1]
+
+    monkeypatch.setattr(t.method, "_ground_truth_masks", recording_get_masks)
+    batch, unlabeled = batches(t)
+    out = t.method.training_step(batch, unlabeled, 0)
+    n = t.ctx.per_rank_batch
+    (fake, d_fake), (real, d_real) = d_io[2], d_io[3]  # D's update: predictions, then ground truth
+    (masks,) = gt_masks
+    ignored = masks == 255
+    assert ignored.sum() > 16 * 40 and (~ignored).sum() > 0  # padding and first rows
+    assert not gt_stream or not torch.equal(masks, batch["mask"])  # another draw of the labeled set
+    labeled_probs = fake[:n]
+    # (a) no all-zero pixel: unlabeled pixels hold the labeled predictions at the same positions, ...
+    assert (real.sum(1) - 1).abs().max() < 1e-5 and real.amax(1).min() > 0
+    keep = ~ignored.unsqueeze(1).expand_as(real)
+    torch.testing.assert_close(real[~keep], labeled_probs[~keep], rtol=0, atol=0)
+    # ... labelled pixels the one-hot of their class
+    torch.testing.assert_close(real[keep], one_hot_labels(masks, t.ctx.num_classes)[keep], rtol=0, atol=0)
+    # (b) D's losses still skip the unlabeled pixels (of the ground truth and of the labeled predictions)
+    real_loss = F.binary_cross_entropy_with_logits(d_real[~ignored.unsqueeze(1)], torch.ones(int((~ignored).sum())))
+    fake_ignored = torch.cat([batch["mask"] == 255, torch.zeros_like(batch["mask"], dtype=torch.bool)]).unsqueeze(1)
+    fake_loss = F.binary_cross_entropy_with_logits(d_fake[~fake_ignored], torch.zeros(int((~fake_ignored).sum())))
     torch.testing.assert_close(out["loss_d"], (fake_loss + real_loss) / 2)
 
 
@@ -236,6 +317,10 @@ def test_one_hot_and_d_targets_ignore_unlabeled_pixels():
     assert one_hot.sum(1).tolist() == [[[1, 1, 0], [1, 0, 1]]]
     assert torch.equal(one_hot.argmax(1)[masks != 255], masks[masks != 255])
     assert d_target(1.0, masks == 255).tolist() == [[[1, 1, 255], [1, 255, 1]]]
+    # D's label maps mark ignored pixels with their own 255, whatever the dataset's ignore value
+    masks0 = masks.masked_fill(masks == 255, 0) + (masks != 255)  # classes 1..3, 0 = no label
+    assert one_hot_labels(masks0, 4, ignore_index=0).sum(1).tolist() == [[[1, 1, 0], [1, 0, 1]]]
+    assert d_target(0.0, masks0 == 0).tolist() == [[[0, 0, 255], [0, 255, 0]]]
 
 
 # --------------------------------------------------------------------------------------------- options, recipes

@@ -62,7 +62,7 @@ def test_deeplabv2_resnet101_forward(resnet101_v2):
 
 def test_deeplabv2_registry_and_attributes():
     assert {"deeplabv2_resnet101", "deeplabv3plus_mobilenetv2"} <= set(available_models())
-    assert DeepLabV2.normalization == "caffe"
+    assert DeepLabV2.normalization == "caffe_rgb"  # RGB, as AdvSemiSeg feeds it (values: test_data_transforms)
 
 
 @pytest.mark.parametrize("size", SIZES)

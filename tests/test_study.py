@@ -225,7 +225,7 @@ def _result(arm, labels, seed, miou, n=125, secs=60.0):
 
 def test_table_maths():
     base = {0: 0.30, 1: 0.32, 2: 0.31}
-    good = {0: 0.36, 1: 0.37, 2: 0.35}       # gains .06 .05 .04: every seed, mean .05 > 2 x spread .02
+    good = {0: 0.37, 1: 0.38, 2: 0.36}       # gains .07 .06 .05: the smallest, .05, > 2 x spread .02
     small = {0: 0.335, 1: 0.345, 2: 0.345}   # gains .035 .025 .035: every seed, mean .0317 < .04
     bad = {0: 0.20, 1: 0.21, 2: 0.22}        # every seed worse by far
     full = {0: 0.50, 1: 0.52, 2: 0.48}
@@ -243,16 +243,16 @@ def test_table_maths():
     assert b["mean"] == pytest.approx(0.31) and b["min"] == 0.30 and b["max"] == 0.32
     assert b["std"] == pytest.approx(0.01) and b["verdict"] == "baseline" and b["gain_mean"] is None
     g = by["good", "1-8"]
-    assert g["gain_mean"] == pytest.approx(0.05) and g["gain_min"] == pytest.approx(0.04)
-    assert g["gain_max"] == pytest.approx(0.06) and g["gains"] == pytest.approx({0: 0.06, 1: 0.05, 2: 0.04})
-    assert g["share_of_gap"] == pytest.approx(0.05 / (0.50 - 0.31))
+    assert g["gain_mean"] == pytest.approx(0.06) and g["gain_min"] == pytest.approx(0.05)
+    assert g["gain_max"] == pytest.approx(0.07) and g["gains"] == pytest.approx({0: 0.07, 1: 0.06, 2: 0.05})
+    assert g["share_of_gap"] == pytest.approx(0.06 / (0.50 - 0.31))
     assert g["verdict"] == "helps"
     assert by["small", "1-8"]["verdict"] == "no clear effect"
     assert by["bad", "1-8"]["verdict"] == "hurts" and by["bad", "1-8"]["share_of_gap"] < 0
     assert by["sup", "all"]["verdict"] == "ceiling" and by["sup", "all"]["n_labeled"] == 1000
 
     md = st.markdown_table(rows, eval_split="test", label_text={"1-8": "1/8", "all": "all"})
-    assert "| good | 1/8 | 125 | 3 | **36.0** | 35.0-37.0 | 1.0 | +5.0 (+4.0..+6.0) | 26% | helps | 60 s |" in md
+    assert "| good | 1/8 | 125 | 3 | **37.0** | 36.0-38.0 | 1.0 | +6.0 (+5.0..+7.0) | 32% | helps | 60 s |" in md
     assert "| sup | all | 1000 | 3 | **50.0** |" in md and "twice the baseline's seed-to-seed spread" in md
 
 
@@ -270,6 +270,7 @@ def test_table_with_missing_runs_and_no_ceiling():
     ([0.05, 0.05], 0.025, "no clear effect"),  # exactly twice the spread is not more than twice
     ([0.05, 0.05], 0.02, "helps"),
     ([0.10, -0.01], 0.0, "no clear effect"),   # not on every seed
+    ([0.10, 0.03], 0.02, "no clear effect"),   # the mean (0.065) clears twice the spread, the smaller gain does not
     ([-0.05, -0.06], 0.01, "hurts"),
     ([0.05], 0.0, "needs 2+ seeds"),
 ])

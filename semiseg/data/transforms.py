@@ -5,9 +5,15 @@ so v2 resizes masks with nearest-neighbour and pads them with their own fill val
 touch only the image. A transform is called as ``transform(image, mask) -> (image, mask)`` and returns
 a normalised float32 image (3, H, W) and an int64 mask (H, W) as plain tensors.
 
-Normalisation modes:
-  "imagenet": RGB scaled to 0..1, minus the ImageNet mean, divided by its std (torchvision weights).
-  "caffe":    BGR on the 0..255 scale minus the caffe mean, no std (original DeepLab-v2 / FCN weights).
+Normalisation modes (``NORMALIZATIONS``; :func:`describe_normalization` says the same in one line):
+  "imagenet":  RGB scaled to 0..1, minus the ImageNet mean, divided by its std (torchvision weights).
+  "caffe":     BGR on the 0..255 scale minus the caffe mean (104.008, 116.669, 122.679 in BGR order), no std:
+               the caffe-converted VGG16 / FCN weights of pytorch-fcn, which flips RGB to BGR, then subtracts
+               ``mean_bgr``.
+  "caffe_rgb": the same numbers in RGB order: (R - 122.679, G - 116.669, B - 104.008), 0..255, no std. What
+               AdvSemiSeg's DeepLab-v2 sees: its VOCDataSet reads BGR with cv2, subtracts the BGR mean, then
+               reverses the channels (``image[:, :, ::-1]``, commented "change to BGR" but giving RGB), in
+               training and in evaluate_voc.py; its released checkpoints expect this order.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from .errors import DataError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
-NORMALIZATIONS = ("imagenet", "caffe")
+CAFFE_MEAN_RGB = tuple(reversed(CAFFE_MEAN_BGR))
+NORMALIZATIONS = ("imagenet", "caffe", "caffe_rgb")
 
 
 def _check_mode(mode: str) -> None:
@@ -32,12 +39,23 @@ def _check_mode(mode: str) -> None:
         raise DataError(f"unknown normalization {mode!r}", None, f"use one of {', '.join(NORMALIZATIONS)}")
 
 
+def describe_normalization(mode: str) -> str:
+    """One line on what a mode feeds the model, from an RGB uint8 image (logs, exported metadata)."""
+    _check_mode(mode)
+    if mode == "imagenet":
+        return (f"channels RGB: (pixel / 255 - mean) / std with mean {list(IMAGENET_MEAN)} "
+                f"and std {list(IMAGENET_STD)}")
+    if mode == "caffe":
+        return f"channels BGR in 0..255 minus the mean {[round(m, 4) for m in CAFFE_MEAN_BGR]} (BGR order), no std"
+    return f"channels RGB in 0..255 minus the mean {[round(m, 4) for m in CAFFE_MEAN_RGB]} (RGB order), no std"
+
+
 def mean_rgb_uint8(mode: str = "imagenet") -> tuple[int, int, int]:
     """The dataset mean as uint8 RGB: the value padding uses, so padded pixels normalise to about 0."""
     _check_mode(mode)
     if mode == "imagenet":
         return tuple(round(255 * m) for m in IMAGENET_MEAN)
-    return tuple(round(m) for m in reversed(CAFFE_MEAN_BGR))
+    return tuple(round(m) for m in CAFFE_MEAN_RGB)  # "caffe" and "caffe_rgb": the same mean, in RGB order
 
 
 def normalize(image: torch.Tensor, mode: str = "imagenet") -> torch.Tensor:
@@ -48,7 +66,9 @@ def normalize(image: torch.Tensor, mode: str = "imagenet") -> torch.Tensor:
         mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
         return (x - mean) / std
-    return x.flip(-3) - torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)
+    if mode == "caffe":
+        return x.flip(-3) - torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)
+    return x - torch.tensor(CAFFE_MEAN_RGB).view(3, 1, 1)
 
 
 def denormalize(image: torch.Tensor, mode: str = "imagenet") -> torch.Tensor:
@@ -57,8 +77,10 @@ def denormalize(image: torch.Tensor, mode: str = "imagenet") -> torch.Tensor:
     x = image.detach().as_subclass(torch.Tensor).to(torch.float32).cpu()
     if mode == "imagenet":
         x = x * (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
-    else:
+    elif mode == "caffe":
         x = (x + torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)).flip(-3)
+    else:
+        x = x + torch.tensor(CAFFE_MEAN_RGB).view(3, 1, 1)
     return x.round().clamp(0, 255).to(torch.uint8)
 
 

@@ -103,6 +103,7 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
         "data": {"kind": cfg.data.kind, "root": cfg.data.root, "split": split, "options": options,
                  "samples": len(dataset)},
         "precision": loaded.precision,
+        "normalization": loaded.info.normalization,  # the input convention (the recipe's, or the run's)
         "inference": dataclasses.asdict(loaded.inference),
         "classes": classes,
         "metrics": to_json_dict(cm.compute()),
@@ -130,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
                                      num_workers=args.num_workers, inference_overrides=inference_overrides(args),
                                      recipe=args.config, recipe_overrides=args.overrides)
         if dist.is_main():
+            from semiseg.data.transforms import describe_normalization
+
+            norm = result["normalization"]
+            print(f"input normalization: {norm} ({describe_normalization(norm)})")
             print(result["table"])
             out = args.out or os.path.join(os.path.dirname(result["checkpoint"]), f"eval_{result['data']['split']}.json")
             atomic_write_text(out, json.dumps({k: v for k, v in result.items() if k != "table"}, indent=1))

@@ -27,7 +27,11 @@ optimizer) but which normalise with batch statistics in train mode and update th
 (momentum 0.1). ``freeze_bn=False`` gives ordinary, trainable ``nn.BatchNorm2d`` layers. Both
 ``nn.BatchNorm2d`` modes have the same key names plus ``num_batches_tracked``.
 
-Inputs: ``normalization = "caffe"``: BGR, 0..255, mean-subtracted, as AdvSemiSeg feeds its network.
+Inputs: ``normalization = "caffe_rgb"``: RGB, 0..255, minus the caffe mean in RGB order (122.68, 116.67, 104.01),
+no std. That is what AdvSemiSeg feeds its network in training and evaluation: its VOCDataSet reads BGR with cv2,
+subtracts the BGR mean, then reverses the channels (``image[:, :, ::-1]``, commented "change to BGR"). Its
+released checkpoints therefore expect RGB. With BGR ("caffe", pytorch-fcn's order) even a random-weight network
+changes its argmax on a large share of the pixels (20-50% in quick checks).
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ class DeepLabV2(nn.Module):
         head_lr_mult: learning-rate multiplier of the classifier in :meth:`param_groups` (10 in the seed).
     """
 
-    normalization = "caffe"
+    normalization = "caffe_rgb"  # see the module docstring
 
     def __init__(
         self,

@@ -7,11 +7,17 @@ network G is trained with, per iteration (the order of the released ``train.py``
 1. unlabeled images (when ``lambda_semi`` or ``lambda_semi_adv`` is > 0, from ``semi_start_adv`` on):
    ``lambda_semi_adv * BCE(D(softmax(G(x_u))), 1)`` (fool D), plus from ``semi_start`` on
    ``lambda_semi * CE(G(x_u), pseudo)``, where ``pseudo`` is G's argmax on the pixels D is confident about
-   (``sigmoid(D(.)) > mask_T``) and ignored elsewhere;
-2. labeled images: ``CE(G(x_l), y) + lambda_adv_pred * BCE(D(softmax(G(x_l))), 1)``;
+   (``sigmoid(D(.)) > mask_T``) and ignored elsewhere. This CE is the plain cross-entropy of train.py's
+   ``loss_calc`` (mean over the pseudo-labelled pixels, no class weights), whatever loss the recipe sets
+   (``loss.*``: class weights, Dice, label smoothing, per-image averaging apply to the labeled loss only);
+2. labeled images: ``L_seg(G(x_l), y) + lambda_adv_pred * BCE(D(softmax(G(x_l))), 1)``, with the recipe's
+   loss as ``L_seg`` (cross-entropy in the paper);
 3. D: ``BCE(D(p), 0) / 2`` on the detached predictions of steps 1-2 and ``BCE(D(onehot(y')), 1) / 2`` on
-   ground truth ``y'`` from a second pass over the labeled set. Pixels without a label are ignored by
-   every BCE that has a label map.
+   ground truth ``y'`` from a second pass over the labeled set (its unlabeled pixels filled, see below).
+
+Pixels without a label (the dataset's ignore value, whatever it is: 255, 0, -1, ...) are ignored by every BCE
+that has a label map; D's label maps mark them with their own value ``D_IGNORE`` (255), never with the
+dataset's, which may be a BCE label.
 
 While G's losses go through D, D's parameters do not require gradients (so G's step leaves D's
 gradients untouched), and D learns from detached predictions (so D's step leaves G's gradients untouched).
@@ -27,7 +33,17 @@ Differences from the released code, all on purpose:
 * a pixel is pseudo-labeled when its confidence is ``> mask_T`` (the paper's indicator); the code kept
   ``>= mask_T``. Only exact ties differ;
 * with the unlabeled part inactive (``iteration < semi_start_adv``), D's fake batch holds the labeled
-  predictions only; the original crashed there with ``D_remain`` on.
+  predictions only; the original crashed there with ``D_remain`` on;
+* D's ground-truth input is not all zero on pixels without a label: they hold the detached softmax of the
+  step's labeled images at the same positions (with ``gt_stream`` the ground truth comes from other images;
+  those pixels still get a real prediction) and stay ignored by D's loss. A one-hot with all-zero pixels is an
+  input no softmax produces, so D can call everything near such pixels "ground truth" from the zeros in its
+  receptive field alone, a cue unrelated to the label structure it should learn. In the released code the
+  cue was limited to VOC's thin 255 bands around objects: its ground-truth loader (``VOCGTDataSet``)
+  re-draws the scale until the image covers the crop (and resizes after 10 tries), so it never pads. Here the
+  ground-truth stream shares the labeled transform, which pads with the ignore value, and whole padded
+  areas (of small images, scales < 1) would be zero; filling removes the cue there and, unlike the released
+  code, on the bands too.
 
 Full labels (the paper's "adversarial only" rows): set ``lambda_semi=0`` and ``lambda_semi_adv=0``; the method
 then needs no unlabeled images (``needs_unlabeled`` is False) and trains with L_seg + lambda_adv_pred * L_adv.
@@ -45,11 +61,14 @@ from torch import nn
 
 from semiseg.config import ConfigError
 from semiseg.engine.methods.base import Method
-from semiseg.losses import bce_with_logits_2d
+from semiseg.losses import bce_with_logits_2d, cross_entropy
 from semiseg.models.discriminator import FCDiscriminator
 
 # D's labels, as in the original: 1 = "ground truth", 0 = "prediction".
 GT_LABEL, PRED_LABEL = 1.0, 0.0
+# The value on D's label maps where a pixel is ignored (make_D_label's 255). It marks D's own targets, so it is
+# not the dataset's ignore value: that one may be 0 or 1, which a BCE label map could not tell from a label.
+D_IGNORE = 255
 # The smallest crop the discriminator's five stride-2 convolutions accept.
 MIN_CROP = 32
 
@@ -123,9 +142,28 @@ def one_hot_labels(masks: torch.Tensor, num_classes: int, ignore_index: int = 25
     return one_hot.masked_fill(ignored.unsqueeze(1), 0).float()
 
 
-def d_target(label: float, ignored: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """D's label map (N, H, W): ``label`` everywhere but ``ignore_index`` on ``ignored`` (the original make_D_label)."""
-    return torch.where(ignored, torch.tensor(float(ignore_index), device=ignored.device),
+def ground_truth_input(masks: torch.Tensor, fill: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """D's "ground truth" input (N, C, H, W): the one-hot of ``masks`` where they have a label, ``fill`` (class
+    probabilities of the same shape, here the detached predictions of the step's labeled images) elsewhere.
+
+    The plain one-hot is all zero on unlabeled pixels, an input no softmax produces: D would learn "zeros in my
+    receptive field = ground truth" although its loss ignores those pixels. With predictions there, the unlabeled
+    regions look the same in D's real and fake inputs.
+    """
+    if fill.shape != (masks.shape[0], fill.shape[1], *masks.shape[-2:]):
+        raise ValueError(f"the predictions {tuple(fill.shape)} that fill the unlabeled pixels of the ground truth "
+                         f"{tuple(masks.shape)} must have its batch size and spatial size")
+    ignored = (masks == ignore_index).unsqueeze(1)
+    return torch.where(ignored, fill.float(), one_hot_labels(masks, fill.shape[1], ignore_index))
+
+
+def d_target(label: float, ignored: torch.Tensor) -> torch.Tensor:
+    """D's label map (N, H, W): ``label`` everywhere but ``D_IGNORE`` on ``ignored`` (the original make_D_label).
+
+    Give it to ``bce_with_logits_2d(..., ignore_index=D_IGNORE)``; ``ignored`` comes from the dataset's masks
+    (``masks == ctx.ignore_index``), whatever their ignore value.
+    """
+    return torch.where(ignored, torch.tensor(float(D_IGNORE), device=ignored.device),
                        torch.tensor(float(label), device=ignored.device))
 
 
@@ -195,10 +233,11 @@ class AdvSemiSeg(Method):
         logits = self._predict(images)
         probs = logits.softmax(1)
         d_logits = self._discriminate(self.discriminator, probs)
-        loss_semi_adv = bce_with_logits_2d(d_logits, GT_LABEL)  # every unlabeled pixel counts
+        loss_semi_adv = bce_with_logits_2d(d_logits, GT_LABEL, ignore_index=D_IGNORE)  # every unlabeled pixel counts
         pseudo = pseudo_labels(logits.detach(), d_logits.detach(), o.mask_T, ctx.ignore_index)
         if o.lambda_semi > 0 and iteration >= o.semi_start:
-            loss_semi = ctx.criterion(logits, pseudo)  # 0 (not NaN) when no pixel is confident
+            # train.py's loss_calc: plain CE, not the recipe's criterion; 0 (not NaN) when no pixel is confident
+            loss_semi = cross_entropy(logits, pseudo, ignore_index=ctx.ignore_index)
         else:
             loss_semi = torch.zeros((), device=logits.device)
         ctx.backward(o.lambda_semi_adv * loss_semi_adv + o.lambda_semi * loss_semi)
@@ -216,23 +255,24 @@ class AdvSemiSeg(Method):
         ignored = masks == ctx.ignore_index
         probs = logits.softmax(1)
         d_logits = self._discriminate(self.discriminator, probs)
-        loss_adv = bce_with_logits_2d(d_logits, d_target(GT_LABEL, ignored, ctx.ignore_index))
+        loss_adv = bce_with_logits_2d(d_logits, d_target(GT_LABEL, ignored), ignore_index=D_IGNORE)
         ctx.backward(loss_seg + o.lambda_adv_pred * loss_adv)
         return {"loss_seg": loss_seg.detach(), "loss_adv": loss_adv.detach()}, probs.detach(), ignored
 
     def _discriminator_loss(self, fake_probs: torch.Tensor, fake_ignored: torch.Tensor,
-                            gt_masks: torch.Tensor) -> torch.Tensor:
-        """D's update, half on predictions (label 0), half on one-hot ground truth (label 1)."""
+                            gt_masks: torch.Tensor, labeled_probs: torch.Tensor) -> torch.Tensor:
+        """D's update, half on predictions (label 0), half on one-hot ground truth (label 1) whose unlabeled
+        pixels hold ``labeled_probs`` (see :func:`ground_truth_input`) and are ignored by the loss."""
         ctx = self.ctx
         d_fake = self._discriminate(self.discriminator_train, fake_probs)
-        loss_fake = bce_with_logits_2d(d_fake, d_target(PRED_LABEL, fake_ignored, ctx.ignore_index))
+        loss_fake = bce_with_logits_2d(d_fake, d_target(PRED_LABEL, fake_ignored), ignore_index=D_IGNORE)
         ctx.backward(loss_fake / 2)
-        real = one_hot_labels(gt_masks, ctx.num_classes, ctx.ignore_index)
+        real = ground_truth_input(gt_masks, labeled_probs, ctx.ignore_index)
         if ctx.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         d_real = self._discriminate(self.discriminator_train, real)
         gt_ignored = gt_masks == ctx.ignore_index
-        loss_real = bce_with_logits_2d(d_real, d_target(GT_LABEL, gt_ignored, ctx.ignore_index))
+        loss_real = bce_with_logits_2d(d_real, d_target(GT_LABEL, gt_ignored), ignore_index=D_IGNORE)
         ctx.backward(loss_real / 2)
         return (loss_fake.detach() + loss_real.detach()) / 2
 
@@ -251,16 +291,18 @@ class AdvSemiSeg(Method):
             elif self.needs_unlabeled:  # same keys every step: the log averages them over a window
                 zero = torch.zeros((), device=ctx.device)
                 logs.update(loss_semi_adv=zero, loss_semi=zero, semi_ratio=zero)
-            l_logs, fake_probs, fake_ignored = self._labeled_losses(batch)
+            l_logs, labeled_probs, fake_ignored = self._labeled_losses(batch)
             logs.update(l_logs)
 
         # D's update on detached predictions (no gradient reaches G): labeled ones with their unlabeled
         # pixels ignored, then, with d_remain, every pixel of the unlabeled ones.
+        fake_probs = labeled_probs
         if o.d_remain and u_probs is not None:
-            fake_probs = torch.cat([fake_probs, u_probs])
+            fake_probs = torch.cat([labeled_probs, u_probs])
             u_ignored = torch.zeros_like(u_probs[:, 0], dtype=torch.bool)
             fake_ignored = torch.cat([fake_ignored, u_ignored])
-        logs["loss_d"] = self._discriminator_loss(fake_probs, fake_ignored, self._ground_truth_masks(batch))
+        logs["loss_d"] = self._discriminator_loss(fake_probs, fake_ignored, self._ground_truth_masks(batch),
+                                                  labeled_probs)
 
         total = logs["loss_seg"] + o.lambda_adv_pred * logs["loss_adv"]
         if self.needs_unlabeled:
@@ -272,4 +314,5 @@ class AdvSemiSeg(Method):
         return source["mask"].to(self.ctx.device, non_blocking=True)
 
 
-__all__ = ["AdvSemiSeg", "AdvSemiSegOptions", "pseudo_labels", "one_hot_labels", "d_target", "frozen"]
+__all__ = ["AdvSemiSeg", "AdvSemiSegOptions", "pseudo_labels", "one_hot_labels", "ground_truth_input", "d_target",
+           "frozen", "D_IGNORE"]

@@ -60,6 +60,9 @@ from torch import nn
 from semiseg.config import ConfigError
 from semiseg.data.transforms import build_strong_augment, mean_rgb_uint8, normalize, strong_augment_batch
 from semiseg.engine.methods.base import Method
+from semiseg.engine.methods.teacher import (
+    EMATeacher, dropout_off, ema_momentum, frozen_bn_statistics, unsupervised_weight,
+)
 
 # CutMix box aspect ratios (height / width), drawn uniformly: the official obtain_cutmix_box's 0.3 .. 1/0.3.
 CUTMIX_RATIO = (0.3, 1 / 0.3)
@@ -91,6 +94,38 @@ class UniMatchOptions:
     weight_strong: float | None = None
     # lambda: weight of the feature-perturbation loss. Official unimatch.py: 0.5.
     weight_fp: float = 0.5
+    # Where pseudo labels come from. "model": the model being trained, as the official UniMatch (V1): the
+    # unlabeled images' from the train-mode pass they share with the labeled ones, the pasted images' from an
+    # eval-mode pass. "ema": an exponential moving average of the model (Mean Teacher; UniMatch V2), in eval
+    # mode, for both.
+    teacher: str = "model"
+    # Momentum of the EMA teacher (UniMatch V2: 0.996 over tens of thousands of iterations; short CPU
+    # schedules want a faster teacher). Ramped as Mean Teacher: min(ema_momentum, 1 - 1 / (iteration + 1)).
+    ema_momentum: float = 0.99
+    # The official decoder has no dropout, so its pseudo labels are clean. false: dropout layers are switched
+    # off in the pass that makes pseudo labels (DeepLabV3+'s decoder has Dropout(0.5)/(0.1)).
+    teacher_dropout: bool = False
+    # Supervised warm-up: no unlabeled loss before iteration unsup_start (0-based), then its weight ramps
+    # linearly from 0 to 1 over unsup_rampup iterations. Official: 0 and 0 (a pretrained backbone gives
+    # usable pseudo labels from the first step; from scratch they are nearly all background).
+    unsup_start: int = 0
+    unsup_rampup: int = 0
+    # Colour / grayscale / blur in the strong views. false: the strong view is the weak crop with its CutMix box
+    # only (CutMix-Seg, French et al. 2020), for models whose few labels taught them colour more than shape.
+    strong_colour: bool = True
+    # false: the strong views' batch statistics stay out of BatchNorm's running averages (they still normalise
+    # their own batch). The official code lets them in; from scratch, the recoloured views then shift the
+    # statistics evaluation and an EMA teacher use.
+    strong_bn_statistics: bool = True
+    # Distribution alignment (ReMixMatch, Berthelot et al. 2020): the teacher's class probabilities are scaled by
+    # (labeled class frequency / the teacher's running mean prediction) and renormalised before argmax and
+    # threshold, so pseudo labels cannot drift towards the dominant class (background) over training.
+    distribution_alignment: bool = False
+    # Momentum of the two running class distributions distribution alignment keeps.
+    da_momentum: float = 0.99
+    # Diagnostics only: log the accuracy of the confident pseudo labels against the unlabeled images' true
+    # masks when the dataset has them (synthetic data). The masks never enter a loss.
+    log_pseudo_accuracy: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.conf_thresh <= 1.0:
@@ -111,6 +146,16 @@ class UniMatchOptions:
             raise ConfigError(f"method.options.weight_strong must be >= 0 (or null), got {self.weight_strong}")
         if self.weight_fp < 0:
             raise ConfigError(f"method.options.weight_fp must be >= 0, got {self.weight_fp}")
+        if self.teacher not in ("model", "ema"):
+            raise ConfigError(f"method.options.teacher must be 'model' (the official UniMatch) or 'ema' (a moving "
+                              f"average of the model), got {self.teacher!r}")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ConfigError(f"method.options.ema_momentum must be in [0, 1), got {self.ema_momentum}")
+        if not 0.0 <= self.da_momentum < 1.0:
+            raise ConfigError(f"method.options.da_momentum must be in [0, 1), got {self.da_momentum}")
+        if self.unsup_start < 0 or self.unsup_rampup < 0:
+            raise ConfigError(f"method.options.unsup_start and unsup_rampup must be >= 0 (iterations), got "
+                              f"{self.unsup_start} and {self.unsup_rampup}")
         if self.feature_perturbation and self.weight_fp == 0:
             raise ConfigError("method.options.weight_fp=0 would run the feature-perturbation stream for nothing; "
                               "set method.options.feature_perturbation=false instead")
@@ -137,11 +182,52 @@ class Targets(NamedTuple):
         return Targets(*(torch.where(box, p, t) for t, p in zip(self, pasted)))
 
 
-def pseudo_labels(logits: torch.Tensor, valid: torch.Tensor) -> Targets:
-    """argmax and max softmax of (N, C, H, W) logits (computed in float32, without gradient)."""
+def pseudo_labels(logits: torch.Tensor, valid: torch.Tensor, align: "DistributionAlignment | None" = None) -> Targets:
+    """argmax and max softmax of (N, C, H, W) logits (computed in float32, without gradient), after distribution
+    alignment when ``align`` is given."""
     probs = logits.detach().float().softmax(dim=1)
+    if align is not None:
+        probs = align(probs, valid)
     conf, label = probs.max(dim=1)
     return Targets(label, conf, valid)
+
+
+class DistributionAlignment:
+    """ReMixMatch's distribution alignment for pixels: ``p * labeled_freq / running_mean(p)``, renormalised.
+
+    ``labeled_freq`` is a running average of the class frequencies of labeled pixels (:meth:`observe_labels`),
+    ``running_mean(p)`` one of the teacher's mean class probabilities over valid unlabeled pixels (updated by each
+    call). Both start at the first observation and are saved with the method's state."""
+
+    def __init__(self, num_classes: int, momentum: float, ignore_index: int):
+        self.num_classes, self.momentum, self.ignore_index = num_classes, momentum, ignore_index
+        self.labeled: torch.Tensor | None = None
+        self.predicted: torch.Tensor | None = None
+
+    def _ema(self, old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+        return new if old is None else self.momentum * old + (1 - self.momentum) * new
+
+    def observe_labels(self, masks: torch.Tensor) -> None:
+        keep = (masks != self.ignore_index) & (masks >= 0) & (masks < self.num_classes)
+        counts = torch.bincount(masks[keep].flatten(), minlength=self.num_classes).float().cpu()
+        if counts.sum() > 0:
+            self.labeled = self._ema(self.labeled, counts / counts.sum())
+
+    def __call__(self, probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        weights = valid.unsqueeze(1).float()
+        mean = ((probs * weights).sum(dim=(0, 2, 3)) / weights.sum().clamp(min=1)).cpu()
+        self.predicted = self._ema(self.predicted, mean)
+        if self.labeled is None:
+            return probs
+        ratio = (self.labeled / self.predicted.clamp(min=1e-6)).to(probs.device).view(1, -1, 1, 1)
+        aligned = probs * ratio
+        return aligned / aligned.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"labeled": self.labeled, "predicted": self.predicted}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.labeled, self.predicted = state.get("labeled"), state.get("predicted")
 
 
 def consistency_loss(logits: torch.Tensor, targets: Targets, conf_thresh: float) -> torch.Tensor:
@@ -203,18 +289,20 @@ def paste(box: torch.Tensor, images: torch.Tensor, pasted: torch.Tensor) -> torc
 
 def make_strong_views(images: torch.Tensor, images_mix: torch.Tensor, *, views: int, cutmix_prob: float,
                       cutmix_area: tuple[float, float], normalization: str,
-                      augment=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                      augment=None, colour: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``views`` strong views of the weak crops ``images``: each an independently colour-augmented copy with
     a CutMix box (maybe empty) filled from an independently augmented copy of ``images_mix``.
-    Returns (view, box) pairs; a view's targets must be CutMixed with the same box (``Targets.cutmix``)."""
+    Returns (view, box) pairs; a view's targets must be CutMixed with the same box (``Targets.cutmix``).
+    ``colour=False``: no colour augmentation, the views differ from the weak crops by their CutMix boxes only."""
     augment = augment or build_strong_augment()
+    recolour = (lambda x: strong_augment_batch(x, normalization, augment)) if colour else (lambda x: x.clone())
     n, _, h, w = images.shape
     out = []
     for _ in range(views):
-        strong = strong_augment_batch(images, normalization, augment)
+        strong = recolour(images)
         box = cutmix_boxes(n, h, w, prob=cutmix_prob, area=cutmix_area, device=images.device)
         if bool(box.any()):
-            strong = paste(box, strong, strong_augment_batch(images_mix, normalization, augment))
+            strong = paste(box, strong, recolour(images_mix))
         out.append((strong, box))
     return out
 
@@ -284,23 +372,58 @@ class UniMatch(Method):
         # The images CutMix pastes in: a second, independently shuffled pass over the unlabeled images.
         self.mix_stream = ctx.add_stream("unlabeled_mix", ctx.unlabeled_dataset)
         self.augment = build_strong_augment()
+        # The EMA teacher is a registered module: the loop checkpoints it and restores it on --resume.
+        self.teacher = ctx.add_module("teacher", EMATeacher(ctx.raw_model, o.ema_momentum), ddp=False) \
+            if o.teacher == "ema" else None
+        self._ema_updated_at = -1
+        self.align = DistributionAlignment(ctx.num_classes, o.da_momentum, ctx.ignore_index) \
+            if o.distribution_alignment else None
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"ema_updated_at": self._ema_updated_at}
+        if self.align is not None:
+            state["distribution_alignment"] = self.align.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._ema_updated_at = int(state.get("ema_updated_at", -1))
+        if self.align is not None and "distribution_alignment" in state:
+            self.align.load_state_dict(state["distribution_alignment"])
 
     # ------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, unlabeled_batch: dict | None, iteration: int) -> dict[str, torch.Tensor]:
         ctx, o = self.ctx, self.options
+        self._update_teacher(iteration)
         images_x, masks_x = ctx.to_device(batch)
-        images_u, _ = ctx.to_device(unlabeled_batch)  # the masks of unlabeled images are never used
+        if self.align is not None:
+            self.align.observe_labels(masks_x)
+        weight = unsupervised_weight(iteration, o.unsup_start, o.unsup_rampup)
+        if weight == 0.0:  # supervised warm-up: the labeled images only, exactly the supervised method's step
+            with ctx.autocast():
+                logits_x = ctx.model(images_x)
+            loss_x = ctx.criterion(logits_x.float(), masks_x)
+            ctx.backward(loss_x)
+            return {"loss": loss_x.detach(), "loss_x": loss_x.detach()}
+
+        images_u, _ = ctx.to_device(unlabeled_batch)  # the masks of unlabeled images never enter a loss
         images_m, _ = ctx.to_device(next(self.mix_stream))
         valid_u = ~padding_mask(images_u, ctx.normalization)
-        targets_m = self._teacher_targets(images_m)
+        valid_m = ~padding_mask(images_m, ctx.normalization)
+        if self.teacher is not None:
+            targets_u, targets_m = self._ema_targets(images_u, valid_u, images_m, valid_m)
+        else:
+            targets_u, targets_m = None, self._eval_targets(images_m, valid_m)
         views = make_strong_views(images_u, images_m, views=o.strong_views, cutmix_prob=o.cutmix_prob,
                                   cutmix_area=tuple(o.cutmix_area), normalization=ctx.normalization,
-                                  augment=self.augment)
+                                  augment=self.augment, colour=o.strong_colour)
 
+        strong_stats = contextlib.nullcontext() if o.strong_bn_statistics else frozen_bn_statistics(ctx.raw_model)
         with ctx.autocast():
             logits_x, logits_u, logits_fp = self._weak_forward(images_x, images_u)
-            logits_s = ctx.model(self._layout(torch.cat([v for v, _ in views]))).chunk(len(views))
-        targets_u = pseudo_labels(logits_u, valid_u)
+            with strong_stats:
+                logits_s = ctx.model(self._layout(torch.cat([v for v, _ in views]))).chunk(len(views))
+        if targets_u is None:
+            targets_u = pseudo_labels(logits_u, valid_u, self.align)
 
         # Losses in float32 (softmax over bf16 logits loses the small probabilities CE cares about).
         loss_x = ctx.criterion(logits_x.float(), masks_x)
@@ -313,12 +436,31 @@ class UniMatch(Method):
             loss_fp = consistency_loss(logits_fp, targets_u, o.conf_thresh)
             loss_u = loss_u + o.weight_fp * loss_fp
             out["loss_fp"] = loss_fp.detach()
-        loss = (loss_x + loss_u) / 2
+        loss = (loss_x + weight * loss_u) / 2
         ctx.backward(loss)
         out["mask_ratio"] = mask_ratio(targets_u, o.conf_thresh)
+        if o.log_pseudo_accuracy and unlabeled_batch.get("mask") is not None:
+            out["pseudo_acc"] = pseudo_label_accuracy(targets_u, unlabeled_batch["mask"].to(ctx.device),
+                                                      o.conf_thresh, ctx.ignore_index)
         return {"loss": loss.detach(), **out}
 
-    def _teacher_targets(self, images: torch.Tensor) -> Targets:
+    def _update_teacher(self, iteration: int) -> None:
+        """Move the EMA teacher towards the model once per iteration, before its pseudo labels are made: the
+        model then holds the weights of the previous optimizer step (the loop steps after training_step)."""
+        if self.teacher is None or self._ema_updated_at == iteration:
+            return
+        if iteration > 0:
+            self.teacher.update(self.ctx.raw_model, ema_momentum(iteration, self.options.ema_momentum))
+        self._ema_updated_at = iteration
+
+    def _ema_targets(self, images_u, valid_u, images_m, valid_m) -> tuple[Targets, Targets]:
+        """Pseudo labels of the unlabeled and the pasted images from the EMA teacher in one no-grad pass."""
+        with torch.no_grad(), self.ctx.autocast():
+            logits = self.teacher(torch.cat([images_u, images_m]))
+        logits_u, logits_m = logits.split([images_u.shape[0], images_m.shape[0]])
+        return pseudo_labels(logits_u, valid_u, self.align), pseudo_labels(logits_m, valid_m, self.align)
+
+    def _eval_targets(self, images: torch.Tensor, valid: torch.Tensor) -> Targets:
         """Pseudo labels of the images CutMix pastes in: eval mode and no gradient, as the official code (so this
         extra pass neither updates BatchNorm's running statistics nor uses dropout)."""
         model = self.ctx.raw_model  # not the DDP wrapper: no gradient to synchronise, no buffer broadcast
@@ -329,17 +471,26 @@ class UniMatch(Method):
                 logits = model(images)
         finally:
             model.train(was_training)
-        return pseudo_labels(logits, ~padding_mask(images, self.ctx.normalization))
+        return pseudo_labels(logits, valid)
 
     def _weak_forward(self, images_x: torch.Tensor, images_u: torch.Tensor):
         """One train-mode pass over labeled + weak unlabeled images (BatchNorm sees both, as the official code);
-        with the fp stream the perturbed copies of the whole batch are decoded in the same pass."""
+        with the fp stream the perturbed copies of the whole batch are decoded in the same pass. With the model
+        as teacher this pass makes the unlabeled pseudo labels, so its dropout layers are off unless
+        ``teacher_dropout`` (the official decoder has none). With the EMA teacher and no fp stream the unlabeled
+        images are not needed here: the labeled ones go alone."""
+        o = self.options
+        if self.teacher is not None and self.fp is None:
+            return self.ctx.model(images_x), None, None
+        clean = dropout_off(self.ctx.raw_model) if self.teacher is None and not o.teacher_dropout \
+            else contextlib.nullcontext()
         images = torch.cat([images_x, images_u])
         n_x, n = images_x.shape[0], images.shape[0]
         if self.fp is None:
-            logits = self.ctx.model(images)
+            with clean:
+                logits = self.ctx.model(images)
             return logits[:n_x], logits[n_x:], None
-        with self.fp.active():
+        with self.fp.active(), clean:
             logits = self.ctx.model(images)
         if logits.shape[0] != 2 * n:
             raise RuntimeError(
@@ -352,5 +503,13 @@ class UniMatch(Method):
         return images.contiguous(memory_format=torch.channels_last) if self.ctx.channels_last else images
 
 
-__all__ = ["UniMatch", "UniMatchOptions", "Targets", "pseudo_labels", "consistency_loss", "mask_ratio",
-           "padding_mask", "cutmix_boxes", "paste", "make_strong_views", "FeaturePerturbation"]
+def pseudo_label_accuracy(targets: Targets, truth: torch.Tensor, conf_thresh: float, ignore_index: int) -> torch.Tensor:
+    """Share of confident pseudo-labeled pixels whose label is right (pixels the truth ignores left out): a
+    diagnostic of the teacher, never a training signal."""
+    keep = targets.valid & (targets.conf >= conf_thresh) & (truth != ignore_index)
+    right = keep & (targets.label == truth)
+    return right.sum().float() / keep.sum().clamp(min=1)
+
+
+__all__ = ["UniMatch", "UniMatchOptions", "Targets", "pseudo_labels", "consistency_loss", "mask_ratio", "pseudo_label_accuracy",
+           "DistributionAlignment", "padding_mask", "cutmix_boxes", "paste", "make_strong_views", "FeaturePerturbation"]

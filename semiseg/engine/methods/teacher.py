@@ -1,0 +1,111 @@
+"""What the semi-supervised methods share: where pseudo labels come from and when the unlabeled loss starts.
+
+* :class:`EMATeacher` - a copy of the segmentation model whose weights are an exponential moving average of
+  the student's (Mean Teacher, Tarvainen & Valpola 2017; the teacher of UniMatch V2 and most later methods).
+  It always runs in eval mode (running BatchNorm statistics, no dropout) and without gradient, so one bad
+  student step does not flip its pseudo labels. Its weights are checkpointed with the run (a registered module).
+* :func:`dropout_off` - run a forward with every dropout layer of a model switched off while the rest (BatchNorm
+  batch statistics) stays in train mode: the clean pass the official UniMatch decoder makes (it has no dropout;
+  DeepLabV3+'s bubbliiiing decoder has Dropout(0.5)/(0.1)).
+* :func:`unsupervised_weight` - 0 before ``start``, then a linear ramp to 1 over ``rampup`` iterations: a supervised
+  warm-up, so the first pseudo labels come from a model that has seen the labels (from scratch, the first
+  confident pixels are almost all background and teach nothing else; see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterator
+
+import torch
+from torch import nn
+
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+@contextlib.contextmanager
+def dropout_off(model: nn.Module) -> Iterator[None]:
+    """Inside the block every dropout layer of ``model`` is in eval mode (identity); the previous modes come back
+    afterwards. Other layers keep their mode (BatchNorm in train mode still uses and updates batch statistics)."""
+    layers = [m for m in model.modules() if isinstance(m, _DROPOUT) and m.training]
+    for m in layers:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.train()
+
+
+class EMATeacher(nn.Module):
+    """An exponential moving average of a model: ``teacher = momentum * teacher + (1 - momentum) * student`` for
+    floating-point parameters and buffers (BatchNorm's running statistics follow the student the same way);
+    integer buffers (``num_batches_tracked``) are copied. The teacher never trains and never takes gradients."""
+
+    def __init__(self, student: nn.Module, momentum: float):
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"EMA momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.model = copy.deepcopy(student)
+        self.model.requires_grad_(False)
+        self.model.eval()
+
+    def train(self, mode: bool = True) -> "EMATeacher":
+        return super().train(False)  # always eval: running statistics, no dropout
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, momentum: float | None = None) -> None:
+        m = self.momentum if momentum is None else momentum
+        for t, s in zip(self.model.parameters(), student.parameters()):
+            t.lerp_(s.detach(), 1.0 - m)
+        for t, s in zip(self.model.buffers(), student.buffers()):
+            if t.is_floating_point():
+                t.lerp_(s.detach(), 1.0 - m)
+            else:
+                t.copy_(s)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+
+def ema_momentum(iteration: int, momentum: float) -> float:
+    """The momentum of step ``iteration`` (0-based): ``min(momentum, 1 - 1 / (iteration + 1))``, Mean Teacher's
+    ramp, so that the teacher follows the student closely while both are young instead of averaging in the random
+    initial weights for hundreds of steps."""
+    return min(momentum, 1.0 - 1.0 / (iteration + 1))
+
+
+@contextlib.contextmanager
+def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
+    """Inside the block BatchNorm layers in train mode still normalise with the batch's statistics but do not
+    fold them into their running averages (momentum 0), so a batch unlike the test images (strongly recoloured,
+    blurred views) cannot shift the statistics evaluation uses."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+              and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(layers, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
+def unsupervised_weight(iteration: int, start: int, rampup: int) -> float:
+    """Weight of the unlabeled loss at ``iteration`` (0-based): 0 before ``start``, then linear to 1 over ``rampup``
+    iterations (1 at once when ``rampup`` is 0)."""
+    if iteration < start:
+        return 0.0
+    if rampup <= 0:
+        return 1.0
+    return min(1.0, (iteration - start + 1) / rampup)
+
+
+__all__ = ["EMATeacher", "dropout_off", "frozen_bn_statistics", "ema_momentum", "unsupervised_weight"]

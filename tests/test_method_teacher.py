@@ -1,0 +1,203 @@
+"""What the semi-supervised methods share (engine/methods/teacher.py) and how UniMatch uses it: the EMA teacher,
+dropout-free pseudo labels, the supervised warm-up, and a resumable run with the EMA teacher."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from semiseg.engine.checkpoint import load_checkpoint
+from semiseg.engine.logger import read_metrics
+from semiseg.engine.methods import unimatch
+from semiseg.engine.methods.teacher import EMATeacher, dropout_off, ema_momentum, unsupervised_weight
+from semiseg.engine.methods.unimatch import UniMatch, Targets, pseudo_label_accuracy
+from semiseg.engine.trainer import Trainer
+
+from test_method_unimatch import Constant, direct_context, run_config
+
+
+def test_ema_teacher_averages_parameters_and_float_buffers_and_copies_counters():
+    student = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    teacher = EMATeacher(student, momentum=0.75)
+    t0 = [p.clone() for p in teacher.model.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    student[1].running_mean.fill_(4.0)
+    student[1].num_batches_tracked.fill_(7)
+    teacher.update(student)
+    for t, before, s in zip(teacher.model.parameters(), t0, student.parameters()):
+        assert torch.allclose(t, 0.75 * before + 0.25 * s)
+    assert torch.allclose(teacher.model[1].running_mean, torch.full((4,), 1.0))  # 0.75 * 0 + 0.25 * 4
+    assert int(teacher.model[1].num_batches_tracked) == 7
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_ema_teacher_stays_in_eval_mode_and_takes_no_gradient():
+    student = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Dropout(0.5))
+    teacher = EMATeacher(student, momentum=0.9)
+    teacher.train()
+    assert not teacher.training and not any(m.training for m in teacher.modules())
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    y = teacher(x)
+    assert not y.requires_grad
+    assert torch.equal(y, teacher(x))  # no dropout, running statistics: deterministic
+
+
+def test_momentum_ramp_and_unsupervised_weight():
+    assert ema_momentum(0, 0.99) == 0.0 and ema_momentum(1, 0.99) == 0.5 and ema_momentum(10_000, 0.99) == 0.99
+    assert [unsupervised_weight(i, 3, 0) for i in range(5)] == [0, 0, 0, 1, 1]
+    assert [unsupervised_weight(i, 2, 4) for i in range(8)] == [0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
+
+
+def test_dropout_off_switches_only_dropout_and_restores_it():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.9))
+    model.train()
+    x = torch.randn(8, 4)
+    with dropout_off(model):
+        assert model[1].training and not model[2].training
+        a, b = model(x), model(x)
+    assert torch.equal(a, b)
+    assert all(m.training for m in model.modules())
+
+
+class DropoutNet(nn.Module):
+    """Per-pixel 2-class net with a dropout layer before the classifier and a backbone (for the fp stream)."""
+
+    normalization = "imagenet"
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 8, 1)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Conv2d(8, 2, 1)
+        self.dropout_active_in_unlabeled_pass: list[bool] = []
+
+    def forward(self, x):
+        self.dropout_active_in_unlabeled_pass.append(self.drop.training)
+        return self.head(self.drop(self.backbone(x)))
+
+
+@pytest.mark.parametrize("teacher_dropout", [False, True])
+def test_model_teacher_pass_runs_without_dropout_unless_asked(tmp_path, teacher_dropout):
+    torch.manual_seed(0)
+    model = DropoutNet().train()
+    method = UniMatch({"strong_views": 1, "feature_perturbation": False, "teacher_dropout": teacher_dropout})
+    method.setup(direct_context(tmp_path, model, Constant(200)))
+    labeled = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
+    method.training_step(labeled, {"image": torch.randn(2, 3, 32, 32)}, 0)
+    # calls: eval-mode pass on the pasted images, the weak pass (labeled + unlabeled), the strong views
+    assert model.dropout_active_in_unlabeled_pass == [False, teacher_dropout, True]
+
+
+def test_warm_up_steps_are_supervised_only(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = DropoutNet().train()
+    method = UniMatch({"strong_views": 1, "feature_perturbation": False, "unsup_start": 2})
+    method.setup(direct_context(tmp_path, model, Constant(200)))
+    mixed = []
+    monkeypatch.setattr(method.mix_stream, "__next__", lambda: mixed.append(1) or Constant(200)[0])
+    labeled = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
+    out = method.training_step(labeled, {"image": torch.randn(2, 3, 32, 32)}, 1)
+    assert set(out) == {"loss", "loss_x"} and torch.equal(out["loss"], out["loss_x"])
+    assert len(model.dropout_active_in_unlabeled_pass) == 1 and not mixed  # one labeled forward, nothing else
+
+
+def test_ema_teacher_makes_the_pseudo_labels(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = DropoutNet().train()
+    method = UniMatch({"strong_views": 1, "feature_perturbation": False, "teacher": "ema", "conf_thresh": 0.0,
+                       "cutmix_prob": 0.0})
+    method.setup(direct_context(tmp_path, model, Constant(200)))
+    assert "teacher" in method.ctx.modules
+    with torch.no_grad():  # a student that differs from its teacher: targets must follow the teacher
+        model.head.weight.neg_()
+    seen = []
+    monkeypatch.setattr(unimatch, "consistency_loss", lambda logits, targets, t: seen.append(targets) or logits.sum() * 0)
+    labeled = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
+    unlabeled = torch.randn(2, 3, 32, 32)
+    method.training_step(labeled, {"image": unlabeled}, 0)
+    assert torch.equal(seen[0].label, method.teacher(unlabeled).argmax(1))
+    assert not torch.equal(seen[0].label, model.eval()(unlabeled).argmax(1))
+
+
+def test_ema_teacher_follows_the_model_once_per_iteration(tmp_path):
+    torch.manual_seed(0)
+    model = DropoutNet().train()
+    method = UniMatch({"strong_views": 1, "feature_perturbation": False, "teacher": "ema", "ema_momentum": 0.5})
+    method.setup(direct_context(tmp_path, model, Constant(200)))
+    before = method.teacher.model.head.bias.clone()
+    with torch.no_grad():
+        model.head.bias.fill_(2.0)
+    method._update_teacher(5)
+    method._update_teacher(5)  # a second micro-step of the same iteration: no second update
+    assert torch.allclose(method.teacher.model.head.bias, 0.5 * before + 0.5 * 2.0)
+    assert method.state_dict() == {"ema_updated_at": 5}
+
+
+def test_pseudo_label_accuracy_counts_confident_pixels_only():
+    label = torch.tensor([[[0, 1, 2, 1]]])
+    conf = torch.tensor([[[0.99, 0.99, 0.5, 0.99]]])
+    valid = torch.tensor([[[True, True, True, True]]])
+    truth = torch.tensor([[[0, 2, 2, 255]]])
+    # confident and labeled: pixels 0 (right) and 1 (wrong); pixel 2 is unsure, pixel 3 ignored
+    assert float(pseudo_label_accuracy(Targets(label, conf, valid), truth, 0.95, 255)) == 0.5
+
+
+def test_run_with_ema_teacher_and_warm_up_resumes_exactly(tmp_path):
+    options = "{conf_thresh: 0.0, teacher: ema, ema_momentum: 0.9, unsup_start: 2, unsup_rampup: 2, log_pseudo_accuracy: true}"
+    straight = run_config(tmp_path, "straight", **{"method.options": options})
+    Trainer(straight, straight.run_dir, progress=False).fit()
+    chunked = run_config(tmp_path, "chunked", **{"method.options": options})
+    Trainer(chunked, chunked.run_dir, progress=False).fit(stop_at=3)
+    Trainer(chunked, chunked.run_dir, resume=True, progress=False).fit()
+    logged = [e for e in read_metrics(straight.run_dir) if e["kind"] == "train"]
+    assert [("loss_s" in e) for e in logged] == [False, False, True, True, True, True]
+    assert all(0.0 <= e["pseudo_acc"] <= 1.0 for e in logged[2:])
+    # iteration 3 (0-based 2) has weight 1/2: loss = (x + 0.5 * (0.5 s + 0.5 fp)) / 2
+    e = logged[2]
+    assert e["loss"] == pytest.approx((e["loss_x"] + 0.5 * (0.5 * e["loss_s"] + 0.5 * e["loss_fp"])) / 2, rel=1e-5)
+    a = load_checkpoint(os.path.join(straight.run_dir, "last.pt"))
+    b = load_checkpoint(os.path.join(chunked.run_dir, "last.pt"))
+    assert set(a["modules"]) == {"teacher"}
+    for k in a["modules"]["teacher"]:
+        assert torch.equal(a["modules"]["teacher"][k], b["modules"]["teacher"][k])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_bad_teacher_options_are_refused():
+    from semiseg.config import ConfigError
+    for bad in ({"teacher": "mean"}, {"ema_momentum": 1.0}, {"unsup_start": -1}):
+        with pytest.raises(ConfigError, match="method.options"):
+            UniMatch(bad)
+
+
+def test_frozen_bn_statistics_normalise_by_batch_but_keep_running_averages():
+    from semiseg.engine.methods.teacher import frozen_bn_statistics
+    bn = nn.BatchNorm2d(3).train()
+    bn(torch.randn(4, 3, 5, 5))
+    mean, var, tracked = bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked)
+    x = torch.randn(4, 3, 5, 5) * 7 + 3
+    with frozen_bn_statistics(bn):
+        y = bn(x)
+    assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+    assert int(bn.num_batches_tracked) == tracked and bn.momentum == 0.1
+    assert torch.allclose(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)  # still the batch's statistics
+
+
+def test_strong_views_can_stay_out_of_the_running_statistics(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
+    method = UniMatch({"strong_views": 1, "feature_perturbation": False, "teacher": "ema",
+                       "strong_bn_statistics": False})
+    method.setup(direct_context(tmp_path, model, Constant(200)))
+    labeled = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
+    expected = nn.BatchNorm2d(2)
+    expected.load_state_dict(model[1].state_dict())
+    method.training_step(labeled, {"image": torch.randn(2, 3, 32, 32) * 5}, 0)
+    with torch.no_grad():  # only the labeled pass (EMA teacher, no fp stream) updates the running mean
+        expected.train()(model[0](labeled["image"]))
+    assert torch.allclose(model[1].running_mean, expected.running_mean)
