@@ -13,7 +13,9 @@ from semiseg.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from semiseg.data import DATASETS
 from semiseg.models import MODELS, build_model
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+# study_*.yaml are `semiseg study` files, not recipes (tests/test_study.py loads them)
+RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")
+                 if not p.name.startswith("study_"))
 # class counts of the recipes' dataset kinds, from the datasets' own class lists
 NUM_CLASSES = {"voc": len(VOC_CLASSES), "voc_aug": len(VOC_CLASSES), "camvid": len(CAMVID_CLASSES),
                "synthetic": len(SYNTHETIC_CLASSES)}

@@ -437,3 +437,14 @@ def test_eval_split_checked_before_training(tmp_path):
     st.run_study(st.load_study(write_study(tmp_path, STUDY + "eval_split: val\n")), out, dry_run=True,
                  echo=lines.append)
     assert any("also the runs' validation split" in line for line in lines)
+
+
+STUDY_FILES = sorted(p for p in (os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(REPO, "configs")) for f in fs)
+                     if os.path.basename(p).startswith("study_") and p.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("path", STUDY_FILES, ids=os.path.basename)
+def test_shipped_study_files_expand(path, tmp_path):
+    study = st.load_study(path)
+    specs = st.expand(study, str(tmp_path))  # every run's recipe and overrides load
+    assert len(specs) == len(study.seeds) * (len(study.labels) * len(study.arms) + study.full_labels)
