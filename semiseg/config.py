@@ -424,6 +424,57 @@ def _validate_eval(e: EvalConfig) -> None:
         raise ConfigError(f"eval.batch_size must be >= 1, got {e.batch_size}")
 
 
+# ---------------------------------------------------------------------------------------------------
+# code named by a config: trusted only when the user passed it
+
+# Keys whose value may be "package.module:function" (imported and called) instead of a registry name.
+CODE_KEYS = ("model.name", "data.kind", "method.name")
+ALLOW_CODE_ENV = "SEMISEG_ALLOW_CODE"
+
+
+class UntrustedCodeError(ConfigError):
+    """A config read from a file (checkpoint, a run's config.yaml) names code to import, and the user did not
+    allow it."""
+
+
+def allow_code_default() -> bool:
+    """``SEMISEG_ALLOW_CODE=1`` in the environment: the same as passing ``--allow-code`` to every command."""
+    return os.environ.get(ALLOW_CODE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def code_names(cfg: Config) -> dict[str, str]:
+    """The ``package.module:function`` values of ``cfg``, by key (empty when it uses registry names only)."""
+    values = {"model.name": cfg.model.name, "data.kind": cfg.data.kind, "method.name": cfg.method.name}
+    return {k: v for k, v in values.items() if ":" in v}
+
+
+def check_code_names(cfg: Config, source: str, *, allow_code: bool | None = None,
+                     typed: list[str] | tuple[str, ...] = ()) -> None:
+    """Refuse a config read from ``source`` (a checkpoint or a run folder's config.yaml) that names code to import.
+
+    A checkpoint loads with ``weights_only=True``, so opening it runs no code; its config must not undo that by
+    naming a module that semiseg would import (``model.name: evil:build``, ``data.kind: torch.hub:load``).
+    Registry names pass. A ``module:function`` value passes only when the user allows code for this command
+    (``allow_code``: ``--allow-code``; None reads ``SEMISEG_ALLOW_CODE``) or typed that key themselves in
+    ``typed`` (``key=value`` overrides from the command line).
+    """
+    if allow_code is None:
+        allow_code = allow_code_default()
+    if allow_code:
+        return
+    typed_keys = {o.partition("=")[0].strip() for o in typed}
+    found = {k: v for k, v in code_names(cfg).items()
+             if not any(k == t or k.startswith(t + ".") for t in typed_keys)}
+    if found:
+        shown = ", ".join(f"{k}={v!r}" for k, v in found.items())
+        raise UntrustedCodeError(
+            f"{source} names code to import ({shown}); semiseg imports module:function names only from a recipe "
+            "or key=value you pass yourself. If you trust this file and the modules it names, run the command again "
+            f"with --allow-code (or {ALLOW_CODE_ENV}=1); otherwise set the key to a registry name, e.g. "
+            "--data kind=folder for `semiseg eval`"
+        )
+
+
 def dump_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically, so a killed run never leaves half a file)."""
     path = os.fspath(path)
@@ -440,4 +491,5 @@ __all__ = [
     "Config", "ModelConfig", "DataConfig", "LabeledConfig", "OptimConfig", "LossConfig", "MethodConfig",
     "TrainConfig", "EvalConfig", "ConfigError", "load_config", "dump_config", "config_from_dict",
     "config_to_dict", "dataclass_from_dict", "override_config", "apply_override", "validate",
+    "CODE_KEYS", "ALLOW_CODE_ENV", "UntrustedCodeError", "allow_code_default", "code_names", "check_code_names",
 ]

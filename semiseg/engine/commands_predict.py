@@ -26,13 +26,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: the run's")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (default: one per core; 1 is faster on a busy machine)")
-    from semiseg.engine.predict import add_inference_arguments
+    from semiseg.engine.predict import add_allow_code_argument, add_inference_arguments
 
+    add_allow_code_argument(parser)
     add_inference_arguments(parser)
 
 
 def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: str = "auto",
-                   precision: str | None = None, progress: bool = True, inference_overrides=()) -> list[str]:
+                   precision: str | None = None, progress: bool = True, inference_overrides=(),
+                   allow_code: bool | None = None) -> list[str]:
     """Write one palette PNG per image of ``input_dir``; returns the written paths.
 
     ``inference_overrides``: dotted ``eval.*`` overrides of the run's inference settings (``eval.mode=slide``).
@@ -49,7 +51,7 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: 
     if not images:
         raise DataError("no images in the input folder", input_dir, "put .jpg/.png files there")
     loaded = load_trained_model(checkpoint, device=resolve_device(device), precision=precision,
-                                overrides=inference_overrides)
+                                overrides=inference_overrides, allow_code=allow_code)
     if os.path.abspath(output_dir) == os.path.abspath(input_dir):
         raise DataError("the output folder is the input folder", output_dir, "masks would overwrite PNG inputs; choose another")
     os.makedirs(output_dir, exist_ok=True)
@@ -77,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         written = predict_folder(args.checkpoint, args.input_dir, args.output_dir, device=args.device,
-                                 precision=args.precision, inference_overrides=inference_overrides(args))
+                                 precision=args.precision, inference_overrides=inference_overrides(args),
+                                 allow_code=args.allow_code)
     except (CheckpointError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from semiseg.config import Config, ConfigError, config_from_dict, override_config
+from semiseg.config import ALLOW_CODE_ENV, Config, ConfigError, check_code_names, config_from_dict, override_config
 from semiseg.engine import build
 from semiseg.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from semiseg.engine.evaluate import inference_options, predict_logits
@@ -39,17 +39,22 @@ class LoadedModel:
 
 
 def load_trained_model(path: str, *, device: torch.device, precision: str | None = None,
-                       channels_last: bool | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> LoadedModel:
+                       channels_last: bool | str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                       allow_code: bool | None = None) -> LoadedModel:
     """The model of a checkpoint file or run folder (``best.pt`` preferred), in eval mode on ``device``.
 
     ``precision`` / ``channels_last`` default to the run's own settings, so evaluating a checkpoint gives
     the numbers the run reported. ``overrides`` (dotted, e.g. ``eval.mode=slide``) change the run's config.
+    The checkpoint's config may name registry entries only: a ``module:function`` in it raises
+    :class:`~semiseg.config.UntrustedCodeError` unless ``allow_code`` (``--allow-code``; None: the
+    ``SEMISEG_ALLOW_CODE`` environment variable) or an override typed by the user sets that key.
     """
     ckpt_path = resolve_checkpoint(path, prefer="best.pt")
     ckpt = load_checkpoint(ckpt_path)
     cfg = config_from_dict(ckpt["config"])
     if overrides:
         cfg = override_config(cfg, overrides)
+    check_code_names(cfg, f"the config stored in {ckpt_path}", allow_code=allow_code, typed=overrides)
     info = build.DatasetInfo(**ckpt["dataset"])
     model = build.build_model(cfg, info.num_classes, pretrained=False)
     model.load_state_dict(ckpt["model"])
@@ -139,6 +144,14 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also run the mirror image of every scale and average it in")
 
 
+def add_allow_code_argument(parser: argparse.ArgumentParser) -> None:
+    """``--allow-code``: the one opt-in for a checkpoint or run folder whose config names code to import."""
+    parser.add_argument("--allow-code", action="store_true", default=None,
+                        help="trust the checkpoint / run folder: import the 'package.module:function' names its "
+                             "config holds (model.name, data.kind, method.name), which runs that code. Without it "
+                             f"such a config is refused (also allowed by {ALLOW_CODE_ENV}=1)")
+
+
 def inference_overrides(args: argparse.Namespace) -> list[str]:
     """The flags of :func:`add_inference_arguments` as dotted config overrides (``eval.mode=slide`` ...)."""
     mode = args.mode
@@ -160,5 +173,5 @@ def inference_overrides(args: argparse.Namespace) -> list[str]:
 
 __all__ = [
     "LoadedModel", "load_trained_model", "load_weights_with_recipe", "predict_mask", "palette_image", "save_mask_png",
-    "add_inference_arguments", "inference_overrides",
+    "add_inference_arguments", "add_allow_code_argument", "inference_overrides",
 ]

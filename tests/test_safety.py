@@ -1,0 +1,171 @@
+"""Hostile inputs (issue 13): code named by files, run folders that are not runs, locks, resumes that change the
+optimizer, diverged weights, and the small failures that used to be tracebacks or silent.
+
+An attack test plants a payload that would create a marker file if it ran and asserts the file is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from semiseg.cli import main
+from semiseg.config import ALLOW_CODE_ENV, load_config
+from semiseg.engine.checkpoint import load_checkpoint
+
+from test_engine_fixtures import PYTHON, subprocess_env, tiny_overrides
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+
+
+def tiny_run(tmp_path, name="run", **extra) -> str:
+    """A finished tiny run (2 iterations) made with the test fixtures; returns its folder."""
+    extra = {"train.iterations": 2, "train.eval_interval": 0, "train.checkpoint_interval": 1, **extra}
+    assert main(["train", "--no-progress", *tiny_overrides(output_dir=str(tmp_path), name=name, **extra)]) == 0
+    return os.path.join(str(tmp_path), name)
+
+
+def plant_payload(folder, marker) -> None:
+    """``payload_mod.build`` / ``payload_mod.Method`` and a torch.hub ``hubconf.py``: each writes ``marker``."""
+    folder.mkdir(exist_ok=True)
+    for name in ("payload_mod", "mymod", "hubconf"):  # a module imported by an earlier test had another marker
+        sys.modules.pop(name, None)
+    code = f"open({str(marker)!r}, 'w').write('ran')\n"
+    (folder / "payload_mod.py").write_text(
+        "def build(*args, **kwargs):\n    " + code
+        + "    from test_engine_fixtures import tiny_model, tiny_dataset\n"
+        "    return (tiny_model if isinstance(args[0], int) else tiny_dataset)(*args, **kwargs)\n")
+    (folder / "hubconf.py").write_text(code + "def val(*a, **k):\n    pass\n")
+
+
+def rewrite_config(ckpt_path, **changes) -> None:
+    """Change the config stored in a checkpoint (it stays a clean, weights_only-loadable file)."""
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        ckpt["config"][section][key] = value
+    torch.save(ckpt, ckpt_path)
+
+
+@pytest.fixture
+def no_code(monkeypatch):
+    """The user did not allow code (the test session allows it for the fixtures' module:function names)."""
+    monkeypatch.delenv(ALLOW_CODE_ENV, raising=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. a checkpoint that loads with weights_only must not name code to run
+
+
+@pytest.mark.parametrize("command", ["eval", "report", "export", "predict"])
+def test_checkpoint_naming_code_is_refused_by_every_command(tmp_path, monkeypatch, capsys, command):
+    run = tiny_run(tmp_path)
+    marker = tmp_path / "PWNED"
+    plant_payload(tmp_path / "evil", marker)
+    monkeypatch.syspath_prepend(str(tmp_path / "evil"))
+    for name in ("last.pt", "best.pt"):
+        rewrite_config(os.path.join(run, name), model__name="payload_mod:build", data__kind="payload_mod:build")
+    monkeypatch.delenv(ALLOW_CODE_ENV)
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (24, 24)).save(images / "a.png")
+    args = {"eval": ["eval", run, "--device", "cpu"], "report": ["report", run, "--samples", "1"],
+            "export": ["export", run, "--out", str(tmp_path / "m.onnx")],
+            "predict": ["predict", run, str(images), str(tmp_path / "masks"), "--device", "cpu"]}[command]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "names code to import" in err and "model.name='payload_mod:build'" in err and "--allow-code" in err
+    assert not marker.exists()
+    # the user's opt-in: the same command runs the module (here: writes the marker)
+    if command != "export":  # (export needs onnx; the opt-in path is the same load_trained_model call)
+        assert main(args + ["--allow-code"]) == 0
+        assert marker.exists()
+
+
+def test_torch_hub_in_data_kind_does_not_run_a_hubconf(tmp_path, no_code, capsys):
+    # the issue's attack: data.kind torch.hub:load with root at a folder holding hubconf.py, source: local
+    run = tiny_run(tmp_path)  # (training from typed overrides needs no opt-in)
+    marker = tmp_path / "PWNED"
+    plant_payload(tmp_path / "evil", marker)
+    ckpt = os.path.join(run, "best.pt")
+    rewrite_config(ckpt, model__name="fcn_resnet18", model__options={}, data__kind="torch.hub:load",
+                   data__root=str(tmp_path / "evil"), data__options={"source": "local"})
+    assert main(["eval", ckpt, "--device", "cpu"]) == 2
+    assert "data.kind='torch.hub:load'" in capsys.readouterr().err
+    assert not marker.exists()
+    assert main(["report", run, "--samples", "1"]) == 2
+    assert not marker.exists()
+
+
+def test_eval_with_a_typed_data_kind_needs_no_opt_in(tmp_path, no_code, capsys):
+    # what the user types is trusted: --data kind=... replaces the checkpoint's own data.kind
+    run = tiny_run(tmp_path)
+    ckpt = os.path.join(run, "last.pt")
+    rewrite_config(ckpt, data__kind="torch.hub:load")
+    # the model is the fixtures' module:function too, so the refusal names model.name only
+    assert main(["eval", ckpt, "--device", "cpu", "--data", "kind=test_engine_fixtures:tiny_dataset"]) == 2
+    err = capsys.readouterr().err
+    assert "model.name=" in err and "data.kind" not in err
+
+
+def test_predict_subprocess_does_not_import_a_module_from_the_current_folder(tmp_path):
+    # the issue's second attack: model.name mymod:build, mymod.py in the folder where the user runs predict
+    run = tiny_run(tmp_path)
+    marker = tmp_path / "PWNED"
+    work = tmp_path / "work"
+    plant_payload(work, marker)
+    (work / "mymod.py").write_text((work / "payload_mod.py").read_text())
+    for name in ("last.pt", "best.pt"):
+        rewrite_config(os.path.join(run, name), model__name="mymod:build")
+    images = work / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (24, 24)).save(images / "a.png")
+    env = subprocess_env()
+    env.pop(ALLOW_CODE_ENV, None)
+    proc = subprocess.run([PYTHON, "-m", "semiseg", "predict", run, "images", "out", "--device", "cpu"], cwd=work,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "mymod:build" in proc.stderr and "--allow-code" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists() and not (work / "out").exists()
+
+
+def test_resume_of_a_run_whose_config_names_code_needs_the_opt_in(tmp_path, no_code, capsys):
+    run = tiny_run(tmp_path)
+    marker = tmp_path / "PWNED"
+    plant_payload(tmp_path / "evil", marker)
+    sys.path.insert(0, str(tmp_path / "evil"))
+    try:
+        cfg_path = os.path.join(run, "config.yaml")
+        text = open(cfg_path).read().replace("test_engine_fixtures:tiny_dataset", "payload_mod:build")
+        open(cfg_path, "w").write(text)
+        assert main(["train", "--no-progress", "--resume", run, "train.iterations=3"]) == 2
+        err = capsys.readouterr().err
+        assert "config.yaml names code to import" in err and "data.kind='payload_mod:build'" in err
+        assert not marker.exists()
+        # typed on the command line = trusted; the model is still the fixtures' module:function
+        assert main(["train", "--no-progress", "--resume", run, "data.kind=payload_mod:build"]) == 2
+        err = capsys.readouterr().err
+        assert "model.name='test_engine_fixtures:tiny_model'" in err and "data.kind=" not in err
+        assert not marker.exists()
+        assert main(["train", "--no-progress", "--resume", run, "train.iterations=3", "--allow-code"]) == 0
+        assert marker.exists()
+    finally:
+        sys.path.remove(str(tmp_path / "evil"))
+
+
+def test_a_recipe_the_user_passes_may_name_code(tmp_path, no_code):
+    # --config and key=value are the user's own words: module:function there needs no flag
+    cfg = load_config(None, tiny_overrides(output_dir=str(tmp_path), name="r"))
+    assert cfg.model.name == "test_engine_fixtures:tiny_model"
+    assert main(["train", "--no-progress", *tiny_overrides(output_dir=str(tmp_path), name="r",
+                                                             **{"train.iterations": 1, "train.eval_interval": 0})]) == 0
+    assert load_checkpoint(os.path.join(str(tmp_path), "r", "last.pt"))["iteration"] == 1
