@@ -371,9 +371,25 @@ def override_config(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
     return out
 
 
+def _validate_name(cfg: Config) -> None:
+    """``name`` is a folder inside ``output_dir``: ``..``, ``../x`` or an absolute path would put the run (and what
+    ``--overwrite`` deletes) somewhere else. ``--run-dir DIR`` is the way to name any other folder."""
+    name = cfg.name
+    if not name:
+        return
+    out = os.path.abspath(cfg.output_dir or ".")
+    target = os.path.abspath(os.path.join(out, name))
+    if os.path.isabs(name) or os.path.commonpath([out, target]) != out or target == out:
+        raise ConfigError(
+            f"name={name!r} does not name a folder inside output_dir={cfg.output_dir!r} (it resolves to {target}); "
+            "use a plain name such as name=my_run, or --run-dir DIR to put the run in another folder"
+        )
+
+
 def validate(cfg: Config) -> None:
     """Checks that need more than one field's type; each message says what to change."""
     d, t, o = cfg.data, cfg.train, cfg.optim
+    _validate_name(cfg)
     if len(d.crop_size) != 2 or min(d.crop_size) < 1:
         raise ConfigError(f"data.crop_size must be [height, width] with positive values, got {d.crop_size}")
     if d.scale_range is not None and (len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]):

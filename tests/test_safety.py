@@ -169,3 +169,119 @@ def test_a_recipe_the_user_passes_may_name_code(tmp_path, no_code):
     assert main(["train", "--no-progress", *tiny_overrides(output_dir=str(tmp_path), name="r",
                                                              **{"train.iterations": 1, "train.eval_interval": 0})]) == 0
     assert load_checkpoint(os.path.join(str(tmp_path), "r", "last.pt"))["iteration"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. --overwrite deletes only what semiseg wrote, in a folder semiseg made, inside output_dir
+
+
+def train_args(tmp_path, **extra):
+    extra = {"train.iterations": 1, "train.eval_interval": 0, **extra}
+    return ["train", "--no-progress", *tiny_overrides(**{"output_dir": str(tmp_path / "p" / "runs"), **extra})]
+
+
+def test_overwrite_with_name_dotdot_does_not_delete_the_parent(tmp_path, capsys):
+    # the steps: p/ holds a config.yaml (so it looked like a run) and the user's code
+    (tmp_path / "p" / "src").mkdir(parents=True)
+    (tmp_path / "p" / "runs").mkdir()
+    (tmp_path / "p" / "config.yaml").write_text("x: 1\n")
+    (tmp_path / "p" / "src" / "main.py").write_text("code\n")
+    assert main(train_args(tmp_path, name="..") + ["--overwrite"]) == 2
+    assert "name='..' does not name a folder inside output_dir" in capsys.readouterr().err
+    assert (tmp_path / "p" / "src" / "main.py").read_text() == "code\n"
+    assert sorted(os.listdir(tmp_path / "p")) == ["config.yaml", "runs", "src"]
+
+
+@pytest.mark.parametrize("name", ["../../x", "../x", ".", "/tmp/semiseg-abs-name-test"])
+def test_names_that_leave_output_dir_are_refused(tmp_path, capsys, name):
+    assert main(train_args(tmp_path, name=name)) == 2
+    assert "does not name a folder inside output_dir" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not os.path.exists("/tmp/semiseg-abs-name-test")
+    assert not (tmp_path / "p" / "runs").exists()  # refused before anything was created
+
+
+def test_overwrite_refuses_a_folder_semiseg_did_not_make(tmp_path, capsys):
+    folder = tmp_path / "p" / "runs" / "old"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("x: 1\n")  # looks like a run (or an older semiseg's run): no marker
+    (folder / "notes.txt").write_text("mine\n")
+    assert main(train_args(tmp_path, name="old") + ["--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"refusing to overwrite {folder}: it was not created by semiseg (no .semiseg-run marker)" in err
+    assert "older than the marker" in err
+    assert sorted(os.listdir(folder)) == ["config.yaml", "notes.txt"]
+
+
+def test_overwrite_deletes_only_the_run_files(tmp_path, capsys):
+    assert main(train_args(tmp_path, name="r")) == 0
+    run = tmp_path / "p" / "runs" / "r"
+    (run / "notes.txt").write_text("mine\n")
+    (run / "eval_val.json").write_text("{}")  # written by semiseg eval: a run file
+    (run / "report").mkdir()
+    (run / "report" / "index.html").write_text("<html>")
+    (run / "report" / "my_figure.svg").write_text("mine")
+    (run / "data").mkdir()
+    (run / "data" / "x.png").write_text("mine")
+    capsys.readouterr()
+    assert main(train_args(tmp_path, name="r") + ["--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert "kept what semiseg did not write: data, notes.txt, report/my_figure.svg" in err
+    assert (run / "notes.txt").exists() and (run / "data" / "x.png").exists() and (run / "report" / "my_figure.svg").exists()
+    assert not (run / "eval_val.json").exists() and not (run / "report" / "index.html").exists()
+    assert load_checkpoint(str(run / "last.pt"))["iteration"] == 1  # the new run
+
+
+def test_overwrite_removes_a_symlink_not_its_target(tmp_path):
+    assert main(train_args(tmp_path, name="r")) == 0
+    run = tmp_path / "p" / "runs" / "r"
+    precious = tmp_path / "precious.pt"
+    precious.write_text("keep")
+    os.remove(run / "best.pt")
+    os.symlink(precious, run / "best.pt")
+    assert main(train_args(tmp_path, name="r") + ["--overwrite"]) == 0
+    assert precious.read_text() == "keep"
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. one training process per run folder
+
+
+def test_a_second_trainer_on_a_locked_folder_names_the_holder(tmp_path, capsys):
+    from semiseg.engine.run_dir import RunLock
+
+    folder = tmp_path / "p" / "runs" / "r"
+    folder.mkdir(parents=True)
+    lock = RunLock(str(folder)).acquire()  # another process that has just created the folder
+    try:
+        assert main(train_args(tmp_path, name="r")) == 2
+        err = capsys.readouterr().err
+        assert f"run folder {folder} is in use by another semiseg training process (PID {os.getpid()})" in err
+        assert os.listdir(folder) == [".semiseg.lock"]  # nothing written by the refused run
+    finally:
+        lock.release()
+    assert main(train_args(tmp_path, name="r")) == 0
+
+
+def test_resume_while_the_run_trains_is_refused_and_kill_9_leaves_no_stale_lock(tmp_path, capsys):
+    import signal
+    import time
+
+    run = tmp_path / "runs" / "long"
+    args = tiny_overrides(output_dir=str(tmp_path / "runs"), name="long",
+                          **{"train.iterations": 100000, "train.eval_interval": 0, "train.checkpoint_interval": 1})
+    child = subprocess.Popen([PYTHON, "-m", "semiseg", "train", "--no-progress", *args], env=subprocess_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while not (run / "last.pt").exists():
+            assert child.poll() is None and time.time() < deadline, child.stderr.read().decode() if child.poll() else ""
+            time.sleep(0.2)
+        assert main(["train", "--no-progress", "--resume", str(run)]) == 2
+        assert f"is in use by another semiseg training process (PID {child.pid})" in capsys.readouterr().err
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stderr.close()
+    from semiseg.engine.run_dir import RunLock
+
+    RunLock(str(run)).acquire().release()  # the OS dropped the killed process's lock

@@ -30,7 +30,7 @@ from semiseg.engine.evaluate import evaluate, inference_options, make_eval_loade
 from semiseg.engine.logger import MetricsLog
 from semiseg.engine.methods import build_method
 from semiseg.engine.precision import make_grad_scaler, resolve_channels_last, resolve_device, resolve_precision
-from semiseg.engine.run_dir import CONFIG, SPLIT, RunDirError, prepare_run_dir
+from semiseg.engine.run_dir import CONFIG, SPLIT, RunDirError, RunLock, prepare_run_dir, remove_if_unused
 from semiseg.engine.schedule import build_scheduler
 from semiseg.engine.threads import ThreadTuner
 
@@ -67,11 +67,14 @@ class Trainer:
         self.progress = progress
 
         # Rank 0 decides about the folder; the others learn the outcome so that no rank waits forever.
+        # Rank 0 holds the folder's lock (.semiseg.lock) while it trains: a second train or resume of the same
+        # folder is refused with the holder's PID; the OS drops the lock when this process ends, however it ends.
         error = None
         created = not os.path.exists(run_dir)
+        self._lock = RunLock(run_dir) if self.is_main else None
         if self.is_main:
             try:
-                run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+                run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, lock=self._lock)
             except RunDirError as e:
                 error = str(e)
         error, run_dir = dist.broadcast_object((error, os.path.abspath(run_dir)))
@@ -81,9 +84,11 @@ class Trainer:
         try:
             self._build(load_checkpoint(os.path.join(run_dir, LAST)) if resume else None)
         except BaseException:
+            if self._lock is not None:
+                self._lock.release()
             # A fresh run that failed to start leaves no empty folder behind to trip the next attempt.
-            if self.is_main and created and os.path.isdir(run_dir) and not os.listdir(run_dir):
-                os.rmdir(run_dir)
+            if self.is_main and not resume:
+                remove_if_unused(run_dir, created=created)
             raise
 
     def _build(self, ckpt: dict[str, Any] | None) -> None:
@@ -200,6 +205,8 @@ class Trainer:
         """
         t = self.cfg.train
         stop = t.iterations if stop_at is None else min(stop_at, t.iterations)
+        if self._lock is not None:
+            self._lock.acquire()  # held since __init__; again when fit() is called a second time
         pbar = None
         if self.is_main and self.progress:
             from tqdm import tqdm
@@ -240,6 +247,8 @@ class Trainer:
             if pbar is not None:
                 pbar.close()
             self.log.close()
+            if self._lock is not None:
+                self._lock.release()
         return {"iteration": self.iteration, "metrics": self.last_eval, "best": dict(self.best),
                 "run_dir": self.run_dir}
 
