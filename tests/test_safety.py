@@ -285,3 +285,41 @@ def test_resume_while_the_run_trains_is_refused_and_kill_9_leaves_no_stale_lock(
     from semiseg.engine.run_dir import RunLock
 
     RunLock(str(run)).acquire().release()  # the OS dropped the killed process's lock
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. --resume applies the optimizer overrides it records, and refuses the ones it could not apply
+
+
+def test_resume_applies_optim_overrides_it_records(tmp_path, capsys):
+    from semiseg.engine.logger import read_metrics
+
+    run = tiny_run(tmp_path, **{"train.iterations": 4, "train.log_interval": 1})
+    capsys.readouterr()
+    assert main(["train", "--no-progress", "--resume", run, "train.iterations=6", "optim.lr=0.5",
+                 "optim.weight_decay=0.3", "optim.momentum=0.5"]) == 0
+    err = capsys.readouterr().err
+    assert "optimizer 'model' group 'head': base lr 0.1 -> 5.0" in err and "weight_decay 0.0005 -> 0.3" in err
+    saved = load_config(os.path.join(run, "config.yaml")).optim
+    assert (saved.lr, saved.weight_decay, saved.momentum) == (0.5, 0.3, 0.5)
+    # the rate the step used is the new one on the new schedule, from the first resumed step
+    lr5 = next(e["lr"] for e in read_metrics(run) if e["kind"] == "train" and e["iteration"] == 5)
+    assert lr5 == pytest.approx(0.5 * (1 - 4 / 6) ** 0.9)
+    resumed = next(e for e in read_metrics(run) if e["kind"] == "resume")
+    assert any("weight_decay 0.0005 -> 0.3" in c for c in resumed["changed"])
+    ckpt = load_checkpoint(os.path.join(run, "last.pt"))
+    groups = ckpt["optimizers"]["model"]["param_groups"]
+    assert [(g["weight_decay"], g["momentum"], g["initial_lr"]) for g in groups] == [(0.3, 0.5, 0.5), (0.3, 0.5, 5.0)]
+    assert ckpt["schedulers"]["model"]["base_lrs"] == [0.5, 5.0]
+
+
+@pytest.mark.parametrize("override", ["optim.name=adamw", "data.labeled.fraction=0.5", "train.seed=3",
+                                      "model.options={width: 4}"])
+def test_resume_refuses_changes_the_restored_state_would_ignore(tmp_path, capsys, override):
+    run = tiny_run(tmp_path)
+    before = open(os.path.join(run, "config.yaml")).read()
+    capsys.readouterr()
+    assert main(["train", "--no-progress", "--resume", run, "train.iterations=3", override]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume cannot change {override.split('=')[0].split('.fraction')[0]}" in err and "Traceback" not in err
+    assert open(os.path.join(run, "config.yaml")).read() == before  # nothing recorded

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from typing import Any
 
@@ -47,6 +48,36 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+# Keys a resume cannot change: the restored state was made with them (the weights, the labeled split in split.txt,
+# the optimizer's state tensors, the random streams). A change would be written to config.yaml without taking
+# effect, so it is refused. Everything else a resume honours: train.iterations and the optim.* numbers (the schedule,
+# and the restored optimizers' hyperparameters, are rebuilt from the resumed config).
+RESUME_FIXED = ("model.name", "model.options", "model.pretrained_backbone", "model.weights", "model.weights_mode",
+                "data.train_split", "data.labeled", "optim.name", "method.name", "train.seed")
+# Optimizer-group entries the checkpoint restores but the config decides (the lr is the schedule's business).
+_NOT_HYPERPARAMETERS = ("params", "lr", "initial_lr")
+
+
+def _lookup(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def check_resume_changes(saved: dict, cfg: Config) -> None:
+    """Refuse ``--resume`` overrides of :data:`RESUME_FIXED` keys (``saved``: the checkpoint's config)."""
+    now = config_to_dict(cfg)
+    changed = [f"{k}: {_lookup(saved, k)!r} -> {_lookup(now, k)!r}" for k in RESUME_FIXED
+               if _lookup(saved, k) is not None and _lookup(saved, k) != _lookup(now, k)]
+    if changed:
+        raise ConfigError(
+            "--resume cannot change " + "; ".join(changed) + ": the saved weights, split, optimizer state and random "
+            "streams were made with the old value, so the new one would be recorded without being used. Resume "
+            "without it, or start a new run with it (name=NEW_NAME, model.weights=RUN/last.pt to start from "
+            "these weights)"
+        )
 
 
 class Trainer:
@@ -94,6 +125,8 @@ class Trainer:
     def _build(self, ckpt: dict[str, Any] | None) -> None:
         """Everything between the run folder and the first step; files are written only at the end."""
         cfg, t, run_dir = self.cfg, self.cfg.train, self.run_dir
+        if ckpt is not None:
+            check_resume_changes(ckpt.get("config") or {}, cfg)
 
         micro = t.accum_steps * self.world_size
         if cfg.data.batch_size % micro:
@@ -182,6 +215,7 @@ class Trainer:
         self.last_eval: dict[str, Any] | None = None
         self.last_cm = None
         self.last_saved: int | None = None
+        self.resume_changes: list[str] = []
         if ckpt is not None:
             self._load_state(ckpt)
         if self.is_main:
@@ -190,8 +224,9 @@ class Trainer:
             dump_config(cfg, os.path.join(run_dir, CONFIG))
         self.log = MetricsLog(run_dir, enabled=self.is_main, tensorboard=t.tensorboard,
                               resume_iteration=self.iteration if ckpt is not None else None)
+        resumed = {"changed": self.resume_changes} if ckpt is not None and self.resume_changes else {}
         self.log.log("resume" if ckpt is not None else "start", self.iteration, {
-            "world_size": self.world_size, "per_rank_batch": self.per_rank_batch, "accum_steps": t.accum_steps,
+            **resumed, "world_size": self.world_size, "per_rank_batch": self.per_rank_batch, "accum_steps": t.accum_steps,
             "device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
             "torch": str(torch.__version__), "threads": torch.get_num_threads()})
         dist.barrier()
@@ -351,16 +386,41 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         for k, m in ctx.modules.items():
             m.load_state_dict(ckpt["modules"][k])
+        # An optimizer's state_dict restores its hyperparameters too (lr, momentum, weight decay...) and a scheduler's
+        # its base rates: the values of the saved config. The resumed config decides them instead, so that
+        # `--resume RUN optim.lr=...` (what the divergence message advises) trains with what config.yaml records.
+        fresh = {k: [{n: v for n, v in g.items() if n not in _NOT_HYPERPARAMETERS} for g in o.param_groups]
+                 for k, o in ctx.optimizers.items()}
+        fresh_lr = {k: [g["lr"] for g in o.param_groups] for k, o in ctx.optimizers.items()}
+        changes: list[str] = []
         for k, o in ctx.optimizers.items():
             o.load_state_dict(ckpt["optimizers"][k])
+            for i, (group, new) in enumerate(zip(o.param_groups, fresh[k])):
+                where = f"optimizer {k!r} group {group.get('name', i)!r}"
+                changes += [f"{where}: {n} {group.get(n)!r} -> {v!r}" for n, v in new.items() if group.get(n) != v]
+                group.update(new)
+            if k not in ctx.schedulers:  # a constant rate: the configured one
+                for i, (group, lr) in enumerate(zip(o.param_groups, fresh_lr[k])):
+                    if group["lr"] != lr:
+                        changes.append(f"optimizer {k!r} group {group.get('name', i)!r}: lr {group['lr']!r} -> {lr!r}")
+                    group["lr"] = lr
         for k, s in ctx.schedulers.items():
+            base_lrs = list(getattr(s, "base_lrs", []))
             s.load_state_dict(ckpt["schedulers"][k])
             if isinstance(s, torch.optim.lr_scheduler.LambdaLR):
+                for i, (group, old, new) in enumerate(zip(s.optimizer.param_groups, s.base_lrs, base_lrs)):
+                    if old != new:
+                        changes.append(f"optimizer {k!r} group {group.get('name', i)!r}: base lr {old!r} -> {new!r}")
+                    group["initial_lr"] = new
+                s.base_lrs = base_lrs
                 # The saved rates follow the saved schedule; recompute them from this run's schedule so that
-                # a resume with a changed train.iterations uses the new curve from its first step (the same
-                # expression as LambdaLR's, so an unchanged config gets bit-identical rates).
+                # a resume with a changed train.iterations or optim.lr uses the new curve from its first step (the
+                # same expression as LambdaLR's, so an unchanged config gets bit-identical rates).
                 for group, base, fn in zip(s.optimizer.param_groups, s.base_lrs, s.lr_lambdas):
                     group["lr"] = base * fn(s.last_epoch)
+        self.resume_changes = changes
+        if changes and self.is_main:
+            print("resume: the optimizer follows the resumed config:\n  " + "\n  ".join(changes), file=sys.stderr)
         if ctx.scaler is not None and ckpt.get("scaler"):
             ctx.scaler.load_state_dict(ckpt["scaler"])
         self.method.load_state_dict(ckpt.get("method") or {})
