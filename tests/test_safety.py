@@ -323,3 +323,46 @@ def test_resume_refuses_changes_the_restored_state_would_ignore(tmp_path, capsys
     err = capsys.readouterr().err
     assert f"--resume cannot change {override.split('=')[0].split('.fraction')[0]}" in err and "Traceback" not in err
     assert open(os.path.join(run, "config.yaml")).read() == before  # nothing recorded
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. the "last good checkpoint" of a divergence holds finite weights and statistics
+
+
+@pytest.mark.parametrize("lr", ["1e3", "1e6"])
+def test_huge_lr_never_saves_non_finite_weights(tmp_path, capsys, lr):
+    # with BatchNorm, running_var overflows while the loss is still finite (the issue: inf in the "good" checkpoint)
+    args = tiny_overrides(output_dir=str(tmp_path), name="r", **{
+        "model.options": "{batchnorm: true}", "optim.lr": lr, "train.iterations": 20, "train.eval_interval": 1,
+        "train.checkpoint_interval": 1})
+    assert main(["train", "--no-progress", *args]) == 1
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "nothing was saved" in err
+    run = os.path.join(str(tmp_path), "r")
+    from semiseg.engine.checkpoint import nonfinite_tensors
+
+    for name in ("last.pt", "best.pt"):
+        if os.path.exists(os.path.join(run, name)):
+            ckpt = load_checkpoint(os.path.join(run, name))
+            assert nonfinite_tensors(ckpt["model"]) == [] and nonfinite_tensors(ckpt["optimizers"]) == []
+            if name == "last.pt":
+                assert f"last.pt (iteration {ckpt['iteration']}), unchanged, with finite weights" in err
+    # the logged evaluations are of finite weights only
+    from semiseg.engine.logger import read_metrics
+
+    evals = [e["iteration"] for e in read_metrics(run) if e["kind"] == "eval"]
+    assert evals == list(range(1, len(evals) + 1))
+
+
+def test_a_checkpoint_holding_inf_is_refused_by_eval_and_resume(tmp_path, capsys):
+    run = tiny_run(tmp_path, **{"model.options": "{batchnorm: true}"})
+    for name in ("last.pt", "best.pt"):
+        path = os.path.join(run, name)
+        ckpt = torch.load(path, weights_only=True)
+        ckpt["model"]["body.1.running_var"][0] = float("inf")
+        torch.save(ckpt, path)
+    assert main(["eval", run, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "best.pt holds non-finite weights or statistics in 1 tensor(s) (body.1.running_var)" in err
+    assert main(["train", "--no-progress", "--resume", run, "train.iterations=3"]) == 2
+    assert "cannot resume" in capsys.readouterr().err

@@ -110,6 +110,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf in a (nested) state dict: a diverged run's weights,
+    BatchNorm statistics or optimizer moments. Such a checkpoint is never written, and refused when read."""
+    bad: list[str] = []
+    if isinstance(state, torch.Tensor):
+        if (state.is_floating_point() or state.is_complex()) and not bool(torch.isfinite(state).all()):
+            bad.append(prefix or "tensor")
+    elif isinstance(state, dict):
+        for k, v in state.items():
+            bad += nonfinite_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            bad += nonfinite_tensors(v, f"{prefix}[{i}]")
+    return bad
+
+
+def describe_names(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 # ---------------------------------------------------------------------------------------------------
 # RNG state as weights_only-loadable data
 
@@ -147,5 +168,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 __all__ = [
     "atomic_write", "atomic_write_text",
     "FORMAT", "LAST", "BEST", "CheckpointError", "atomic_save", "resolve_checkpoint", "load_checkpoint",
+    "nonfinite_tensors", "describe_names",
     "capture_rng_state", "restore_rng_state",
 ]

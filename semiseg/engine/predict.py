@@ -19,7 +19,7 @@ from torch import nn
 
 from semiseg.config import ALLOW_CODE_ENV, Config, ConfigError, check_code_names, config_from_dict, override_config
 from semiseg.engine import build
-from semiseg.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from semiseg.engine.checkpoint import CheckpointError, describe_names, load_checkpoint, nonfinite_tensors, resolve_checkpoint
 from semiseg.engine.evaluate import inference_options, predict_logits
 from semiseg.engine.precision import resolve_channels_last, resolve_precision
 from semiseg.inference import InferenceOptions
@@ -55,6 +55,12 @@ def load_trained_model(path: str, *, device: torch.device, precision: str | None
     if overrides:
         cfg = override_config(cfg, overrides)
     check_code_names(cfg, f"the config stored in {ckpt_path}", allow_code=allow_code, typed=overrides)
+    bad = nonfinite_tensors(ckpt["model"])
+    if bad:
+        raise CheckpointError(
+            f"{ckpt_path} holds non-finite weights or statistics in {len(bad)} tensor(s) ({describe_names(bad)}): it "
+            "was saved after its run diverged, and its predictions would be meaningless; use an earlier checkpoint "
+            "or retrain with a lower optim.lr")
     info = build.DatasetInfo(**ckpt["dataset"])
     model = build.build_model(cfg, info.num_classes, pretrained=False)
     model.load_state_dict(ckpt["model"])

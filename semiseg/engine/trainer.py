@@ -25,7 +25,8 @@ from torch.utils.data import Subset
 from semiseg import __version__
 from semiseg.config import Config, ConfigError, config_to_dict, dump_config
 from semiseg.engine import build, distributed as dist
-from semiseg.engine.checkpoint import BEST, FORMAT, LAST, atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
+from semiseg.engine.checkpoint import (BEST, FORMAT, LAST, CheckpointError, atomic_save, capture_rng_state, describe_names,
+                                      load_checkpoint, nonfinite_tensors, restore_rng_state)
 from semiseg.engine.context import TrainContext
 from semiseg.engine.evaluate import evaluate, inference_options, make_eval_loader
 from semiseg.engine.logger import MetricsLog
@@ -274,9 +275,15 @@ class Trainer:
                     window, window_steps, window_start = {}, 0, time.perf_counter()
                 final = it == t.iterations
                 improved = False
-                if final or (t.eval_interval > 0 and it % t.eval_interval == 0):
+                evaluate = final or (t.eval_interval > 0 and it % t.eval_interval == 0)
+                save = final or it == stop or (t.checkpoint_interval > 0 and it % t.checkpoint_interval == 0)
+                if evaluate or save:
+                    # A finite loss does not make finite weights: BatchNorm statistics or weights can overflow first.
+                    # Such a state is neither evaluated (a meaningless mIoU) nor saved (a "good" checkpoint of inf).
+                    self._check_finite()
+                if evaluate:
                     improved = self._evaluate(pbar)
-                if final or improved or it == stop or (t.checkpoint_interval > 0 and it % t.checkpoint_interval == 0):
+                if save or improved:
                     self._save(best=improved)
         finally:
             if pbar is not None:
@@ -311,15 +318,31 @@ class Trainer:
         ctx.apply_updates()
         return losses
 
-    def _diverged_message(self, iteration: int, losses: dict[str, float]) -> str:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+    def _check_finite(self) -> None:
+        """Raise :class:`TrainingDiverged` when a weight, buffer or optimizer moment is NaN/inf on any process."""
+        ctx = self.ctx
+        bad = nonfinite_tensors({"model": self.model.state_dict(),
+                                 **{k: m.state_dict() for k, m in ctx.modules.items()},
+                                 **{f"optimizer {k}": o.state_dict()["state"] for k, o in ctx.optimizers.items()}})
+        flag = dist.all_reduce_mean(torch.tensor([float(bool(bad))], device=self.device)).item()
+        if flag > 0:
+            what = describe_names(bad) if bad else "the state of another process"
+            raise TrainingDiverged(self._diverged_message(
+                self.iteration, None, f"the loss was finite but {len(bad) or 'some'} tensor(s) became non-finite "
+                f"by iteration {self.iteration} ({what})"), self.iteration)
+
+    def _diverged_message(self, iteration: int, losses: dict[str, float] | None, what: str | None = None) -> str:
+        if what is None:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in (losses or {}).items())
+            what = f"non-finite loss at iteration {iteration} ({shown}). The update of that iteration was not applied"
         last = os.path.join(self.run_dir, LAST)
-        if self.last_saved is not None or os.path.isfile(last):
-            saved = f"the last good checkpoint is {last} (iteration {self.last_saved if self.last_saved is not None else '?'}), unchanged"
+        if self.last_saved is not None:
+            saved = f"the last good checkpoint is {last} (iteration {self.last_saved}), unchanged, with finite weights"
+        elif os.path.isfile(last):
+            saved = f"{last} is from before this process started, unchanged"
         else:
             saved = f"no checkpoint was written yet (train.checkpoint_interval={self.cfg.train.checkpoint_interval})"
-        return (f"training diverged: non-finite loss at iteration {iteration} ({shown}). The update of that "
-                f"iteration was not applied and nothing was saved; {saved}. Try a lower optim.lr, "
+        return (f"training diverged: {what}; nothing was saved; {saved}. Try a lower optim.lr, "
                 "optim.grad_clip=10, train.precision=fp32, or check the data; then `semiseg train --resume "
                 f"{self.run_dir}` with the change as key=value.")
 
@@ -383,6 +406,12 @@ class Trainer:
 
     def _load_state(self, ckpt: dict[str, Any]) -> None:
         ctx = self.ctx
+        bad = nonfinite_tensors({"model": ckpt["model"], **(ckpt.get("modules") or {})})
+        if bad:
+            raise CheckpointError(
+                f"cannot resume {os.path.join(self.run_dir, LAST)}: it holds non-finite values in {len(bad)} tensor(s) "
+                f"({describe_names(bad)}), saved after the run had diverged (semiseg now checks before saving). "
+                "Resume from an earlier checkpoint (e.g. copy best.pt over last.pt if it is finite) or start again")
         self.model.load_state_dict(ckpt["model"])
         for k, m in ctx.modules.items():
             m.load_state_dict(ckpt["modules"][k])
