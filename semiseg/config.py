@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -386,10 +387,63 @@ def _validate_name(cfg: Config) -> None:
         )
 
 
+def _validate_optim(o: OptimConfig) -> None:
+    def finite(key: str, value: float) -> None:
+        if not math.isfinite(value):
+            raise ConfigError(f"optim.{key} must be a finite number, got {value!r}")
+
+    for key in ("lr", "momentum", "weight_decay", "power", "min_lr", "warmup_factor"):
+        finite(key, getattr(o, key))
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {o.lr!r} (e.g. optim.lr=0.01)")
+    if o.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0 (0 = no decay), got {o.weight_decay!r}")
+    beta = "the first Adam beta" if o.name == "adamw" else "SGD momentum"
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"optim.momentum ({beta}) must be in [0, 1), got {o.momentum!r} (the papers use 0.9)")
+    if o.nesterov and (o.name != "sgd" or o.momentum == 0):
+        raise ConfigError("optim.nesterov=true needs optim.name=sgd and optim.momentum > 0")
+    if o.power < 0:
+        raise ConfigError(f"optim.power (poly decay exponent) must be >= 0, got {o.power!r}")
+    if o.min_lr < 0:
+        raise ConfigError(f"optim.min_lr must be >= 0, got {o.min_lr!r}")
+    if o.grad_clip is not None and not (math.isfinite(o.grad_clip) and o.grad_clip > 0):
+        raise ConfigError(f"optim.grad_clip must be a positive number or null, got {o.grad_clip!r}")
+    for group, mult in o.lr_mult.items():
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not math.isfinite(mult) or mult < 0:
+            raise ConfigError(f"optim.lr_mult.{group} must be a finite number >= 0, got {mult!r}")
+
+
+def _validate_registry_names(cfg: Config) -> None:
+    """Unknown model, loss, method or dataset names fail here, with the valid ones, before anything is built.
+
+    ``package.module:function`` names are not imported here; that happens when the run is built (and only
+    for configs the user passed, see :func:`check_code_names`)."""
+    from semiseg.losses import LOSS_NAMES
+    from semiseg.models import available_models
+
+    def check(key: str, value: str, valid, fix: str = "") -> None:
+        if ":" not in value and value not in valid:
+            raise ConfigError(f"{key}: unknown name {value!r}; valid names: {', '.join(valid)}{fix}")
+
+    code = ", or 'package.module:function' for your own"
+    check("model.name", cfg.model.name, available_models(), code)
+    if cfg.loss.name.replace(" ", "").lower() not in LOSS_NAMES:
+        raise ConfigError(f"loss.name: unknown name {cfg.loss.name!r}; valid names: {', '.join(LOSS_NAMES)}")
+    from semiseg.engine.methods import available_methods
+
+    check("method.name", cfg.method.name, available_methods(), ", or 'package.module:Class' for your own")
+    from semiseg.data import DATASETS
+
+    check("data.kind", cfg.data.kind, list(DATASETS), code)
+
+
 def validate(cfg: Config) -> None:
     """Checks that need more than one field's type; each message says what to change."""
     d, t, o = cfg.data, cfg.train, cfg.optim
     _validate_name(cfg)
+    _validate_optim(o)
+    _validate_registry_names(cfg)
     if len(d.crop_size) != 2 or min(d.crop_size) < 1:
         raise ConfigError(f"data.crop_size must be [height, width] with positive values, got {d.crop_size}")
     if d.scale_range is not None and (len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]):

@@ -366,3 +366,34 @@ def test_a_checkpoint_holding_inf_is_refused_by_eval_and_resume(tmp_path, capsys
     assert "best.pt holds non-finite weights or statistics in 1 tensor(s) (body.1.running_var)" in err
     assert main(["train", "--no-progress", "--resume", run, "train.iterations=3"]) == 2
     assert "cannot resume" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. the smaller ones: clear errors in the user's terms
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=nan", "optim.lr must be a finite number"),
+    ("optim.lr=0", "optim.lr must be > 0"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay must be >= 0"),
+    ("optim.momentum=5", "optim.momentum (SGD momentum) must be in [0, 1)"),
+    ("optim.momentum=1.0", "optim.momentum (SGD momentum) must be in [0, 1)"),
+    ("optim.grad_clip=-1", "optim.grad_clip must be a positive number"),
+    ("model.name=deeplabv3_resnet50", "model.name: unknown name 'deeplabv3_resnet50'; valid names: deeplabv2_resnet101"),
+    ("loss.name=focal", "loss.name: unknown name 'focal'; valid names: ce, dice, ce+dice"),
+    ("method.name=mean_teacher", "method.name: unknown name 'mean_teacher'; valid names: advsemiseg"),
+    ("data.kind=cityscapes", "data.kind: unknown name 'cityscapes'; valid names: synthetic"),
+])
+def test_invalid_values_and_unknown_names_are_config_errors(tmp_path, capsys, override, message):
+    base = ["train", "--no-progress", "model.name=fcn_resnet18", "data.kind=synthetic", f"output_dir={tmp_path}"]
+    assert main([*base, override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_adamw_beta_is_checked_in_its_own_words():
+    from semiseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"optim.momentum \(the first Adam beta\) must be in \[0, 1\)"):
+        load_config(None, ["optim.name=adamw", "optim.momentum=1.5"])
