@@ -397,3 +397,100 @@ def test_adamw_beta_is_checked_in_its_own_words():
 
     with pytest.raises(ConfigError, match=r"optim.momentum \(the first Adam beta\) must be in \[0, 1\)"):
         load_config(None, ["optim.name=adamw", "optim.momentum=1.5"])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty"])
+def test_unreadable_last_pt_says_why_and_points_at_best_pt(tmp_path, capsys, damage):
+    run = tiny_run(tmp_path)
+    last = os.path.join(run, "last.pt")
+    data = open(last, "rb").read()
+    open(last, "wb").write(data[: len(data) // 2] if damage == "truncate" else b"")
+    capsys.readouterr()
+    assert main(["train", "--no-progress", "--resume", run, "train.iterations=3"]) == 2
+    err = capsys.readouterr().err
+    reason = "the file is truncated or not a PyTorch file" if damage == "truncate" else "the file is empty"
+    assert f"cannot read checkpoint {last}: {reason}" in err
+    assert "best.pt (its best evaluation), can be used instead" in err and "cp " in err
+    assert main(["eval", last, "--device", "cpu"]) == 2
+    assert reason in capsys.readouterr().err
+
+
+def test_permission_denied_is_not_called_corruption(tmp_path, monkeypatch, capsys):
+    run = tiny_run(tmp_path)
+    best = os.path.join(run, "best.pt")
+    if os.geteuid() == 0:  # root reads anything: let the open fail as it would for another user
+        real_load = torch.load
+
+        def load(f, *a, **k):
+            if os.fspath(f) == best:
+                raise PermissionError(13, "Permission denied", best)
+            return real_load(f, *a, **k)
+
+        monkeypatch.setattr(torch, "load", load)
+    else:
+        os.chmod(best, 0)
+    assert main(["eval", run, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read checkpoint {best}: permission denied" in err and "not damaged" in err
+    assert "corrupt" not in err and "truncated" not in err
+
+    from PIL import Image
+
+    from semiseg.data.errors import DataError
+    from semiseg.data.io import read_image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (4, 4)).save(image)
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(image))
+
+    monkeypatch.setattr(Image, "open", denied)
+    with pytest.raises(DataError, match="permission denied") as e:
+        read_image(image)
+    assert "corrupt" not in str(e.value)
+
+
+def make_images(folder, names, size=(24, 24)):
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        Image.new("RGB", size, (200, 30, 30)).save(folder / name)
+
+
+def test_predict_skips_an_unreadable_image_writes_the_rest_and_exits_1(tmp_path, capsys):
+    run = tiny_run(tmp_path)
+    images = tmp_path / "images"
+    make_images(images, ["a.png", "c.jpg"])
+    (images / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    capsys.readouterr()
+    assert main(["predict", run, str(images), str(tmp_path / "out"), "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "c.png"]
+    assert "wrote 2 masks" in captured.out
+    assert "skipped:" in captured.err and "1 image(s) could not be read" in captured.err
+    assert str(images / "b.png") in captured.err.splitlines()[-1]
+
+
+def test_predict_keeps_images_with_one_name_apart(tmp_path, capsys):
+    # x.jpg and x.png used to both write x.png (and count two masks)
+    run = tiny_run(tmp_path)
+    images = tmp_path / "images"
+    make_images(images, ["x.jpg", "x.png", "y.png"])
+    assert main(["predict", run, str(images), str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["x.jpg.png", "x.png.png", "y.png"]
+    assert "wrote 3 masks" in capsys.readouterr().out
+
+
+def test_a_large_image_in_whole_mode_gets_a_hint_about_slide(tmp_path, capsys):
+    run = tiny_run(tmp_path)
+    images = tmp_path / "images"
+    make_images(images, ["big.png"], size=(1000, 1000))  # 1 MP, 1736x the 24x24 training crop
+    make_images(images, ["small.png"])
+    assert main(["predict", run, str(images), str(tmp_path / "out"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: big.png is 1000x1000 (1.0 megapixels" in err and "--mode slide --crop 24 24" in err
+    assert err.count("warning: ") == 1
+    assert main(["predict", run, str(images), str(tmp_path / "out2"), "--device", "cpu", "--mode", "slide"]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -36,6 +36,13 @@ class LoadedModel:
     precision: str
     channels_last: bool
     inference: InferenceOptions  # from cfg.eval (after the command line's overrides)
+    warned_large: bool = False  # the large-image hint of predict_mask is printed once
+
+
+# Whole-image inference of an image this many times the training crop's area (and at least LARGE_IMAGE_MIN_PIXELS)
+# gets a hint about --mode slide: memory grows with the image (a large photo took 4.4 GB in whole mode).
+LARGE_IMAGE_CROP_RATIO = 16
+LARGE_IMAGE_MIN_PIXELS = 1_000_000
 
 
 def load_trained_model(path: str, *, device: torch.device, precision: str | None = None,
@@ -102,13 +109,36 @@ def load_weights_with_recipe(weights: str, recipe: str, *, device: torch.device,
     return _for_inference(model, cfg, info, os.fspath(weights), 0, device, precision, channels_last)
 
 
+def large_image_hint(loaded: LoadedModel, height: int, width: int, name: str = "an image") -> str | None:
+    """A hint to use sliding windows when whole-image inference gets an image much larger than the training crop."""
+    if loaded.inference.mode != "whole":
+        return None
+    ch, cw = loaded.cfg.data.crop_size
+    pixels = height * width
+    if pixels < max(LARGE_IMAGE_MIN_PIXELS, LARGE_IMAGE_CROP_RATIO * ch * cw):
+        return None
+    return (f"warning: {name} is {width}x{height} ({pixels / 1e6:.1f} megapixels, {pixels / (ch * cw):.0f}x the "
+            f"training crop) and is predicted as one whole image (eval.mode=whole); memory grows with the image "
+            f"(gigabytes at this size). If it runs out of memory or is slow, predict in windows of the training "
+            f"crop: --mode slide --crop {ch} {cw}")
+
+
 @torch.no_grad()
-def predict_mask(loaded: LoadedModel, image: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Class indices (H, W) uint8 for one RGB image (H, W, 3) uint8 array or (3, H, W) uint8 tensor."""
+def predict_mask(loaded: LoadedModel, image: np.ndarray | torch.Tensor, name: str | None = None) -> np.ndarray:
+    """Class indices (H, W) uint8 for one RGB image (H, W, 3) uint8 array or (3, H, W) uint8 tensor.
+
+    The first image far larger than the training crop in whole mode prints a hint about ``--mode slide``."""
+    import sys
+
     from semiseg.data.transforms import normalize
 
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if not loaded.warned_large:
+        hint = large_image_hint(loaded, int(image.shape[-2]), int(image.shape[-1]), name or "an image")
+        if hint:
+            loaded.warned_large = True
+            print(hint, file=sys.stderr)
     x = normalize(image, loaded.info.normalization).unsqueeze(0).to(loaded.device)
     logits = predict_logits(loaded.model, x, precision=loaded.precision, channels_last=loaded.channels_last,
                             inference=loaded.inference)
@@ -178,6 +208,7 @@ def inference_overrides(args: argparse.Namespace) -> list[str]:
 
 
 __all__ = [
-    "LoadedModel", "load_trained_model", "load_weights_with_recipe", "predict_mask", "palette_image", "save_mask_png",
+    "LoadedModel", "load_trained_model", "load_weights_with_recipe", "predict_mask", "large_image_hint", "palette_image",
+    "save_mask_png",
     "add_inference_arguments", "add_allow_code_argument", "inference_overrides",
 ]
