@@ -291,6 +291,10 @@ def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"recipe not found: {path}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a text file (not UTF-8 at byte {e.start}); a recipe is a YAML text file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder; --config takes a recipe file (YAML)") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping (model:, data:, train: ...), got {type(data).__name__}")

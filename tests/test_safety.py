@@ -494,3 +494,21 @@ def test_a_large_image_in_whole_mode_gets_a_hint_about_slide(tmp_path, capsys):
     assert err.count("warning: ") == 1
     assert main(["predict", run, str(images), str(tmp_path / "out2"), "--device", "cpu", "--mode", "slide"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_batch_size_1_with_deeplabv3plus_is_a_config_error_before_training(tmp_path, capsys):
+    args = ["train", "--no-progress", "model.name=deeplabv3plus_mobilenetv2", "model.pretrained_backbone=false",
+            "data.kind=synthetic", "data.options={size: 32, length: 4}", "data.crop_size=[32,32]", "data.batch_size=1",
+            "data.num_workers=0", "train.device=cpu", "train.tensorboard=false", f"output_dir={tmp_path}", "name=r"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "needs at least 2 images per training forward pass" in err and "data.batch_size to at least 2" in err
+    assert not (tmp_path / "r").exists()  # the failed start left no folder behind
+
+
+def test_a_recipe_that_is_not_text_is_a_config_error(tmp_path):
+    from semiseg.config import ConfigError
+
+    (tmp_path / "r.yaml").write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match="is not a text file"):
+        load_config(tmp_path / "r.yaml")

@@ -155,6 +155,13 @@ class Trainer:
 
         # ---- model (pretrained weights only for a fresh run: a resume loads its own)
         model = build.build_model(cfg, num_classes, pretrained=ckpt is None, verbose=self.is_main)
+        need = int(getattr(model, "min_train_batch", 1))
+        if self.per_rank_batch < need:
+            raise ConfigError(
+                f"{cfg.model.name} needs at least {need} images per training forward pass ({type(model).__name__}."
+                f"min_train_batch, e.g. a BatchNorm on 1x1 pooled features), but data.batch_size={cfg.data.batch_size} "
+                f"over {self.world_size} process(es) x train.accum_steps={t.accum_steps} gives {self.per_rank_batch}; "
+                f"set data.batch_size to at least {need * micro}")
         normalization = build.model_normalization(cfg, model)
         self.dataset_info = build.DatasetInfo.of(train_set, normalization)
         train_set.transform = build.train_transform(cfg, normalization, ignore_index)
