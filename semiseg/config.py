@@ -428,12 +428,12 @@ def _validate_registry_names(cfg: Config) -> None:
 
     def check(key: str, value: str, valid, fix: str = "") -> None:
         if ":" not in value and value not in valid:
-            raise ConfigError(f"{key}: unknown name {value!r}; valid names: {', '.join(valid)}{fix}")
+            raise ConfigError(f"unknown {key} {value!r}; available: {', '.join(valid)}{fix}")
 
     code = ", or 'package.module:function' for your own"
     check("model.name", cfg.model.name, available_models(), code)
     if cfg.loss.name.replace(" ", "").lower() not in LOSS_NAMES:
-        raise ConfigError(f"loss.name: unknown name {cfg.loss.name!r}; valid names: {', '.join(LOSS_NAMES)}")
+        raise ConfigError(f"unknown loss.name {cfg.loss.name!r}; available: {', '.join(LOSS_NAMES)}")
     from semiseg.engine.methods import available_methods
 
     check("method.name", cfg.method.name, available_methods(), ", or 'package.module:Class' for your own")

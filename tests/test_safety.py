@@ -314,7 +314,7 @@ def test_resume_applies_optim_overrides_it_records(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("override", ["optim.name=adamw", "data.labeled.fraction=0.5", "train.seed=3",
-                                      "model.options={width: 4}"])
+                                      "model.options={width: 4}", "model.weights=elsewhere.pth"])
 def test_resume_refuses_changes_the_restored_state_would_ignore(tmp_path, capsys, override):
     run = tiny_run(tmp_path)
     before = open(os.path.join(run, "config.yaml")).read()
@@ -379,10 +379,10 @@ def test_a_checkpoint_holding_inf_is_refused_by_eval_and_resume(tmp_path, capsys
     ("optim.momentum=5", "optim.momentum (SGD momentum) must be in [0, 1)"),
     ("optim.momentum=1.0", "optim.momentum (SGD momentum) must be in [0, 1)"),
     ("optim.grad_clip=-1", "optim.grad_clip must be a positive number"),
-    ("model.name=deeplabv3_resnet50", "model.name: unknown name 'deeplabv3_resnet50'; valid names: deeplabv2_resnet101"),
-    ("loss.name=focal", "loss.name: unknown name 'focal'; valid names: ce, dice, ce+dice"),
-    ("method.name=mean_teacher", "method.name: unknown name 'mean_teacher'; valid names: advsemiseg"),
-    ("data.kind=cityscapes", "data.kind: unknown name 'cityscapes'; valid names: synthetic"),
+    ("model.name=deeplabv3_resnet50", "unknown model.name 'deeplabv3_resnet50'; available: deeplabv2_resnet101"),
+    ("loss.name=focal", "unknown loss.name 'focal'; available: ce, dice, ce+dice"),
+    ("method.name=mean_teacher", "unknown method.name 'mean_teacher'; available: advsemiseg"),
+    ("data.kind=cityscapes", "unknown data.kind 'cityscapes'; available: synthetic"),
 ])
 def test_invalid_values_and_unknown_names_are_config_errors(tmp_path, capsys, override, message):
     base = ["train", "--no-progress", "model.name=fcn_resnet18", "data.kind=synthetic", f"output_dir={tmp_path}"]

@@ -61,17 +61,21 @@ RESUME_FIXED = ("model.name", "model.options", "model.pretrained_backbone", "mod
 _NOT_HYPERPARAMETERS = ("params", "lr", "initial_lr")
 
 
-def _lookup(d: dict, dotted: str) -> Any:
+_MISSING = object()
+
+
+def _lookup(d: Any, dotted: str) -> Any:
     for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
+        d = d.get(part, _MISSING) if isinstance(d, dict) else _MISSING
     return d
 
 
 def check_resume_changes(saved: dict, cfg: Config) -> None:
-    """Refuse ``--resume`` overrides of :data:`RESUME_FIXED` keys (``saved``: the checkpoint's config)."""
+    """Refuse ``--resume`` overrides of :data:`RESUME_FIXED` keys (``saved``: the checkpoint's config; a key it
+    lacks, from an older semiseg, is not compared)."""
     now = config_to_dict(cfg)
     changed = [f"{k}: {_lookup(saved, k)!r} -> {_lookup(now, k)!r}" for k in RESUME_FIXED
-               if _lookup(saved, k) is not None and _lookup(saved, k) != _lookup(now, k)]
+               if _lookup(saved, k) is not _MISSING and _lookup(saved, k) != _lookup(now, k)]
     if changed:
         raise ConfigError(
             "--resume cannot change " + "; ".join(changed) + ": the saved weights, split, optimizer state and random "
