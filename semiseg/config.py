@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -290,6 +291,10 @@ def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"recipe not found: {path}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a text file (not UTF-8 at byte {e.start}); a recipe is a YAML text file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder; --config takes a recipe file (YAML)") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping (model:, data:, train: ...), got {type(data).__name__}")
@@ -371,9 +376,78 @@ def override_config(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
     return out
 
 
+def _validate_name(cfg: Config) -> None:
+    """``name`` is a folder inside ``output_dir``: ``..``, ``../x`` or an absolute path would put the run (and what
+    ``--overwrite`` deletes) somewhere else. ``--run-dir DIR`` is the way to name any other folder."""
+    name = cfg.name
+    if not name:
+        return
+    out = os.path.abspath(cfg.output_dir or ".")
+    target = os.path.abspath(os.path.join(out, name))
+    if os.path.isabs(name) or os.path.commonpath([out, target]) != out or target == out:
+        raise ConfigError(
+            f"name={name!r} does not name a folder inside output_dir={cfg.output_dir!r} (it resolves to {target}); "
+            "use a plain name such as name=my_run, or --run-dir DIR to put the run in another folder"
+        )
+
+
+def _validate_optim(o: OptimConfig) -> None:
+    def finite(key: str, value: float) -> None:
+        if not math.isfinite(value):
+            raise ConfigError(f"optim.{key} must be a finite number, got {value!r}")
+
+    for key in ("lr", "momentum", "weight_decay", "power", "min_lr", "warmup_factor"):
+        finite(key, getattr(o, key))
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {o.lr!r} (e.g. optim.lr=0.01)")
+    if o.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0 (0 = no decay), got {o.weight_decay!r}")
+    beta = "the first Adam beta" if o.name == "adamw" else "SGD momentum"
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"optim.momentum ({beta}) must be in [0, 1), got {o.momentum!r} (the papers use 0.9)")
+    if o.nesterov and (o.name != "sgd" or o.momentum == 0):
+        raise ConfigError("optim.nesterov=true needs optim.name=sgd and optim.momentum > 0")
+    if o.power < 0:
+        raise ConfigError(f"optim.power (poly decay exponent) must be >= 0, got {o.power!r}")
+    if o.min_lr < 0:
+        raise ConfigError(f"optim.min_lr must be >= 0, got {o.min_lr!r}")
+    if o.grad_clip is not None and not (math.isfinite(o.grad_clip) and o.grad_clip > 0):
+        raise ConfigError(f"optim.grad_clip must be a positive number or null, got {o.grad_clip!r}")
+    for group, mult in o.lr_mult.items():
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not math.isfinite(mult) or mult < 0:
+            raise ConfigError(f"optim.lr_mult.{group} must be a finite number >= 0, got {mult!r}")
+
+
+def _validate_registry_names(cfg: Config) -> None:
+    """Unknown model, loss, method or dataset names fail here, with the valid ones, before anything is built.
+
+    ``package.module:function`` names are not imported here; that happens when the run is built (and only
+    for configs the user passed, see :func:`check_code_names`)."""
+    from semiseg.losses import LOSS_NAMES
+    from semiseg.models import available_models
+
+    def check(key: str, value: str, valid, fix: str = "") -> None:
+        if ":" not in value and value not in valid:
+            raise ConfigError(f"unknown {key} {value!r}; available: {', '.join(valid)}{fix}")
+
+    code = ", or 'package.module:function' for your own"
+    check("model.name", cfg.model.name, available_models(), code)
+    if cfg.loss.name.replace(" ", "").lower() not in LOSS_NAMES:
+        raise ConfigError(f"unknown loss.name {cfg.loss.name!r}; available: {', '.join(LOSS_NAMES)}")
+    from semiseg.engine.methods import available_methods
+
+    check("method.name", cfg.method.name, available_methods(), ", or 'package.module:Class' for your own")
+    from semiseg.data import DATASETS
+
+    check("data.kind", cfg.data.kind, list(DATASETS), code)
+
+
 def validate(cfg: Config) -> None:
     """Checks that need more than one field's type; each message says what to change."""
     d, t, o = cfg.data, cfg.train, cfg.optim
+    _validate_name(cfg)
+    _validate_optim(o)
+    _validate_registry_names(cfg)
     if len(d.crop_size) != 2 or min(d.crop_size) < 1:
         raise ConfigError(f"data.crop_size must be [height, width] with positive values, got {d.crop_size}")
     if d.scale_range is not None and (len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]):
@@ -424,6 +498,57 @@ def _validate_eval(e: EvalConfig) -> None:
         raise ConfigError(f"eval.batch_size must be >= 1, got {e.batch_size}")
 
 
+# ---------------------------------------------------------------------------------------------------
+# code named by a config: trusted only when the user passed it
+
+# Keys whose value may be "package.module:function" (imported and called) instead of a registry name.
+CODE_KEYS = ("model.name", "data.kind", "method.name")
+ALLOW_CODE_ENV = "SEMISEG_ALLOW_CODE"
+
+
+class UntrustedCodeError(ConfigError):
+    """A config read from a file (checkpoint, a run's config.yaml) names code to import, and the user did not
+    allow it."""
+
+
+def allow_code_default() -> bool:
+    """``SEMISEG_ALLOW_CODE=1`` in the environment: the same as passing ``--allow-code`` to every command."""
+    return os.environ.get(ALLOW_CODE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def code_names(cfg: Config) -> dict[str, str]:
+    """The ``package.module:function`` values of ``cfg``, by key (empty when it uses registry names only)."""
+    values = {"model.name": cfg.model.name, "data.kind": cfg.data.kind, "method.name": cfg.method.name}
+    return {k: v for k, v in values.items() if ":" in v}
+
+
+def check_code_names(cfg: Config, source: str, *, allow_code: bool | None = None,
+                     typed: list[str] | tuple[str, ...] = ()) -> None:
+    """Refuse a config read from ``source`` (a checkpoint or a run folder's config.yaml) that names code to import.
+
+    A checkpoint loads with ``weights_only=True``, so opening it runs no code; its config must not undo that by
+    naming a module that semiseg would import (``model.name: evil:build``, ``data.kind: torch.hub:load``).
+    Registry names pass. A ``module:function`` value passes only when the user allows code for this command
+    (``allow_code``: ``--allow-code``; None reads ``SEMISEG_ALLOW_CODE``) or typed that key themselves in
+    ``typed`` (``key=value`` overrides from the command line).
+    """
+    if allow_code is None:
+        allow_code = allow_code_default()
+    if allow_code:
+        return
+    typed_keys = {o.partition("=")[0].strip() for o in typed}
+    found = {k: v for k, v in code_names(cfg).items()
+             if not any(k == t or k.startswith(t + ".") for t in typed_keys)}
+    if found:
+        shown = ", ".join(f"{k}={v!r}" for k, v in found.items())
+        raise UntrustedCodeError(
+            f"{source} names code to import ({shown}); semiseg imports module:function names only from a recipe "
+            "or key=value you pass yourself. If you trust this file and the modules it names, run the command again "
+            f"with --allow-code (or {ALLOW_CODE_ENV}=1); otherwise set the key to a registry name, e.g. "
+            "--data kind=folder for `semiseg eval`"
+        )
+
+
 def dump_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically, so a killed run never leaves half a file)."""
     path = os.fspath(path)
@@ -440,4 +565,5 @@ __all__ = [
     "Config", "ModelConfig", "DataConfig", "LabeledConfig", "OptimConfig", "LossConfig", "MethodConfig",
     "TrainConfig", "EvalConfig", "ConfigError", "load_config", "dump_config", "config_from_dict",
     "config_to_dict", "dataclass_from_dict", "override_config", "apply_override", "validate",
+    "CODE_KEYS", "ALLOW_CODE_ENV", "UntrustedCodeError", "allow_code_default", "code_names", "check_code_names",
 ]

@@ -167,6 +167,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"largest absolute logit difference --check accepts (default {DEFAULT_TOLERANCE})")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: one per core)")
+    from semiseg.engine.predict import add_allow_code_argument
+
+    add_allow_code_argument(parser)
 
 
 def check_sizes(height: int, width: int, dynamic: bool) -> list[tuple[int, int, int]]:
@@ -185,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
     from semiseg.engine.predict import load_trained_model
 
     try:
-        loaded = load_trained_model(args.checkpoint, device=torch.device("cpu"), precision="fp32", channels_last=False)
+        loaded = load_trained_model(args.checkpoint, device=torch.device("cpu"), precision="fp32", channels_last=False,
+                                    allow_code=args.allow_code)
         out = args.out or os.path.splitext(loaded.checkpoint_path)[0] + ".onnx"
         if os.path.exists(out) and not args.force:
             raise ExportError(f"{out} exists; pass --force to overwrite it, or choose another --out")

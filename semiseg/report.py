@@ -169,7 +169,8 @@ def _eval_section(index: int, result: dict, out_dir: str, plots: bool) -> str:
     return "\n".join(parts)
 
 
-def _samples_section(run_dir: str, split: str | None, count: int, out_dir: str, device: str) -> str:
+def _samples_section(run_dir: str, split: str | None, count: int, out_dir: str, device: str,
+                     allow_code: bool | None = None) -> str:
     """Predict ``count`` images of the run's dataset and save panels; a note instead when the data is absent."""
     import torch
 
@@ -178,7 +179,7 @@ def _samples_section(run_dir: str, split: str | None, count: int, out_dir: str, 
     from semiseg.engine.predict import load_trained_model, predict_mask
     from semiseg.engine.precision import resolve_device
 
-    loaded = load_trained_model(run_dir, device=resolve_device(device))
+    loaded = load_trained_model(run_dir, device=resolve_device(device), allow_code=allow_code)
     split = split or loaded.cfg.data.val_split
     try:
         dataset = build.build_dataset(loaded.cfg, split, validation=split == loaded.cfg.data.val_split)
@@ -223,11 +224,13 @@ td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text
 
 
 def build_report(run_dir: str, *, evals: Sequence[str] | None = None, samples: int = 4, split: str | None = None,
-                 out_dir: str | None = None, device: str = "auto", plots: bool | None = None) -> str:
+                 out_dir: str | None = None, device: str = "auto", plots: bool | None = None,
+                 allow_code: bool | None = None) -> str:
     """Write the report of ``run_dir`` and return the path of its index.html.
 
     ``evals``: evaluation JSON files (default: the run's ``eval_*.json``). ``samples``: images to predict
-    (0: none). ``plots``: None draws them when matplotlib is installed; True requires it.
+    (0: none). ``plots``: None draws them when matplotlib is installed; True requires it. ``allow_code``:
+    let the run's config import ``module:function`` names for the samples (see ``load_trained_model``).
     """
     from semiseg.engine.logger import read_metrics
 
@@ -272,7 +275,7 @@ def build_report(run_dir: str, *, evals: Sequence[str] | None = None, samples: i
         result["_path"] = path
         body.append(_eval_section(i, result, out_dir, plots))
     if samples > 0:
-        body.append(_samples_section(run_dir, split, samples, out_dir, device))
+        body.append(_samples_section(run_dir, split, samples, out_dir, device, allow_code))
 
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
@@ -296,6 +299,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="split the samples come from (default: the run's validation split)")
     parser.add_argument("--out", help=f"output folder (default: RUN_DIR/{REPORT_DIR})")
     parser.add_argument("--device", default="auto")
+    from semiseg.engine.predict import add_allow_code_argument
+
+    add_allow_code_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -304,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         index = build_report(args.run_dir, evals=args.evals, samples=args.samples, split=args.split,
-                             out_dir=args.out, device=args.device)
+                             out_dir=args.out, device=args.device, allow_code=args.allow_code)
     except (FileNotFoundError, ValueError, ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -76,12 +76,12 @@ def test_run_dir_is_never_overwritten_unless_asked(tmp_path):
         prepare_run_dir(str(run))
     assert (run / "last.pt").read_bytes() == b"precious"
     prepare_run_dir(str(run), overwrite=True)
-    assert os.listdir(run) == []
+    assert os.listdir(run) == [".semiseg-run"]  # the marker: semiseg made this folder
 
     other = tmp_path / "home"
     other.mkdir()
     (other / "thesis.tex").write_text("do not delete")
-    with pytest.raises(RunDirError, match="does not look like a semiseg run"):
+    with pytest.raises(RunDirError, match="not created by semiseg"):
         prepare_run_dir(str(other), overwrite=True)
     assert (other / "thesis.tex").exists()
 

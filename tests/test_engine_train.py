@@ -42,7 +42,8 @@ def test_run_folder_holds_config_split_checkpoints_and_metrics(tmp_path):
     cfg = config(tmp_path)
     result = Trainer(cfg, cfg.run_dir, progress=False).fit()
     run = cfg.run_dir
-    assert sorted(os.listdir(run)) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl", "split.txt"]
+    assert sorted(os.listdir(run)) == [".semiseg-run", ".semiseg.lock", "best.pt", "config.yaml", "last.pt",
+                                       "metrics.jsonl", "split.txt"]
     assert load_config(os.path.join(run, "config.yaml")) == cfg
     last = load_checkpoint(os.path.join(run, "last.pt"))
     assert last["iteration"] == 12 and last["dataset"]["classes"] == ["background", "red", "green", "blue"]

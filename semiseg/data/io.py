@@ -27,6 +27,9 @@ def _open(path: str | os.PathLike, what: str) -> Image.Image:
         return img
     except FileNotFoundError:
         raise DataError(f"{what} file does not exist", path, "check the path and the dataset layout") from None
+    except PermissionError as e:  # an OSError, but the file is fine: say what is wrong
+        raise DataError(f"cannot open the {what}: permission denied ({e.strerror})", path,
+                        "check the file's permissions and owner (ls -l), or run as a user who may read it") from None
     except UnidentifiedImageError:
         raise DataError(
             f"cannot read the {what}: not an image file PIL recognises", path, "replace or delete the file"

@@ -93,6 +93,40 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: str = LAST) -> str:
     return path
 
 
+def _other_checkpoint_hint(path: str) -> str:
+    """What else the run folder of ``path`` offers when ``path`` itself cannot be read."""
+    directory, name = os.path.split(os.path.abspath(path))
+    other = {LAST: BEST, BEST: LAST}.get(name)
+    if other is None or not os.path.isfile(os.path.join(directory, other)):
+        return ""
+    other_path = os.path.join(directory, other)
+    if name == LAST:
+        return (f" The run's other checkpoint, {other_path} (its best evaluation), can be used instead: "
+                f"`semiseg eval {other_path}`; to resume from it, copy it over last.pt (cp {other_path} {path}) and "
+                "run --resume again.")
+    return f" The run's other checkpoint, {other_path} (its latest state), can be used instead."
+
+
+def _read_failure(path: str, e: BaseException) -> str:
+    """Why ``torch.load`` failed, in words: the unpickler's own messages are long, or empty (EOFError)."""
+    import pickle
+
+    if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+        first = next((line for line in str(e).splitlines() if "Unsupported" in line or "global" in line.lower()), "")
+        return ("it needs code to unpickle, and semiseg loads checkpoints as data only (weights_only=True), so it "
+                f"was refused{': ' + first.strip() if first else ''}")
+    size = os.path.getsize(path) if os.path.isfile(path) else -1
+    if size == 0:
+        return "the file is empty (a copy or a write that never happened?)"
+    import zipfile
+
+    text = str(e).strip().split(". ")[0] or type(e).__name__
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its directory is at the end of the file
+        return (f"the file is truncated or not a PyTorch file ({size} bytes, no complete zip archive; a copy or "
+                f"download that did not finish?) (torch: {text})")
+    return f"{type(e).__name__}: {text}"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a semiseg checkpoint as data only (``weights_only=True``)."""
     path = os.fspath(path)
@@ -100,14 +134,41 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
+    except PermissionError as e:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: permission denied ({e.strerror}); the file is not damaged, but this user "
+            f"may not read it: check its permissions and owner (ls -l {path})") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder; give a .pt file or a run folder holding last.pt / best.pt") from None
     except Exception as e:  # truncated or foreign files fail in many ways inside the unpickler
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        raise CheckpointError(f"cannot read checkpoint {path}: {_read_failure(path, e)}.{_other_checkpoint_hint(path)}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a semiseg training checkpoint (no 'format': {FORMAT!r}); to start from plain "
             "weights set model.weights=PATH instead"
         )
     return ckpt
+
+
+def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf in a (nested) state dict: a diverged run's weights,
+    BatchNorm statistics or optimizer moments. Such a checkpoint is never written, and refused when read."""
+    bad: list[str] = []
+    if isinstance(state, torch.Tensor):
+        if (state.is_floating_point() or state.is_complex()) and not bool(torch.isfinite(state).all()):
+            bad.append(prefix or "tensor")
+    elif isinstance(state, dict):
+        for k, v in state.items():
+            bad += nonfinite_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            bad += nonfinite_tensors(v, f"{prefix}[{i}]")
+    return bad
+
+
+def describe_names(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,5 +208,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 __all__ = [
     "atomic_write", "atomic_write_text",
     "FORMAT", "LAST", "BEST", "CheckpointError", "atomic_save", "resolve_checkpoint", "load_checkpoint",
+    "nonfinite_tensors", "describe_names",
     "capture_rng_state", "restore_rng_state",
 ]

@@ -42,19 +42,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (default: one per core; 1 is faster on a busy machine)")
-    from semiseg.engine.predict import add_inference_arguments
+    from semiseg.engine.predict import add_allow_code_argument, add_inference_arguments
 
+    add_allow_code_argument(parser)
     add_inference_arguments(parser)
 
 
 def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = None, device: str = "auto",
                         precision: str | None = None, batch_size: int | None = None,
                         num_workers: int | None = None, inference_overrides=(), recipe: str | None = None,
-                        recipe_overrides=()) -> dict:
+                        recipe_overrides=(), allow_code: bool | None = None) -> dict:
     """Evaluate a checkpoint; returns {"metrics", "table", "classes", ...} (the JSON written by the command).
 
     ``inference_overrides``: dotted ``eval.*`` overrides of the run's inference settings (``eval.mode=slide``).
     ``recipe``: ``path`` holds plain weights for the model of this recipe (``recipe_overrides`` apply to it).
+    ``allow_code``: let the checkpoint's config import ``module:function`` names (see ``load_trained_model``).
     """
     import dataclasses
 
@@ -67,6 +69,7 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
     from semiseg.engine.predict import load_trained_model, load_weights_with_recipe
     from semiseg.metrics import to_json_dict
 
+    data_overrides = [o if o.startswith("data.") else f"data.{o}" for o in data_overrides]
     dev = dist.init_distributed(resolve_device(device))
     if recipe:
         loaded = load_weights_with_recipe(path, recipe, device=dev, precision=precision,
@@ -77,8 +80,10 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
 
             raise ConfigError("--set changes a recipe: use it with --config (a run's own settings are fixed; "
                               "--data and the inference flags change what evaluation reads)")
-        loaded = load_trained_model(path, device=dev, precision=precision, overrides=inference_overrides)
-    cfg = override_config(loaded.cfg, [o if o.startswith("data.") else f"data.{o}" for o in data_overrides])
+        # --data goes in with the other overrides: a data.kind typed here replaces the checkpoint's own
+        loaded = load_trained_model(path, device=dev, precision=precision, allow_code=allow_code,
+                                    overrides=[*inference_overrides, *data_overrides])
+    cfg = override_config(loaded.cfg, data_overrides)
     split = split or cfg.data.val_split
     # the run's validation options apply when evaluating its validation split
     validation = split == cfg.data.val_split
@@ -129,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_checkpoint(args.checkpoint, data_overrides=args.data, split=args.split, device=args.device,
                                      precision=args.precision, batch_size=args.batch_size,
                                      num_workers=args.num_workers, inference_overrides=inference_overrides(args),
-                                     recipe=args.config, recipe_overrides=args.overrides)
+                                     recipe=args.config, recipe_overrides=args.overrides,
+                                     allow_code=args.allow_code)
         if dist.is_main():
             from semiseg.data.transforms import describe_normalization
 

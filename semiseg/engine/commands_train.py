@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from semiseg.config import ConfigError, config_to_dict, load_config
+from semiseg.config import ConfigError, check_code_names, config_to_dict, load_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="continue the run in RUN_DIR (or the config's run folder) from its last.pt")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder and start again")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    from semiseg.engine.predict import add_allow_code_argument
+
+    add_allow_code_argument(parser)
 
 
 def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -66,6 +69,8 @@ def resolve(args: argparse.Namespace):
         raise ConfigError(f"cannot resume {run_dir}: no config.yaml there (is it a semiseg run folder?)")
     # The run's own resolved config makes the resume exact; key=value overrides may change it on purpose.
     cfg = load_config(saved, overrides)
+    # The folder's config.yaml is a file like a checkpoint: it may name registry entries, not code to import.
+    check_code_names(cfg, saved, allow_code=getattr(args, "allow_code", None), typed=overrides)
     if args.config:
         recipe = load_config(args.config, overrides)
         recipe.name, recipe.output_dir = cfg.name, cfg.output_dir

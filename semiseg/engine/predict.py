@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from semiseg.config import Config, ConfigError, config_from_dict, override_config
+from semiseg.config import ALLOW_CODE_ENV, Config, ConfigError, check_code_names, config_from_dict, override_config
 from semiseg.engine import build
-from semiseg.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from semiseg.engine.checkpoint import CheckpointError, describe_names, load_checkpoint, nonfinite_tensors, resolve_checkpoint
 from semiseg.engine.evaluate import inference_options, predict_logits
 from semiseg.engine.precision import resolve_channels_last, resolve_precision
 from semiseg.inference import InferenceOptions
@@ -36,20 +36,38 @@ class LoadedModel:
     precision: str
     channels_last: bool
     inference: InferenceOptions  # from cfg.eval (after the command line's overrides)
+    warned_large: bool = False  # the large-image hint of predict_mask is printed once
+
+
+# Whole-image inference of an image this many times the training crop's area (and at least LARGE_IMAGE_MIN_PIXELS)
+# gets a hint about --mode slide: memory grows with the image (a large photo took 4.4 GB in whole mode).
+LARGE_IMAGE_CROP_RATIO = 16
+LARGE_IMAGE_MIN_PIXELS = 1_000_000
 
 
 def load_trained_model(path: str, *, device: torch.device, precision: str | None = None,
-                       channels_last: bool | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> LoadedModel:
+                       channels_last: bool | str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                       allow_code: bool | None = None) -> LoadedModel:
     """The model of a checkpoint file or run folder (``best.pt`` preferred), in eval mode on ``device``.
 
     ``precision`` / ``channels_last`` default to the run's own settings, so evaluating a checkpoint gives
     the numbers the run reported. ``overrides`` (dotted, e.g. ``eval.mode=slide``) change the run's config.
+    The checkpoint's config may name registry entries only: a ``module:function`` in it raises
+    :class:`~semiseg.config.UntrustedCodeError` unless ``allow_code`` (``--allow-code``; None: the
+    ``SEMISEG_ALLOW_CODE`` environment variable) or an override typed by the user sets that key.
     """
     ckpt_path = resolve_checkpoint(path, prefer="best.pt")
     ckpt = load_checkpoint(ckpt_path)
     cfg = config_from_dict(ckpt["config"])
     if overrides:
         cfg = override_config(cfg, overrides)
+    check_code_names(cfg, f"the config stored in {ckpt_path}", allow_code=allow_code, typed=overrides)
+    bad = nonfinite_tensors(ckpt["model"])
+    if bad:
+        raise CheckpointError(
+            f"{ckpt_path} holds non-finite weights or statistics in {len(bad)} tensor(s) ({describe_names(bad)}): it "
+            "was saved after its run diverged, and its predictions would be meaningless; use an earlier checkpoint "
+            "or retrain with a lower optim.lr")
     info = build.DatasetInfo(**ckpt["dataset"])
     model = build.build_model(cfg, info.num_classes, pretrained=False)
     model.load_state_dict(ckpt["model"])
@@ -91,13 +109,36 @@ def load_weights_with_recipe(weights: str, recipe: str, *, device: torch.device,
     return _for_inference(model, cfg, info, os.fspath(weights), 0, device, precision, channels_last)
 
 
+def large_image_hint(loaded: LoadedModel, height: int, width: int, name: str = "an image") -> str | None:
+    """A hint to use sliding windows when whole-image inference gets an image much larger than the training crop."""
+    if loaded.inference.mode != "whole":
+        return None
+    ch, cw = loaded.cfg.data.crop_size
+    pixels = height * width
+    if pixels < max(LARGE_IMAGE_MIN_PIXELS, LARGE_IMAGE_CROP_RATIO * ch * cw):
+        return None
+    return (f"warning: {name} is {width}x{height} ({pixels / 1e6:.1f} megapixels, {pixels / (ch * cw):.0f}x the "
+            f"training crop) and is predicted as one whole image (eval.mode=whole); memory grows with the image "
+            f"(gigabytes at this size). If it runs out of memory or is slow, predict in windows of the training "
+            f"crop: --mode slide --crop {ch} {cw}")
+
+
 @torch.no_grad()
-def predict_mask(loaded: LoadedModel, image: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Class indices (H, W) uint8 for one RGB image (H, W, 3) uint8 array or (3, H, W) uint8 tensor."""
+def predict_mask(loaded: LoadedModel, image: np.ndarray | torch.Tensor, name: str | None = None) -> np.ndarray:
+    """Class indices (H, W) uint8 for one RGB image (H, W, 3) uint8 array or (3, H, W) uint8 tensor.
+
+    The first image far larger than the training crop in whole mode prints a hint about ``--mode slide``."""
+    import sys
+
     from semiseg.data.transforms import normalize
 
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if not loaded.warned_large:
+        hint = large_image_hint(loaded, int(image.shape[-2]), int(image.shape[-1]), name or "an image")
+        if hint:
+            loaded.warned_large = True
+            print(hint, file=sys.stderr)
     x = normalize(image, loaded.info.normalization).unsqueeze(0).to(loaded.device)
     logits = predict_logits(loaded.model, x, precision=loaded.precision, channels_last=loaded.channels_last,
                             inference=loaded.inference)
@@ -139,6 +180,14 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also run the mirror image of every scale and average it in")
 
 
+def add_allow_code_argument(parser: argparse.ArgumentParser) -> None:
+    """``--allow-code``: the one opt-in for a checkpoint or run folder whose config names code to import."""
+    parser.add_argument("--allow-code", action="store_true", default=None,
+                        help="trust the checkpoint / run folder: import the 'package.module:function' names its "
+                             "config holds (model.name, data.kind, method.name), which runs that code. Without it "
+                             f"such a config is refused (also allowed by {ALLOW_CODE_ENV}=1)")
+
+
 def inference_overrides(args: argparse.Namespace) -> list[str]:
     """The flags of :func:`add_inference_arguments` as dotted config overrides (``eval.mode=slide`` ...)."""
     mode = args.mode
@@ -159,6 +208,7 @@ def inference_overrides(args: argparse.Namespace) -> list[str]:
 
 
 __all__ = [
-    "LoadedModel", "load_trained_model", "load_weights_with_recipe", "predict_mask", "palette_image", "save_mask_png",
-    "add_inference_arguments", "inference_overrides",
+    "LoadedModel", "load_trained_model", "load_weights_with_recipe", "predict_mask", "large_image_hint", "palette_image",
+    "save_mask_png",
+    "add_inference_arguments", "add_allow_code_argument", "inference_overrides",
 ]

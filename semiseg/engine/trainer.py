@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from typing import Any
 
@@ -24,13 +25,14 @@ from torch.utils.data import Subset
 from semiseg import __version__
 from semiseg.config import Config, ConfigError, config_to_dict, dump_config
 from semiseg.engine import build, distributed as dist
-from semiseg.engine.checkpoint import BEST, FORMAT, LAST, atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
+from semiseg.engine.checkpoint import (BEST, FORMAT, LAST, CheckpointError, atomic_save, capture_rng_state, describe_names,
+                                      load_checkpoint, nonfinite_tensors, restore_rng_state)
 from semiseg.engine.context import TrainContext
 from semiseg.engine.evaluate import evaluate, inference_options, make_eval_loader
 from semiseg.engine.logger import MetricsLog
 from semiseg.engine.methods import build_method
 from semiseg.engine.precision import make_grad_scaler, resolve_channels_last, resolve_device, resolve_precision
-from semiseg.engine.run_dir import CONFIG, SPLIT, RunDirError, prepare_run_dir
+from semiseg.engine.run_dir import CONFIG, SPLIT, RunDirError, RunLock, prepare_run_dir, remove_if_unused
 from semiseg.engine.schedule import build_scheduler
 from semiseg.engine.threads import ThreadTuner
 
@@ -47,6 +49,40 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+# Keys a resume cannot change: the restored state was made with them (the weights, the labeled split in split.txt,
+# the optimizer's state tensors, the random streams). A change would be written to config.yaml without taking
+# effect, so it is refused. Everything else a resume honours: train.iterations and the optim.* numbers (the schedule,
+# and the restored optimizers' hyperparameters, are rebuilt from the resumed config).
+RESUME_FIXED = ("model.name", "model.options", "model.pretrained_backbone", "model.weights", "model.weights_mode",
+                "data.train_split", "data.labeled", "optim.name", "method.name", "train.seed")
+# Optimizer-group entries the checkpoint restores but the config decides (the lr is the schedule's business).
+_NOT_HYPERPARAMETERS = ("params", "lr", "initial_lr")
+
+
+_MISSING = object()
+
+
+def _lookup(d: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part, _MISSING) if isinstance(d, dict) else _MISSING
+    return d
+
+
+def check_resume_changes(saved: dict, cfg: Config) -> None:
+    """Refuse ``--resume`` overrides of :data:`RESUME_FIXED` keys (``saved``: the checkpoint's config; a key it
+    lacks, from an older semiseg, is not compared)."""
+    now = config_to_dict(cfg)
+    changed = [f"{k}: {_lookup(saved, k)!r} -> {_lookup(now, k)!r}" for k in RESUME_FIXED
+               if _lookup(saved, k) is not _MISSING and _lookup(saved, k) != _lookup(now, k)]
+    if changed:
+        raise ConfigError(
+            "--resume cannot change " + "; ".join(changed) + ": the saved weights, split, optimizer state and random "
+            "streams were made with the old value, so the new one would be recorded without being used. Resume "
+            "without it, or start a new run with it (name=NEW_NAME, model.weights=RUN/last.pt to start from "
+            "these weights)"
+        )
 
 
 class Trainer:
@@ -67,11 +103,14 @@ class Trainer:
         self.progress = progress
 
         # Rank 0 decides about the folder; the others learn the outcome so that no rank waits forever.
+        # Rank 0 holds the folder's lock (.semiseg.lock) while it trains: a second train or resume of the same
+        # folder is refused with the holder's PID; the OS drops the lock when this process ends, however it ends.
         error = None
         created = not os.path.exists(run_dir)
+        self._lock = RunLock(run_dir) if self.is_main else None
         if self.is_main:
             try:
-                run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+                run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, lock=self._lock)
             except RunDirError as e:
                 error = str(e)
         error, run_dir = dist.broadcast_object((error, os.path.abspath(run_dir)))
@@ -81,14 +120,18 @@ class Trainer:
         try:
             self._build(load_checkpoint(os.path.join(run_dir, LAST)) if resume else None)
         except BaseException:
+            if self._lock is not None:
+                self._lock.release()
             # A fresh run that failed to start leaves no empty folder behind to trip the next attempt.
-            if self.is_main and created and os.path.isdir(run_dir) and not os.listdir(run_dir):
-                os.rmdir(run_dir)
+            if self.is_main and not resume:
+                remove_if_unused(run_dir, created=created)
             raise
 
     def _build(self, ckpt: dict[str, Any] | None) -> None:
         """Everything between the run folder and the first step; files are written only at the end."""
         cfg, t, run_dir = self.cfg, self.cfg.train, self.run_dir
+        if ckpt is not None:
+            check_resume_changes(ckpt.get("config") or {}, cfg)
 
         micro = t.accum_steps * self.world_size
         if cfg.data.batch_size % micro:
@@ -116,6 +159,13 @@ class Trainer:
 
         # ---- model (pretrained weights only for a fresh run: a resume loads its own)
         model = build.build_model(cfg, num_classes, pretrained=ckpt is None, verbose=self.is_main)
+        need = int(getattr(model, "min_train_batch", 1))
+        if self.per_rank_batch < need:
+            raise ConfigError(
+                f"{cfg.model.name} needs at least {need} images per training forward pass ({type(model).__name__}."
+                f"min_train_batch, e.g. a BatchNorm on 1x1 pooled features), but data.batch_size={cfg.data.batch_size} "
+                f"over {self.world_size} process(es) x train.accum_steps={t.accum_steps} gives {self.per_rank_batch}; "
+                f"set data.batch_size to at least {need * micro}")
         normalization = build.model_normalization(cfg, model)
         self.dataset_info = build.DatasetInfo.of(train_set, normalization)
         train_set.transform = build.train_transform(cfg, normalization, ignore_index)
@@ -177,6 +227,7 @@ class Trainer:
         self.last_eval: dict[str, Any] | None = None
         self.last_cm = None
         self.last_saved: int | None = None
+        self.resume_changes: list[str] = []
         if ckpt is not None:
             self._load_state(ckpt)
         if self.is_main:
@@ -185,8 +236,9 @@ class Trainer:
             dump_config(cfg, os.path.join(run_dir, CONFIG))
         self.log = MetricsLog(run_dir, enabled=self.is_main, tensorboard=t.tensorboard,
                               resume_iteration=self.iteration if ckpt is not None else None)
+        resumed = {"changed": self.resume_changes} if ckpt is not None and self.resume_changes else {}
         self.log.log("resume" if ckpt is not None else "start", self.iteration, {
-            "world_size": self.world_size, "per_rank_batch": self.per_rank_batch, "accum_steps": t.accum_steps,
+            **resumed, "world_size": self.world_size, "per_rank_batch": self.per_rank_batch, "accum_steps": t.accum_steps,
             "device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
             "torch": str(torch.__version__), "threads": torch.get_num_threads()})
         dist.barrier()
@@ -200,6 +252,8 @@ class Trainer:
         """
         t = self.cfg.train
         stop = t.iterations if stop_at is None else min(stop_at, t.iterations)
+        if self._lock is not None:
+            self._lock.acquire()  # held since __init__; again when fit() is called a second time
         pbar = None
         if self.is_main and self.progress:
             from tqdm import tqdm
@@ -232,14 +286,22 @@ class Trainer:
                     window, window_steps, window_start = {}, 0, time.perf_counter()
                 final = it == t.iterations
                 improved = False
-                if final or (t.eval_interval > 0 and it % t.eval_interval == 0):
+                evaluate = final or (t.eval_interval > 0 and it % t.eval_interval == 0)
+                save = final or it == stop or (t.checkpoint_interval > 0 and it % t.checkpoint_interval == 0)
+                if evaluate or save:
+                    # A finite loss does not make finite weights: BatchNorm statistics or weights can overflow first.
+                    # Such a state is neither evaluated (a meaningless mIoU) nor saved (a "good" checkpoint of inf).
+                    self._check_finite()
+                if evaluate:
                     improved = self._evaluate(pbar)
-                if final or improved or it == stop or (t.checkpoint_interval > 0 and it % t.checkpoint_interval == 0):
+                if save or improved:
                     self._save(best=improved)
         finally:
             if pbar is not None:
                 pbar.close()
             self.log.close()
+            if self._lock is not None:
+                self._lock.release()
         return {"iteration": self.iteration, "metrics": self.last_eval, "best": dict(self.best),
                 "run_dir": self.run_dir}
 
@@ -267,15 +329,31 @@ class Trainer:
         ctx.apply_updates()
         return losses
 
-    def _diverged_message(self, iteration: int, losses: dict[str, float]) -> str:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+    def _check_finite(self) -> None:
+        """Raise :class:`TrainingDiverged` when a weight, buffer or optimizer moment is NaN/inf on any process."""
+        ctx = self.ctx
+        bad = nonfinite_tensors({"model": self.model.state_dict(),
+                                 **{k: m.state_dict() for k, m in ctx.modules.items()},
+                                 **{f"optimizer {k}": o.state_dict()["state"] for k, o in ctx.optimizers.items()}})
+        flag = dist.all_reduce_mean(torch.tensor([float(bool(bad))], device=self.device)).item()
+        if flag > 0:
+            what = describe_names(bad) if bad else "the state of another process"
+            raise TrainingDiverged(self._diverged_message(
+                self.iteration, None, f"the loss was finite but {len(bad) or 'some'} tensor(s) became non-finite "
+                f"by iteration {self.iteration} ({what})"), self.iteration)
+
+    def _diverged_message(self, iteration: int, losses: dict[str, float] | None, what: str | None = None) -> str:
+        if what is None:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in (losses or {}).items())
+            what = f"non-finite loss at iteration {iteration} ({shown}). The update of that iteration was not applied"
         last = os.path.join(self.run_dir, LAST)
-        if self.last_saved is not None or os.path.isfile(last):
-            saved = f"the last good checkpoint is {last} (iteration {self.last_saved if self.last_saved is not None else '?'}), unchanged"
+        if self.last_saved is not None:
+            saved = f"the last good checkpoint is {last} (iteration {self.last_saved}), unchanged, with finite weights"
+        elif os.path.isfile(last):
+            saved = f"{last} is from before this process started, unchanged"
         else:
             saved = f"no checkpoint was written yet (train.checkpoint_interval={self.cfg.train.checkpoint_interval})"
-        return (f"training diverged: non-finite loss at iteration {iteration} ({shown}). The update of that "
-                f"iteration was not applied and nothing was saved; {saved}. Try a lower optim.lr, "
+        return (f"training diverged: {what}; nothing was saved; {saved}. Try a lower optim.lr, "
                 "optim.grad_clip=10, train.precision=fp32, or check the data; then `semiseg train --resume "
                 f"{self.run_dir}` with the change as key=value.")
 
@@ -339,19 +417,50 @@ class Trainer:
 
     def _load_state(self, ckpt: dict[str, Any]) -> None:
         ctx = self.ctx
+        bad = nonfinite_tensors({"model": ckpt["model"], **(ckpt.get("modules") or {})})
+        if bad:
+            raise CheckpointError(
+                f"cannot resume {os.path.join(self.run_dir, LAST)}: it holds non-finite values in {len(bad)} tensor(s) "
+                f"({describe_names(bad)}), saved after the run had diverged (semiseg now checks before saving). "
+                "Resume from an earlier checkpoint (e.g. copy best.pt over last.pt if it is finite) or start again")
         self.model.load_state_dict(ckpt["model"])
         for k, m in ctx.modules.items():
             m.load_state_dict(ckpt["modules"][k])
+        # An optimizer's state_dict restores its hyperparameters too (lr, momentum, weight decay...) and a scheduler's
+        # its base rates: the values of the saved config. The resumed config decides them instead, so that
+        # `--resume RUN optim.lr=...` (what the divergence message advises) trains with what config.yaml records.
+        fresh = {k: [{n: v for n, v in g.items() if n not in _NOT_HYPERPARAMETERS} for g in o.param_groups]
+                 for k, o in ctx.optimizers.items()}
+        fresh_lr = {k: [g["lr"] for g in o.param_groups] for k, o in ctx.optimizers.items()}
+        changes: list[str] = []
         for k, o in ctx.optimizers.items():
             o.load_state_dict(ckpt["optimizers"][k])
+            for i, (group, new) in enumerate(zip(o.param_groups, fresh[k])):
+                where = f"optimizer {k!r} group {group.get('name', i)!r}"
+                changes += [f"{where}: {n} {group.get(n)!r} -> {v!r}" for n, v in new.items() if group.get(n) != v]
+                group.update(new)
+            if k not in ctx.schedulers:  # a constant rate: the configured one
+                for i, (group, lr) in enumerate(zip(o.param_groups, fresh_lr[k])):
+                    if group["lr"] != lr:
+                        changes.append(f"optimizer {k!r} group {group.get('name', i)!r}: lr {group['lr']!r} -> {lr!r}")
+                    group["lr"] = lr
         for k, s in ctx.schedulers.items():
+            base_lrs = list(getattr(s, "base_lrs", []))
             s.load_state_dict(ckpt["schedulers"][k])
             if isinstance(s, torch.optim.lr_scheduler.LambdaLR):
+                for i, (group, old, new) in enumerate(zip(s.optimizer.param_groups, s.base_lrs, base_lrs)):
+                    if old != new:
+                        changes.append(f"optimizer {k!r} group {group.get('name', i)!r}: base lr {old!r} -> {new!r}")
+                    group["initial_lr"] = new
+                s.base_lrs = base_lrs
                 # The saved rates follow the saved schedule; recompute them from this run's schedule so that
-                # a resume with a changed train.iterations uses the new curve from its first step (the same
-                # expression as LambdaLR's, so an unchanged config gets bit-identical rates).
+                # a resume with a changed train.iterations or optim.lr uses the new curve from its first step (the
+                # same expression as LambdaLR's, so an unchanged config gets bit-identical rates).
                 for group, base, fn in zip(s.optimizer.param_groups, s.base_lrs, s.lr_lambdas):
                     group["lr"] = base * fn(s.last_epoch)
+        self.resume_changes = changes
+        if changes and self.is_main:
+            print("resume: the optimizer follows the resumed config:\n  " + "\n  ".join(changes), file=sys.stderr)
         if ctx.scaler is not None and ckpt.get("scaler"):
             ctx.scaler.load_state_dict(ckpt["scaler"])
         self.method.load_state_dict(ckpt.get("method") or {})

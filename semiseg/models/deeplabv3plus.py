@@ -155,6 +155,7 @@ class DeepLabV3Plus(nn.Module):
     """
 
     normalization = "imagenet"
+    min_train_batch = 2  # images per forward pass in training: the ASPP pooling BatchNorm needs two values per channel
 
     def __init__(
         self,
@@ -192,7 +193,7 @@ class DeepLabV3Plus(nn.Module):
         if self.training and x.shape[0] == 1:
             raise ValueError(
                 "DeepLabV3+ cannot train with batch size 1: the BatchNorm after ASPP image pooling sees a single "
-                "value per channel. Use a batch size of at least 2 (e.g. train.batch_size=2), or call model.eval() "
+                "value per channel. Use a batch size of at least 2 (e.g. data.batch_size=2), or call model.eval() "
                 "for inference."
             )
         size = x.shape[-2:]

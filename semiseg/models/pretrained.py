@@ -39,6 +39,10 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
             "check model.weights / model.pretrained_backbone in the recipe or on the command line")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as exc:
+        raise PretrainedWeightsError(
+            f"cannot read {path}: permission denied ({exc.strerror}); check the file's permissions and owner "
+            f"(ls -l {path})") from None
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError from the weights-only unpickler
         raise PretrainedWeightsError(
             f"{path} could not be loaded as plain tensors (torch.load with weights_only=True): {exc}\n"
