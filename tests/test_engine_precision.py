@@ -11,6 +11,7 @@ import torch
 
 from semiseg.config import ConfigError, load_config
 from semiseg.engine import precision as P
+from semiseg.engine.commands_eval import evaluate_checkpoint
 from semiseg.engine.logger import read_metrics
 from semiseg.engine.precision import MODES, Workload, autocast, choose_precision
 from semiseg.engine.trainer import Trainer
@@ -271,3 +272,32 @@ def test_measure_modes_scales_a_large_crop_down_to_its_time_target():
     assert h < 512 and wd < 768 and h % 8 == 0 and wd % 8 == 0 and abs(wd / h - 1.5) < 0.2
     assert "of 1x" in w.text(w.measured_size) and "the 512x768 crop scaled to save time" in w.text(w.measured_size)
 
+
+def test_train_eval_and_the_log_use_the_choice_and_a_cache_hit_changes_no_bit(tmp_path, cache, capsys):
+    """Run A measures (cache miss), run B reads the cache: same choice, identical weights and losses, so the
+    measurement consumed no random numbers and touched no state of the run."""
+    runs = {}
+    for name in ("measured", "cached"):
+        cfg = load_config(None, tiny_overrides(**{
+            "output_dir": str(tmp_path), "name": name, "train.precision": "auto", "train.channels_last": "auto",
+            "train.iterations": 4, "train.eval_interval": 4, "model.options": "{dropout: 0.3}"}))
+        trainer = Trainer(cfg, cfg.run_dir, progress=False)
+        trainer.fit()
+        runs[name] = (trainer, read_metrics(cfg.run_dir), capsys.readouterr().out)
+    (a, log_a, out_a), (b, log_b, out_b) = runs["measured"], runs["cached"]
+    assert (a.precision, a.channels_last) == (b.precision, b.channels_last)
+    assert f"precision auto -> {a.precision_choice.mode} (measured on " in out_a
+    assert "(cached measurement (" in out_b and "ms per training step (CPU time) of 2x24x24" in out_b
+    start = log_a[0]
+    assert start["kind"] == "start" and start["precision"] == a.precision
+    assert start["precision_reason"] == a.precision_choice.reason
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(va, vb), ka
+    strip = lambda log: [{k: v for k, v in e.items() if k not in ("img_per_s", "precision_reason", "time")} for e in log]
+    assert strip(log_a) == strip(log_b)
+
+    # semiseg eval measures a forward (its own cache entry) and records why
+    result = evaluate_checkpoint(a.run_dir, device="cpu")
+    assert "per forward (CPU time) of 1x24x24" in result["precision_reason"]
+    assert result["precision"] in ("fp32", "bf16") and isinstance(result["channels_last"], bool)
+    assert "precision auto -> " in capsys.readouterr().out

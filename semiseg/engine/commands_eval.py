@@ -103,6 +103,8 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
         "data": {"kind": cfg.data.kind, "root": cfg.data.root, "split": split, "options": options,
                  "samples": len(dataset)},
         "precision": loaded.precision,
+        "channels_last": loaded.channels_last,
+        "precision_reason": loaded.precision_reason,
         "inference": dataclasses.asdict(loaded.inference),
         "classes": classes,
         "metrics": to_json_dict(cm.compute()),

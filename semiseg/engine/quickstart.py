@@ -139,8 +139,7 @@ def run(args: argparse.Namespace) -> int:
           f"({cfg.data.options.get('length', DEFAULT_LENGTH['train'])} training scenes, {cfg.data.crop_size[0]}px crops), "
           f"{cfg.train.iterations} iterations of batch {cfg.data.batch_size} -> {run_dir}")
     try:
-        trainer = Trainer(cfg, run_dir, progress=not args.no_progress)
-        print(f"device {trainer.device}, precision {trainer.precision}, channels_last {trainer.channels_last}")
+        trainer = Trainer(cfg, run_dir, progress=not args.no_progress)  # prints its precision choice
         result = trainer.fit()
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
