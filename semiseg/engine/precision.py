@@ -224,8 +224,12 @@ def decide(times: dict[tuple[str, bool], float], margin: float = NOISE_MARGIN) -
     return next(m for m in MODES if m in times and times[m] <= best * (1 + margin))
 
 
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def _format_times(times_ms: dict[str, float]) -> str:
-    parts = [f"{name} {times_ms[name]:.3g}" if math.isfinite(times_ms[name]) else f"{name} failed"
+    parts = [f"{name} {_ms(times_ms[name])}" if math.isfinite(times_ms[name]) else f"{name} failed"
              for name in (mode_name(*m) for m in MODES) if name in times_ms]
     return ", ".join(parts)
 
@@ -309,21 +313,24 @@ def _cached_times(entry: dict, candidates: list[tuple[str, bool]]) -> dict[tuple
 
 
 def measure_modes(workload: Workload, modes: list[tuple[str, bool]], *, rounds: int = 2, step_seconds: float = 0.5,
-                  budget: float = 20.0) -> dict[tuple[str, bool], float]:
+                  budget: float = 8.0, wall_budget: float = 60.0) -> dict[tuple[str, bool], float]:
     """Fastest seconds per step of each mode, on a copy of the workload's model (CPU).
 
-    Size: the workload's crop and batch, unless an fp32 step there would take over ``step_seconds``: then the
-    crop is scaled down (same aspect ratio, batch kept) to about that time, from two fp32 steps at a 128px
-    calibration size, and ``workload.measured_size`` records it. The big recipes take 5-20 s per step at their
-    crop on a 2-core CPU; timing them there would cost minutes, and the modes' ratio depends on the layers'
-    channel counts and kernels more than on the image size.
+    Calibration: two fp32 steps at a small size (the crop scaled to 64x64 px of area). Size: the crop, unless
+    an fp32 step there would take over ``step_seconds`` by that estimate; then the crop scaled down to about
+    that (same aspect ratio and batch, not below the calibration size), and ``workload.measured_size`` records
+    it. The big recipes take 5-20 s per step at their crop on a 2-core CPU, and the modes' ratio depends on the
+    layers' channel counts and kernels more than on the image size.
 
-    Then one untimed warm-up step per mode (oneDNN builds its kernels then), and up to ``rounds`` timed rounds,
-    interleaving the modes so that a burst of background load does not hit one mode only; the minimum per
-    mode (other jobs only ever add time). A mode slower than :data:`DROP_RATIO` x the best after a round, or
-    whose warm-up took over 4x the fastest warm-up, is not timed again (it keeps its time so far); rounds stop
-    once ``budget`` seconds are spent. The model, its RNG stream and its weights are untouched: a copy is
-    timed, drawing random numbers under a forked RNG state.
+    Protocol, by how many steps of the estimated cost ``budget`` (seconds of the clock) affords: an untimed
+    warm-up step per mode (oneDNN builds its kernels then) and up to ``rounds`` timed rounds; or warm-up and
+    one round; or, for a model too slow for that (FCN-VGG16: ~2.5 s per step at any crop, its padding of 100
+    makes even 32px cost 232px), one step per mode whose time counts (kernel set-up is a small part of it).
+    Rounds interleave the modes, so a burst of background load does not hit one mode only; each mode keeps its
+    minimum (other jobs only ever add time). A mode slower than :data:`DROP_RATIO` x the best after a round,
+    or whose warm-up took over 4x the fastest warm-up, is not timed again; rounds also stop after
+    ``wall_budget`` seconds of wall time. One thread is timed in CPU time, several in wall time. The model, its
+    RNG stream and its weights are untouched: a copy is timed, drawing random numbers under a forked RNG state.
     """
     device = torch.device("cpu")
     train = workload.task == "train"
@@ -369,32 +376,45 @@ def measure_modes(workload: Workload, modes: list[tuple[str, bool]], *, rounds: 
                     probe(x)
             return clock() - t0
 
-        size = (int(workload.size[0]), int(workload.size[1]))
-        small = _scaled(size, 128 * 128 / (size[0] * size[1]))
-        if small != size:  # calibrate: fp32 seconds per pixel at 128px (2nd step: the 1st builds kernels)
-            step("fp32", False, small)
-            per_pixel = step("fp32", False, small) / (small[0] * small[1])
-            size = _scaled(size, step_seconds / (per_pixel * size[0] * size[1]))
-            size = size if size[0] * size[1] >= small[0] * small[1] else small
+        full = (int(workload.size[0]), int(workload.size[1]))
+        small = _scaled(full, 64 * 64 / (full[0] * full[1]))
+        fp32 = ("fp32", False)
+        step(*fp32, small)  # builds the kernels
+        calibration = step(*fp32, small)
+        size = _scaled(full, step_seconds * small[0] * small[1] / (max(calibration, 1e-9) * full[0] * full[1]))
+        if size[0] * size[1] < small[0] * small[1]:
+            size = small
         workload.measured_size = size
+        estimate = calibration * (size[0] * size[1]) / (small[0] * small[1])  # seconds per fp32 step at size
+        affordable = budget / max(estimate, 1e-9)
+        warmup = affordable >= 2 * len(modes)
+        rounds = max(1, rounds) if affordable >= 3 * len(modes) else 1
+
+        timed: dict[tuple[str, bool], float] = {}
         warm: dict[tuple[str, bool], float] = {}
+        if size == small and fp32 in modes:  # the calibration already warmed and timed fp32 here
+            timed[fp32] = warm[fp32] = calibration
         for m in modes:
+            if m in warm:
+                continue
             try:
                 warm[m] = step(*m, size)
             except RuntimeError as e:  # an op without a kernel for this mode: that mode cannot win
                 warnings.warn(f"precision auto: {mode_name(*m)} does not run ({e})", stacklevel=2)
                 warm[m] = math.inf
-        timed: dict[tuple[str, bool], float] = {}
-        active = [m for m in modes if math.isfinite(warm[m]) and warm[m] <= 4 * min(warm.values())]
-        if not active:
+        if not warmup:  # too slow for more: each mode's first step is its time
             return warm
-        for _ in range(max(1, rounds)):
+        runnable = [t for t in warm.values() if math.isfinite(t)]
+        if not runnable:
+            return warm
+        active = [m for m in modes if warm[m] <= 4 * min(runnable)]
+        for _ in range(rounds):
             for m in active:
                 t = step(*m, size)
                 timed[m] = min(timed.get(m, t), t)
             fastest = min(timed.values())
             active = [m for m in active if timed[m] <= DROP_RATIO * fastest]
-            if len(active) <= 1 or time.perf_counter() - start > budget:
+            if len(active) <= 1 or time.perf_counter() - start > wall_budget:
                 break
     return {m: timed.get(m, warm[m]) for m in modes}
 
