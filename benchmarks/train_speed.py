@@ -2,8 +2,8 @@
 
 Two modes, measured side by side in one process (steps interleaved, so background load hits both alike):
   fp32  plain eager float32, contiguous (NCHW) tensors, torch's default (unfused) optimizer loop;
-  fast  the engine's default for this device (precision=auto, channels_last=auto, optim.fused=auto: bf16
-        autocast + channels_last + the fused SGD kernel on a CPU with native bf16).
+  fast  the engine's default for this device (precision=auto, channels_last=auto, optim.fused=auto: the
+        precision and layout engine/precision.py measures fastest for the model, + the fused SGD kernel).
 Both start from the same weights and the same batch; the first step's losses are compared.
 Peak memory is measured in a fresh subprocess per (model, mode): the kernel's resident high-water mark (VmHWM,
 reset just before the step) during one training step, minus the resident size just before that step (so the
@@ -36,10 +36,10 @@ import torch
 from semiseg.config import load_config
 from semiseg.data.palettes import CAMVID_CLASSES, VOC_CLASSES
 from semiseg.data.synthetic import CLASSES as SYNTHETIC_CLASSES
-from semiseg.engine.build import build_criterion, build_model, build_optimizer
+from semiseg.engine.build import build_criterion, build_model, build_optimizer, precision_choice
 from semiseg.engine.context import TrainContext
 from semiseg.engine.methods.supervised import Supervised
-from semiseg.engine.precision import make_grad_scaler, resolve_channels_last, resolve_device, resolve_precision
+from semiseg.engine.precision import make_grad_scaler, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPES = [
@@ -79,8 +79,11 @@ class Setup:
         if model is None:
             torch.manual_seed(0)
             model = build_model(cfg, num_classes, pretrained=False)
-        self.precision = resolve_precision(cfg.train.precision, device)
-        self.channels_last = resolve_channels_last(cfg.train.channels_last, device)
+        # "fast" (precision/channels_last auto): the engine's measured choice for this model (cached per machine)
+        choice = precision_choice(cfg, model, num_classes, device, task="train", batch=min(2, cfg.data.batch_size))
+        if "auto" in (cfg.train.precision, cfg.train.channels_last):
+            print(f"{recipe} {mode}: {choice.line}", flush=True)
+        self.precision, self.channels_last = choice.precision, choice.channels_last
         model = model.to(device).train()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)

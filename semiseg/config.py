@@ -112,7 +112,7 @@ class TrainConfig:
     accum_steps: int = 1  # micro-batches per optimizer step (data.batch_size is split across them)
     device: str = "auto"  # auto | cpu | cuda | cuda:1
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: measured fastest correct mode per device)
-    channels_last: bool | str = "auto"
+    channels_last: bool | str = "auto"  # auto: timed with precision on a CPU (engine/precision.py), on for CUDA
     compile: bool = False  # torch.compile the model (slow first steps, faster later)
     eval_interval: int = 1000  # iterations between evaluations on data.val_split; 0 = only at the end
     checkpoint_interval: int = 1000  # iterations between writes of last.pt

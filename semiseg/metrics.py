@@ -115,15 +115,71 @@ class ConfusionMatrix:
             self._follow_input_device = False
         pred = pred.to(self.mat.device).reshape(-1)
         target = target.to(self.mat.device).reshape(-1)
+        counts = self._fast_counts(pred, target)
+        if counts is None:  # out-of-range values somewhere, a negative or huge ignore_index: the exact path
+            counts = self._checked_counts(pred, target)
+        self.mat += counts
 
-        valid = target != self.ignore_index
+    # Most bins the fast path counts into (target values 0..max x classes): 8 MB of int64 counts at most.
+    _MAX_FAST_BINS = 1 << 20
+
+    def _fast_counts(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """The batch's ``(C, C)`` counts in three passes over the pixels, or None to take :meth:`_checked_counts`.
+
+        No boolean mask (selecting the valid pixels copies them and costs more than the count itself): one
+        ``aminmax`` per tensor, then one bincount over ``target * C + pred`` for *every* pixel, into
+        ``max(max(target) + 1, C) * C`` bins. Rows ``0..C-1`` are the matrix; the row of ``ignore_index`` is dropped;
+        any other row holding counts is a target value outside the classes, and the exact path raises the error
+        that names it. Predictions outside ``[0, C)`` anywhere (legal under ignored pixels) also go the exact way.
+        """
+        n, ignore = self.num_classes, self.ignore_index
+        if target.numel() == 0:
+            return torch.zeros((n, n), dtype=torch.int64, device=target.device)
+        if pred.dtype != torch.int64:
+            pred = pred.long()  # (uint8 * C would overflow)
+        if target.dtype != torch.int64:
+            target = target.long()
+        if ignore < 0:  # e.g. -1 or -100: move the ignored pixels to row C (one extra pass)
+            target = torch.where(target == ignore, n, target)
+            ignore = n
+        pmin, pmax, tmin, tmax = torch.stack([*torch.aminmax(pred), *torch.aminmax(target)]).tolist()
+        rows = max(tmax + 1, n)
+        if pmin < 0 or pmax >= n or tmin < 0 or rows * n > self._MAX_FAST_BINS:
+            return None
+        counts = torch.bincount(torch.add(pred, target, alpha=n), minlength=rows * n).reshape(rows, n)
+        if rows > n:
+            outside = counts[n:].sum()
+            if ignore >= n and ignore < rows:
+                outside = outside - counts[ignore].sum()
+            if int(outside):
+                return None
+        matrix = counts[:n]
+        if ignore < n:  # an ignore_index that is also a class number: its pixels are not counted
+            matrix[ignore] = 0
+        return matrix
+
+    def _checked_counts(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The counts of the valid pixels only (boolean masks, slower); raises on values outside the classes."""
+        pred, target = pred.long(), target.long()
         n = self.num_classes
+        valid = target != self.ignore_index
+        bad_target = valid & ((target < 0) | (target >= n))
+        if bool(bad_target.any()):
+            raise ValueError(
+                f"target contains values {_listed(target[bad_target])} outside [0, {n}) that are not "
+                f"ignore_index={self.ignore_index}. Check num_classes, the ignore label, and that masks hold "
+                "class indices (not palette colours or 0/255 binary values)."
+            )
+        # Predictions under ignored pixels are never counted, so their value does not matter.
+        bad_pred = valid & ((pred < 0) | (pred >= n))
+        if bool(bad_pred.any()):
+            raise ValueError(f"pred contains class indices {_listed(pred[bad_pred])} outside [0, {n})")
         # One bincount over the flat index target*C + pred fills the whole matrix in a single kernel.
         idx = target[valid] * n + pred[valid]
-        self.mat += torch.bincount(idx, minlength=n * n).reshape(n, n)
+        return torch.bincount(idx, minlength=n * n).reshape(n, n)
 
     def _check(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate shapes and values; return ``(pred, target)`` as int64 class-index tensors."""
+        """Validate types and shapes (values are checked while counting); return integer ``(pred, target)``."""
         if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
             raise TypeError(f"pred and target must be tensors, got {type(pred).__name__} and {type(target).__name__}")
         if target.is_floating_point() or target.is_complex():
@@ -160,21 +216,6 @@ class ConfusionMatrix:
                 f"pred shape {tuple(pred.shape)} does not match target shape {tuple(target.shape)}: both must be "
                 "class-index tensors of the same shape (or pred logits of shape (N, C, *target.shape[1:]))."
             )
-
-        pred = pred.long()
-        target = target.long()
-        valid = target != self.ignore_index
-        bad_target = valid & ((target < 0) | (target >= n))
-        if bool(bad_target.any()):
-            raise ValueError(
-                f"target contains values {_listed(target[bad_target])} outside [0, {n}) that are not "
-                f"ignore_index={self.ignore_index}. Check num_classes, the ignore label, and that masks hold "
-                "class indices (not palette colours or 0/255 binary values)."
-            )
-        # Predictions under ignored pixels are never counted, so their value does not matter.
-        bad_pred = valid & ((pred < 0) | (pred >= n))
-        if bool(bad_pred.any()):
-            raise ValueError(f"pred contains class indices {_listed(pred[bad_pred])} outside [0, {n})")
         return pred, target
 
     def all_reduce(self) -> None:

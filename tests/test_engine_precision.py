@@ -1,17 +1,23 @@
-"""The fast CPU path (bf16 autocast + channels_last) agrees with fp32 in loss, gradients and metrics."""
+"""`precision: auto` chooses by measurement (selection, cache, log line), and the fast CPU path (bf16 autocast +
+channels_last) agrees with fp32 in loss, gradients and metrics."""
 
 from __future__ import annotations
+
+import json
+import os
 
 import pytest
 import torch
 
-from semiseg.config import load_config
+from semiseg.config import ConfigError, load_config
+from semiseg.engine import precision as P
+from semiseg.engine.commands_eval import evaluate_checkpoint
 from semiseg.engine.logger import read_metrics
-from semiseg.engine.precision import autocast
+from semiseg.engine.precision import MODES, Workload, autocast, choose_precision
 from semiseg.engine.trainer import Trainer
 from semiseg.models import build_model
 
-from test_engine_fixtures import tiny_overrides
+from test_engine_fixtures import TinyNet, tiny_overrides
 
 CPU = torch.device("cpu")
 
@@ -90,3 +96,208 @@ def test_training_curves_and_metrics_agree(tmp_path):
     assert loss["bf16"] == pytest.approx(loss["fp32"], rel=0.05)
     assert miou["fp32"][-1] > 0.8  # the run learned something, so agreeing is not trivial
     assert miou["bf16"] == pytest.approx(miou["fp32"], abs=0.02)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# precision: auto -- the measured choice (fake timers: no timing asserts)
+
+NAMES = {m: P.mode_name(*m) for m in MODES}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEMISEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SEMISEG_REMEASURE", raising=False)
+    return tmp_path / "cache" / "precision.json"
+
+
+class FakeTimer:
+    """Stands in for measure_modes: returns the given seconds per mode and counts its calls."""
+
+    def __init__(self, seconds: dict):
+        self.seconds, self.calls = seconds, []
+
+    def __call__(self, workload, modes):
+        self.calls.append(list(modes))
+        return {m: self.seconds[m] for m in modes}
+
+
+def workload(task="train", key="tiny {} classes=4", size=(32, 32)):
+    return Workload(TinyNet(4), key, task, size, 2, 4)
+
+
+def times(fastest, ratio=0.5, base=0.2):
+    return {m: base * (ratio if m == fastest else 1.0) for m in MODES}
+
+
+@pytest.mark.parametrize("fastest", MODES, ids=lambda m: NAMES[m])
+def test_the_mode_the_measurement_prefers_is_chosen(cache, fastest):
+    fake = FakeTimer(times(fastest))
+    choice = choose_precision("auto", "auto", CPU, workload(), measure=fake)
+    assert (choice.precision, choice.channels_last) == fastest
+    assert fake.calls == [list(MODES)]  # all four candidates timed
+    assert choice.times_ms == {NAMES[m]: pytest.approx(1000 * t) for m, t in times(fastest).items()}
+
+
+def test_within_the_noise_margin_the_simpler_mode_is_kept(cache):
+    # bf16 + channels_last 3% faster than fp32 is noise: exact fp32 stays
+    seconds = {("fp32", False): 0.100, ("fp32", True): 0.101, ("bf16", False): 0.099, ("bf16", True): 0.097}
+    choice = choose_precision("auto", "auto", CPU, workload(), measure=FakeTimer(seconds))
+    assert (choice.precision, choice.channels_last) == ("fp32", False)
+    assert "bf16+CL is within 5%: the simpler fp32 is kept" in choice.reason
+    # 10% faster is not noise; and among bf16 modes, channels_last must also beat plain bf16 by the margin
+    seconds = {("fp32", False): 0.100, ("fp32", True): 0.100, ("bf16", False): 0.090, ("bf16", True): 0.088}
+    choice = choose_precision("auto", "auto", CPU, workload(key="other"), measure=FakeTimer(seconds))
+    assert (choice.precision, choice.channels_last) == ("bf16", False)
+
+
+def test_fixed_values_narrow_the_candidates(cache):
+    fake = FakeTimer(times(("bf16", True)))
+    choice = choose_precision("fp32", "auto", CPU, workload(), measure=fake)
+    assert fake.calls == [[("fp32", False), ("fp32", True)]] and choice.precision == "fp32"
+    assert choice.line.startswith("precision fp32, channels_last auto -> fp32")
+    choice = choose_precision("bf16", False, CPU, workload(), measure=fake)  # nothing left to choose
+    assert len(fake.calls) == 1 and (choice.precision, choice.channels_last) == ("bf16", False)
+    assert choice.reason == "as configured"
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        choose_precision("fp16", "auto", CPU, workload(), measure=fake)
+    # no model to time: the exact default, never bf16 on a flag's word
+    assert choose_precision("auto", "auto", CPU).precision == "fp32"
+
+
+def test_the_log_line_names_the_choice_the_times_and_the_cache(cache):
+    seconds = {("fp32", False): 0.212, ("fp32", True): 0.187, ("bf16", False): 0.144, ("bf16", True): 0.130}
+    line = choose_precision("auto", "auto", CPU, workload(), measure=FakeTimer(seconds)).line
+    cpu = P.cpu_name()
+    assert line.startswith(f"precision auto -> bf16 + channels_last (measured on {cpu}, ")
+    assert ": fp32 212, fp32+CL 187, bf16 144, bf16+CL 130 ms per training step of 2x32x32; " in line
+    assert line.endswith(f"cached in {cache})")
+    line = choose_precision("auto", "auto", CPU, workload(), measure=FakeTimer(seconds)).line
+    assert line.startswith("precision auto -> bf16 + channels_last (cached measurement (")
+    assert line.endswith(f"from {cache}, SEMISEG_REMEASURE=1 measures again)")
+
+
+def test_a_cache_hit_measures_nothing_and_another_machine_or_workload_measures_again(cache, monkeypatch):
+    fake = FakeTimer(times(("bf16", True)))
+    first = choose_precision("auto", "auto", CPU, workload(), measure=fake)
+    again = choose_precision("auto", "auto", CPU, workload(), measure=fake)
+    assert len(fake.calls) == 1 and (again.precision, again.channels_last) == (first.precision, first.channels_last)
+    stored = json.loads(cache.read_text())
+    assert stored["format"] == 1 and len(stored["entries"]) == 1
+    entry = stored["entries"][0]
+    assert entry["workload"] == {"model": "tiny {} classes=4", "task": "train", "size": [32, 32], "batch": 2}
+    assert entry["machine"]["torch"] == str(torch.__version__) and "threads" in entry["machine"]
+
+    # inference is measured separately from training; so is another crop or model
+    choose_precision("auto", "auto", CPU, workload(task="infer"), measure=fake)
+    choose_precision("auto", "auto", CPU, workload(size=(64, 32)), measure=fake)
+    assert len(fake.calls) == 3
+    # another machine (or torch, or thread count): its own measurement, the first entry kept
+    real = P.machine_fingerprint()
+    monkeypatch.setattr(P, "machine_fingerprint", lambda: {**real, "cpu": "Some Xeon", "flags": ["avx512f"]})
+    other = choose_precision("auto", "auto", CPU, workload(), measure=FakeTimer(times(("fp32", False))))
+    assert other.precision == "fp32" and "Some Xeon" in other.reason
+    assert len(json.loads(cache.read_text())["entries"]) == 4
+    monkeypatch.setattr(P, "machine_fingerprint", lambda: real)
+    assert choose_precision("auto", "auto", CPU, workload(), measure=fake).channels_last is True
+    assert len(fake.calls) == 3  # still cached
+    monkeypatch.setenv("SEMISEG_REMEASURE", "1")
+    choose_precision("auto", "auto", CPU, workload(), measure=fake)
+    assert len(fake.calls) == 4
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"format": 99, "entries": []}', '[1, 2]',
+                                     '{"format": 1, "entries": [{"machine": 1, "times_ms": {"fp32": "x"}}]}'])
+def test_a_corrupt_cache_is_ignored_with_a_warning_and_rewritten(cache, content):
+    cache.parent.mkdir(parents=True)
+    cache.write_text(content)
+    fake = FakeTimer(times(("bf16", False)))
+    with pytest.warns(UserWarning, match="precision cache") if content.startswith(("{not", '{"format": 99', "[")) \
+            else _no_warning():
+        choice = choose_precision("auto", "auto", CPU, workload(), measure=fake)
+    assert len(fake.calls) == 1 and (choice.precision, choice.channels_last) == ("bf16", False)
+    assert json.loads(cache.read_text())["format"] == 1  # valid again
+    assert not [f for f in os.listdir(cache.parent) if f != "precision.json"]  # no temporary file left
+
+
+class _no_warning:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_an_unwritable_cache_only_warns(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SEMISEG_CACHE", str(blocker / "sub"))  # a folder inside a file cannot be made
+    with pytest.warns(UserWarning, match="could not write"):
+        choice = choose_precision("auto", "auto", CPU, workload(), measure=FakeTimer(times(("fp32", True))))
+    assert choice.channels_last is True and choice.reason.endswith("not cached")
+
+
+def test_cache_location_follows_semiseg_cache_then_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEMISEG_CACHE", str(tmp_path / "a"))
+    assert P.cache_file() == tmp_path / "a" / "precision.json"
+    monkeypatch.delenv("SEMISEG_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert P.cache_file() == tmp_path / "xdg" / "semiseg" / "precision.json"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert P.cache_file() == P.Path(os.path.expanduser("~")) / ".cache" / "semiseg" / "precision.json"
+
+
+def test_a_real_measurement_of_a_tiny_model_leaves_it_and_the_rng_untouched(cache):
+    torch.manual_seed(0)
+    model = TinyNet(4, dropout=0.5, batchnorm=True)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    for task in ("train", "infer"):
+        w = Workload(model, "tiny", task, (32, 32), 2, 4)
+        seconds = P.measure_modes(w, list(MODES))
+        assert set(seconds) == set(MODES) and all(0 < t < 60 for t in seconds.values())
+        assert w.measured_size == (32, 32)  # small enough to time at the crop itself
+        choice = choose_precision("auto", "auto", CPU, w)
+        assert (choice.precision, choice.channels_last) in MODES and "measured on" in choice.reason
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert model.training and next(model.parameters()).is_contiguous()
+
+
+def test_measure_modes_scales_a_large_crop_down_to_its_time_target():
+    w = Workload(TinyNet(4), "tiny", "infer", (512, 768), 1, 4)
+    seconds = P.measure_modes(w, [("fp32", False)], rounds=1, step_seconds=1e-4)
+    assert set(seconds) == {("fp32", False)}
+    h, wd = w.measured_size
+    assert h < 512 and wd < 768 and h % 8 == 0 and wd % 8 == 0 and abs(wd / h - 1.5) < 0.2
+    assert "of 1x" in w.text(w.measured_size) and "the 512x768 crop scaled to save time" in w.text(w.measured_size)
+
+
+def test_train_eval_and_the_log_use_the_choice_and_a_cache_hit_changes_no_bit(tmp_path, cache, capsys):
+    """Run A measures (cache miss), run B reads the cache: same choice, identical weights and losses, so the
+    measurement consumed no random numbers and touched no state of the run."""
+    runs = {}
+    for name in ("measured", "cached"):
+        cfg = load_config(None, tiny_overrides(**{
+            "output_dir": str(tmp_path), "name": name, "train.precision": "auto", "train.channels_last": "auto",
+            "train.iterations": 4, "train.eval_interval": 4, "model.options": "{dropout: 0.3}"}))
+        trainer = Trainer(cfg, cfg.run_dir, progress=False)
+        trainer.fit()
+        runs[name] = (trainer, read_metrics(cfg.run_dir), capsys.readouterr().out)
+    (a, log_a, out_a), (b, log_b, out_b) = runs["measured"], runs["cached"]
+    assert (a.precision, a.channels_last) == (b.precision, b.channels_last)
+    assert f"precision auto -> {a.precision_choice.mode} (measured on " in out_a
+    assert "(cached measurement (" in out_b and "ms per training step (CPU time) of 2x24x24" in out_b
+    start = log_a[0]
+    assert start["kind"] == "start" and start["precision"] == a.precision
+    assert start["precision_reason"] == a.precision_choice.reason
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(va, vb), ka
+    strip = lambda log: [{k: v for k, v in e.items() if k not in ("img_per_s", "precision_reason", "time")} for e in log]
+    assert strip(log_a) == strip(log_b)
+
+    # semiseg eval measures a forward (its own cache entry) and records why
+    result = evaluate_checkpoint(a.run_dir, device="cpu")
+    assert "per forward (CPU time) of 1x24x24" in result["precision_reason"]
+    assert result["precision"] in ("fp32", "bf16") and isinstance(result["channels_last"], bool)
+    assert "precision auto -> " in capsys.readouterr().out

@@ -251,3 +251,43 @@ def test_all_reduce_two_processes_equals_single_process(tmp_path):
         res = torch.load(f"{out}.{rank}", weights_only=False)
         assert torch.equal(res["mat"], single.mat), f"rank {rank}"
         assert to_json_dict(res["metrics"]) == to_json_dict(single.compute())
+
+
+# ---------------------------------------------------------------------- fast counting path
+def _reference(pred, target, n, ignore):
+    ref = torch.zeros(n, n, dtype=torch.int64)
+    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist()):
+        if t != ignore:
+            ref[t, p] += 1
+    return ref
+
+
+@pytest.mark.parametrize("ignore", [255, -1, 2, 4])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.int32])
+def test_counts_equal_a_pixel_loop_for_any_ignore_index_and_dtype(ignore, dtype):
+    """The bincount-over-all-pixels path (ignored pixels in a dropped row) against a plain loop."""
+    if dtype == torch.uint8 and ignore < 0:
+        pytest.skip("uint8 cannot hold a negative ignore_index")
+    g = torch.Generator().manual_seed(1)
+    target = torch.randint(0, 4, (3, 5, 6), generator=g)
+    target[torch.rand(3, 5, 6, generator=g) < 0.2] = ignore
+    pred = torch.randint(0, 4, (3, 5, 6), generator=g)
+    cm = ConfusionMatrix(4, ignore_index=ignore)
+    cm.update(pred.to(dtype), target.to(dtype))
+    assert torch.equal(cm.mat, _reference(pred, target, 4, ignore))
+
+
+def test_out_of_range_prediction_under_ignored_pixels_is_not_an_error():
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([0, 9, -4, 2]), torch.tensor([0, IGN, IGN, 1]))
+    assert cm.mat.tolist() == [[1, 0, 0], [0, 0, 1], [0, 0, 0]]
+
+
+def test_a_bad_target_value_below_the_ignore_index_is_still_caught():
+    cm = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match=r"\[100\]"):  # 100 < 255: inside the fast path's bins, outside the classes
+        cm.update(torch.zeros(3, dtype=torch.long), torch.tensor([0, 100, IGN]))
+    with pytest.raises(ValueError, match=r"\[300\]"):  # above the ignore index
+        cm.update(torch.zeros(3, dtype=torch.long), torch.tensor([0, 300, IGN]))
+    cm.update(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))  # empty batch: nothing
+    assert int(cm.mat.sum()) == 0

@@ -8,6 +8,7 @@ a model or dataset that is not in the registries (same signatures as ``build_mod
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,24 @@ def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True, verbo
     return model
 
 
+def precision_choice(cfg: Config, model: nn.Module, num_classes: int, device: torch.device, *, task: str, batch: int,
+                     precision: str | None = None, channels_last: bool | str | None = None):
+    """``train.precision`` / ``train.channels_last`` (or the given values) made concrete for this model on ``device``.
+
+    ``"auto"`` on a CPU times ``model`` (a copy of it) at the run's crop -- a training step for ``task="train"``,
+    a forward for ``task="infer"`` (at the sliding window when evaluation slides) -- see engine/precision.py.
+    """
+    from semiseg.engine.precision import Workload, choose_precision
+
+    size = cfg.data.crop_size
+    if task == "infer" and cfg.eval.mode == "slide" and cfg.eval.crop_size:
+        size = cfg.eval.crop_size
+    key = f"{cfg.model.name} {json.dumps(cfg.model.options, sort_keys=True, default=str)} classes={num_classes}"
+    workload = Workload(model, key, task, (int(size[0]), int(size[1])), int(batch), int(num_classes))
+    return choose_precision(precision or cfg.train.precision,
+                            cfg.train.channels_last if channels_last is None else channels_last, device, workload)
+
+
 def model_normalization(cfg: Config, model: nn.Module) -> str:
     if cfg.data.normalization != "auto":
         return cfg.data.normalization
@@ -192,5 +211,5 @@ def build_criterion(cfg: Config, num_classes: int, ignore_index: int) -> nn.Modu
 
 
 __all__ = ["build_dataset", "train_transform", "eval_transform", "make_or_load_split", "DatasetInfo",
-           "build_model", "model_normalization", "param_groups", "build_optimizer", "resolve_fused",
+           "build_model", "precision_choice", "model_normalization", "param_groups", "build_optimizer", "resolve_fused",
            "build_criterion"]

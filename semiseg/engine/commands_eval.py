@@ -109,6 +109,8 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
                  "samples": len(dataset)},
         "precision": loaded.precision,
         "normalization": loaded.info.normalization,  # the input convention (the recipe's, or the run's)
+        "channels_last": loaded.channels_last,
+        "precision_reason": loaded.precision_reason,
         "inference": dataclasses.asdict(loaded.inference),
         "classes": classes,
         "metrics": to_json_dict(cm.compute()),

@@ -1,50 +1,54 @@
 """Numeric precision and memory format: what to run in, and the autocast / grad-scaler plumbing.
 
 ``precision`` is one of ``"fp32"``, ``"bf16"`` (autocast to bfloat16; no scaler needed because bfloat16
-has fp32's exponent range), ``"fp16"`` (autocast to float16 + a gradient scaler; CUDA only) or ``"auto"``.
+has fp32's exponent range), ``"fp16"`` (autocast to float16 + a gradient scaler; CUDA only) or ``"auto"``;
+``channels_last`` is true, false or ``"auto"``.
 
-The defaults come from measurement, not from folklore. ``python -m semiseg.engine.precision`` times a
-training step of small ResNet- and VGG-style segmentation nets in each mode on this machine; the
-numbers that set the CPU defaults are in the comment above :func:`cpu_defaults`.
+``auto`` on a CPU is measured, not inferred from a capability flag: oneDNN reports bf16 support on any
+AVX-512 CPU, including those that only emulate it, where bf16 + channels_last ran 2.2-2.5x *slower* than
+fp32 (a 2-core Xeon without avx512_bf16). :func:`choose_precision` times a copy of the run's own model at
+the run's crop (scaled down when a step there would take over ~0.5 s) in each candidate mode -- fp32,
+fp32 + channels_last, bf16, bf16 + channels_last -- a training step (forward, loss, backward, SGD step) for
+training, a no-grad forward for evaluation and prediction, and keeps the fastest. Exact fp32 and the default layout win ties: a mode is chosen over a simpler one only when
+it is faster by more than :data:`NOISE_MARGIN`. The times are cached per machine (CPU model and flags, torch
+version, thread count) and workload (model, classes, crop, batch, train/infer) in
+``$SEMISEG_CACHE/precision.json`` (default ``$XDG_CACHE_HOME/semiseg`` or ``~/.cache/semiseg``), so a
+machine measures a model once; ``SEMISEG_REMEASURE=1`` measures again. CUDA keeps its rule: bf16 where
+supported, else fp16 with a scaler; channels_last on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import datetime
+import json
+import math
+import os
+import platform
+import tempfile
 import time
-from typing import Iterator
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import torch
 
 from semiseg.config import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-# CPU defaults, measured on the 2-core dev box (AMD EPYC, AVX-512 with avx512_bf16, no AMX tiles; torch 2.14.1):
-# ms per training step (forward, loss, backward, SGD), batch 8 at 128x128, 1 thread (the box is shared, and
-# 1 thread gives stable numbers), fastest of 5 steps x 3 interleaved rounds:
-#   python -m semiseg.engine.precision --threads 1 --rounds 3
-#                               fp32   fp32+CL   bf16   bf16+CL
-#   resnet18 FCN (bench net)     212     187      144     130
-#   vgg11 FCN (bench net)        643     554      353     279
-#   fcn_resnet18 (semiseg)       254     234      187     171     (2 rounds, same protocol)
-#   deeplabv3plus_mobilenetv2    676     579      457     381
-# bf16 autocast + channels_last is 1.5x (ResNet) to 2.3x (VGG) faster than fp32, and its loss and metrics
-# agree with fp32 (tests/test_engine_precision.py). CPUs without native bf16 (no avx512_bf16 / AMX) emulate
-# it slowly, so they keep fp32.
-CPU_BF16_DEFAULTS = {"precision": "bf16", "channels_last": True}
-CPU_FP32_DEFAULTS = {"precision": "fp32", "channels_last": False}
+# The CPU candidates, simplest first: within the noise margin of the fastest, the first one listed wins
+# (fp32 is exact; contiguous is the layout every op supports natively).
+MODES: tuple[tuple[str, bool], ...] = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
+NOISE_MARGIN = 0.05  # a mode must beat a simpler one by more than 5% to be chosen over it
+DROP_RATIO = 1.5  # after a timed round, modes slower than 1.5x the best so far are not timed again
+CACHE_FORMAT = 1
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "avx_vnni", "avx512_vnni")
 
 
-def cpu_has_native_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def cpu_defaults() -> dict:
-    return CPU_BF16_DEFAULTS if cpu_has_native_bf16() else CPU_FP32_DEFAULTS
+def mode_name(precision: str, channels_last: bool) -> str:
+    return precision + ("+CL" if channels_last else "")
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -57,13 +61,17 @@ def resolve_device(requested: str = "auto") -> torch.device:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """Turn ``"auto"`` into a concrete mode for ``device`` and reject modes the device cannot run."""
+    """Check a requested precision against ``device``; ``"auto"`` without a measurement.
+
+    ``"auto"`` gives CUDA's rule on CUDA and fp32 on a CPU: only :func:`choose_precision`, which has the
+    model to time, may pick bf16 there.
+    """
     if requested not in PRECISIONS:
         raise ConfigError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
     if requested == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return cpu_defaults()["precision"]
+        return "fp32"
     if requested == "fp16" and device.type != "cuda":
         # CPU float16 autocast exists but is slow and needs a scaler that CPU torch does not ship.
         raise ConfigError("precision fp16 needs CUDA; on CPU use bf16 or fp32")
@@ -71,10 +79,352 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
 
 def resolve_channels_last(requested: bool | str, device: torch.device) -> bool:
+    """``"auto"`` without a measurement: on for CUDA (tensor cores want NHWC under autocast), off on a CPU."""
     if requested == "auto":
-        # CUDA: tensor cores want NHWC for convolutions under autocast
-        return True if device.type == "cuda" else bool(cpu_defaults()["channels_last"])
+        return device.type == "cuda"
+    if isinstance(requested, str):
+        raise ConfigError(f"channels_last must be true, false or auto, got {requested!r}")
     return bool(requested)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The measured choice
+
+
+@dataclass
+class Workload:
+    """What to time: the run's model (never modified: a copy is timed) at the run's input size.
+
+    ``key`` names the model in the cache (name, options, classes); ``task`` is ``"train"`` (a training step)
+    or ``"infer"`` (a no-grad forward in eval mode).
+    """
+
+    model: torch.nn.Module
+    key: str
+    task: str
+    size: tuple[int, int]
+    batch: int
+    num_classes: int
+    measured_size: tuple[int, int] | None = None  # set by measure_modes when it scaled the crop down to save time
+    clock: str | None = None  # set by measure_modes: "CPU time" or "wall time"
+
+    def describe(self) -> dict:
+        return {"model": self.key, "task": self.task, "size": [int(v) for v in self.size], "batch": int(self.batch)}
+
+    def text(self, measured_size: tuple[int, int] | list[int] | None = None, clock: str | None = None) -> str:
+        h, w = self.size
+        step = ("training step" if self.task == "train" else "forward") + (f" ({clock})" if clock else "")
+        if measured_size and tuple(measured_size) != (h, w):
+            return f"{step} of {self.batch}x{measured_size[0]}x{measured_size[1]} (the {h}x{w} crop scaled to save time)"
+        return f"{step} of {self.batch}x{h}x{w}"
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """A concrete precision and layout, and why: ``line`` is what the run logs."""
+
+    precision: str
+    channels_last: bool
+    reason: str
+    requested: str = "auto"
+    times_ms: dict[str, float] = field(default_factory=dict)  # mode name -> ms per step, measured or cached
+
+    @property
+    def mode(self) -> str:
+        return self.precision + (" + channels_last" if self.channels_last else "")
+
+    @property
+    def line(self) -> str:
+        return f"precision {self.requested} -> {self.mode} ({self.reason})"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in CPU_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
+def machine_fingerprint() -> dict:
+    """What makes timings of one machine valid for another run: CPU, its vector extensions, torch, threads."""
+    return {"cpu": cpu_name(), "flags": _cpu_flags(), "capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": str(torch.__version__), "threads": torch.get_num_threads()}
+
+
+def cache_file() -> Path:
+    root = os.environ.get("SEMISEG_CACHE")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                            "semiseg")
+    return Path(root) / "precision.json"
+
+
+def _short_path(path: Path) -> str:
+    home = os.path.expanduser("~")
+    text = str(path)
+    return "~" + text[len(home):] if home not in ("", "/") and text.startswith(home + os.sep) else text
+
+
+def _read_cache(path: Path) -> list[dict]:
+    """The cache's entries; an unreadable or malformed file is ignored with a warning (it is only a cache)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except (OSError, ValueError) as e:
+        warnings.warn(f"ignoring the unreadable precision cache {path} ({e}); it will be rewritten", stacklevel=3)
+        return []
+    entries = data.get("entries") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or data.get("format") != CACHE_FORMAT:
+        warnings.warn(f"ignoring the precision cache {path}: not a semiseg format-{CACHE_FORMAT} cache; it will be "
+                      "rewritten", stacklevel=3)
+        return []
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("times_ms"), dict)]
+
+
+def _write_cache(path: Path, entries: list[dict]) -> bool:
+    """Temp file + rename: a reader sees the old file or the new one. Failure (read-only home) only warns."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"format": CACHE_FORMAT, "entries": entries[-200:]}, f, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+        return True
+    except OSError as e:
+        warnings.warn(f"could not write the precision cache {path} ({e}); the next run measures again", stacklevel=3)
+        return False
+
+
+def decide(times: dict[tuple[str, bool], float], margin: float = NOISE_MARGIN) -> tuple[str, bool]:
+    """The simplest mode (in :data:`MODES` order) within ``margin`` of the fastest."""
+    best = min(times.values())
+    return next(m for m in MODES if m in times and times[m] <= best * (1 + margin))
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def _format_times(times_ms: dict[str, float]) -> str:
+    parts = [f"{name} {_ms(times_ms[name])}" if math.isfinite(times_ms[name]) else f"{name} failed"
+             for name in (mode_name(*m) for m in MODES) if name in times_ms]
+    return ", ".join(parts)
+
+
+def choose_precision(precision: str, channels_last: bool | str, device: torch.device,
+                     workload: Workload | None = None, *, measure: Callable | None = None) -> PrecisionChoice:
+    """A concrete precision and layout for ``workload`` on ``device``, measured where ``"auto"`` leaves a choice.
+
+    ``measure(workload, modes) -> {mode: seconds}`` defaults to :func:`measure_modes` (tests pass a fake).
+    Without a ``workload`` (nothing to time) a CPU ``"auto"`` stays fp32 / contiguous.
+    """
+    resolve_precision(precision, device)  # validates (unknown names, fp16 on CPU)
+    resolve_channels_last(channels_last, device)
+    requested = "auto" if precision == "auto" and channels_last == "auto" else \
+        f"{precision}, channels_last {str(channels_last).lower()}"
+    if precision != "auto" and channels_last != "auto":
+        return PrecisionChoice(precision, bool(channels_last), "as configured", requested)
+    if device.type != "cpu":
+        why = []
+        p, cl = resolve_precision(precision, device), resolve_channels_last(channels_last, device)
+        if precision == "auto":
+            why.append("bf16 supported" if p == "bf16" else "no bf16: fp16 with a gradient scaler")
+        if channels_last == "auto":
+            why.append("channels_last for tensor cores")
+        return PrecisionChoice(p, cl, f"{device.type}: {', '.join(why)}", requested)
+    candidates = [m for m in MODES if precision in ("auto", m[0]) and channels_last in ("auto", m[1])]
+    if workload is None:
+        p, cl = candidates[0]
+        return PrecisionChoice(p, cl, "not measured (no model given): the exact default", requested)
+
+    path = cache_file()
+    machine, work = machine_fingerprint(), workload.describe()
+    entries = _read_cache(path)
+    entry = next((e for e in entries if e.get("machine") == machine and e.get("workload") == work), None)
+    remeasure = os.environ.get("SEMISEG_REMEASURE", "").strip().lower() not in ("", "0", "false", "no")
+    times = None if entry is None or remeasure else _cached_times(entry, candidates)
+    if times is not None:
+        head = f"cached measurement ({str(entry.get('measured', '?'))[:10]})"
+        measured_size = entry.get("measured_size")
+        if not (isinstance(measured_size, list) and len(measured_size) == 2 and all(isinstance(v, int) for v in measured_size)):
+            measured_size = None
+        clock = entry.get("clock") if entry.get("clock") in ("CPU time", "wall time") else None
+        tail = f"from {_short_path(path)}, SEMISEG_REMEASURE=1 measures again"
+    else:
+        try:
+            seconds = (measure or measure_modes)(workload, candidates)
+            times = {m: float(seconds[m]) for m in candidates if m in seconds}
+        except Exception as e:  # a model the probe cannot run: the exact mode, nothing cached
+            warnings.warn(f"precision auto: timing {workload.key} failed ({type(e).__name__}: {e}); using "
+                          f"{mode_name(*candidates[0])}", stacklevel=2)
+            p, cl = candidates[0]
+            return PrecisionChoice(p, cl, f"timing failed ({type(e).__name__}): the exact default", requested)
+        measured_size, clock = workload.measured_size, workload.clock
+        entries = [e for e in entries if e is not entry] + [{
+            "machine": machine, "workload": work,
+            "times_ms": {mode_name(*m): round(1000 * t, 3) if math.isfinite(t) else None for m, t in times.items()},
+            "measured_size": list(measured_size) if measured_size else None, "clock": workload.clock,
+            "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}]
+        head, tail = "measured", f"cached in {_short_path(path)}" if _write_cache(path, entries) else "not cached"
+    times_ms = {mode_name(*m): 1000 * t for m, t in times.items()}
+    finite = {m: t for m, t in times.items() if math.isfinite(t)}
+    if not finite:
+        p, cl = candidates[0]
+        return PrecisionChoice(p, cl, "no mode ran: the exact default", requested, times_ms)
+    chosen, fastest = decide(finite), min(finite, key=finite.get)
+    threads = machine["threads"]
+    reason = (f"{head} on {machine['cpu']}, {threads} thread{'s' if threads != 1 else ''}: {_format_times(times_ms)} "
+              f"ms per {workload.text(measured_size, clock)}")
+    if chosen != fastest:
+        reason += f"; {mode_name(*fastest)} is within {NOISE_MARGIN:.0%}: the simpler {mode_name(*chosen)} is kept"
+    return PrecisionChoice(chosen[0], chosen[1], f"{reason}; {tail}", requested, times_ms)
+
+
+def _cached_times(entry: dict, candidates: list[tuple[str, bool]]) -> dict[tuple[str, bool], float] | None:
+    """Seconds per mode from a cache entry (None: a failed mode -> inf); None when a candidate is missing."""
+    try:
+        raw = {m: entry["times_ms"][mode_name(*m)] for m in candidates}
+        return {m: math.inf if v is None else float(v) / 1000 for m, v in raw.items()}
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def measure_modes(workload: Workload, modes: list[tuple[str, bool]], *, rounds: int = 2, step_seconds: float = 0.5,
+                  budget: float = 8.0, wall_budget: float = 60.0) -> dict[tuple[str, bool], float]:
+    """Fastest seconds per step of each mode, on a copy of the workload's model (CPU).
+
+    Calibration: two fp32 steps at a small size (the crop scaled to 64x64 px of area). Size: the crop, unless
+    an fp32 step there would take over ``step_seconds`` by that estimate; then the crop scaled down to about
+    that (same aspect ratio and batch, not below the calibration size), and ``workload.measured_size`` records
+    it. The big recipes take 5-20 s per step at their crop on a 2-core CPU, and the modes' ratio depends on the
+    layers' channel counts and kernels more than on the image size.
+
+    Protocol, by how many steps of the estimated cost ``budget`` (seconds of the clock) affords: an untimed
+    warm-up step per mode (oneDNN builds its kernels then) and up to ``rounds`` timed rounds; or warm-up and
+    one round; or, for a model too slow for that (FCN-VGG16: ~2.5 s per step at any crop, its padding of 100
+    makes even 32px cost 232px), one step per mode whose time counts (kernel set-up is a small part of it).
+    Rounds interleave the modes, so a burst of background load does not hit one mode only; each mode keeps its
+    minimum (other jobs only ever add time). A mode slower than :data:`DROP_RATIO` x the best after a round,
+    or whose warm-up took over 4x the fastest warm-up, is not timed again; rounds also stop after
+    ``wall_budget`` seconds of wall time. One thread is timed in CPU time, several in wall time. The model, its
+    RNG stream and its weights are untouched: a copy is timed, drawing random numbers under a forked RNG state.
+    """
+    device = torch.device("cpu")
+    train = workload.task == "train"
+    start = time.perf_counter()
+    # One thread: the process's CPU time, which other processes on a shared machine barely change (wall time
+    # there grew 5x for every mode alike, and with it the noise). Several threads: wall time, because CPU
+    # time would count the threads' waits at every barrier.
+    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
+    workload.clock = "CPU time" if clock is time.process_time else "wall time"
+    with torch.random.fork_rng(devices=[]):
+        probe = copy.deepcopy(workload.model).to(device).train(train)
+        params = [p for p in probe.parameters() if p.requires_grad]
+        opt = None
+        if train and params:  # no momentum: no state, so the layout can switch; fused like the run's optimizer
+            try:
+                opt = torch.optim.SGD(params, lr=1e-9, fused=True)
+            except (RuntimeError, TypeError, ValueError):
+                opt = torch.optim.SGD(params, lr=1e-9)
+        layout: list[bool | None] = [None]
+        batches: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def step(precision: str, channels_last: bool, size: tuple[int, int]) -> float:
+            if size not in batches:
+                g = torch.Generator().manual_seed(0)
+                batches[size] = (torch.randn(workload.batch, 3, *size, generator=g),
+                                 torch.randint(0, max(1, workload.num_classes), (workload.batch, *size), generator=g))
+            x, y = batches[size]
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            if layout[0] != channels_last:
+                probe.to(memory_format=fmt)
+                layout[0] = channels_last
+            x = x.contiguous(memory_format=fmt)
+            t0 = clock()
+            if train:
+                with autocast(precision, device):
+                    out = probe(x)
+                torch.nn.functional.cross_entropy(out.float(), y).backward()
+                if opt is not None:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+            else:
+                with torch.no_grad(), autocast(precision, device):
+                    probe(x)
+            return clock() - t0
+
+        full = (int(workload.size[0]), int(workload.size[1]))
+        small = _scaled(full, 64 * 64 / (full[0] * full[1]))
+        fp32 = ("fp32", False)
+        step(*fp32, small)  # builds the kernels
+        calibration = step(*fp32, small)
+        size = _scaled(full, step_seconds * small[0] * small[1] / (max(calibration, 1e-9) * full[0] * full[1]))
+        if size[0] * size[1] < small[0] * small[1]:
+            size = small
+        workload.measured_size = size
+        estimate = calibration * (size[0] * size[1]) / (small[0] * small[1])  # seconds per fp32 step at size
+        affordable = budget / max(estimate, 1e-9)
+        warmup = affordable >= 2 * len(modes)
+        rounds = max(1, rounds) if affordable >= 3 * len(modes) else 1
+
+        timed: dict[tuple[str, bool], float] = {}
+        warm: dict[tuple[str, bool], float] = {}
+        if size == small and fp32 in modes:  # the calibration already warmed and timed fp32 here
+            timed[fp32] = warm[fp32] = calibration
+        for m in modes:
+            if m in warm:
+                continue
+            try:
+                warm[m] = step(*m, size)
+            except RuntimeError as e:  # an op without a kernel for this mode: that mode cannot win
+                warnings.warn(f"precision auto: {mode_name(*m)} does not run ({e})", stacklevel=2)
+                warm[m] = math.inf
+        if not warmup:  # too slow for more: each mode's first step is its time
+            return warm
+        runnable = [t for t in warm.values() if math.isfinite(t)]
+        if not runnable:
+            return warm
+        active = [m for m in modes if warm[m] <= 4 * min(runnable)]
+        for _ in range(rounds):
+            for m in active:
+                t = step(*m, size)
+                timed[m] = min(timed.get(m, t), t)
+            fastest = min(timed.values())
+            active = [m for m in active if timed[m] <= DROP_RATIO * fastest]
+            if len(active) <= 1 or time.perf_counter() - start > wall_budget:
+                break
+    return {m: timed.get(m, warm[m]) for m in modes}
+
+
+def _scaled(size: tuple[int, int], area_ratio: float) -> tuple[int, int]:
+    """``size`` with its area times ``area_ratio`` (at most 1), same aspect ratio, sides multiples of 8 (>= 32)."""
+    k = math.sqrt(min(1.0, max(area_ratio, 0.0)))
+    if k >= 1.0:
+        return size
+    return tuple(max(32, min(s, int(round(s * k / 8)) * 8)) for s in size)  # type: ignore[return-value]
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -93,7 +443,7 @@ def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScal
 
 
 # ---------------------------------------------------------------------------------------------------
-# Measurement (not used at training time)
+# A fixed benchmark of two stand-in nets (python -m semiseg.engine.precision; not used by runs)
 
 
 def _bench_models(num_classes: int = 8) -> dict[str, torch.nn.Module]:

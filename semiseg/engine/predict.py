@@ -36,6 +36,7 @@ class LoadedModel:
     precision: str
     channels_last: bool
     inference: InferenceOptions  # from cfg.eval (after the command line's overrides)
+    precision_reason: str = ""  # why this precision and layout (measured, cached or as configured)
     warned_large: bool = False  # the large-image hint of predict_mask is printed once
 
 
@@ -77,12 +78,24 @@ def load_trained_model(path: str, *, device: torch.device, precision: str | None
 def _for_inference(model: nn.Module, cfg: Config, info: build.DatasetInfo, path: str, iteration: int,
                    device: torch.device, precision: str | None, channels_last: bool | str | None) -> LoadedModel:
     """The model in eval mode on ``device``, with the run's precision and memory format unless given."""
-    precision = resolve_precision(precision or cfg.train.precision, device)
-    channels_last = resolve_channels_last(cfg.train.channels_last if channels_last is None else channels_last, device)
+    from semiseg.engine import distributed as dist
+
+    precision = precision or cfg.train.precision
+    channels_last = cfg.train.channels_last if channels_last is None else channels_last
+    resolve_precision(precision, device)  # every rank checks before rank 0 chooses
+    resolve_channels_last(channels_last, device)
+    choice = None
+    if dist.is_main():  # "auto" on a CPU: rank 0 times this model's forward (or finds it in the cache)
+        choice = build.precision_choice(cfg, model, info.num_classes, device, task="infer", batch=1,
+                                        precision=precision, channels_last=channels_last)
+        if "auto" in (precision, channels_last):
+            print(choice.line, flush=True)
+    choice = dist.broadcast_object(choice)
     model.to(device).eval()
-    if channels_last:
+    if choice.channels_last:
         model.to(memory_format=torch.channels_last)
-    return LoadedModel(model, cfg, info, path, iteration, device, precision, channels_last, inference_options(cfg))
+    return LoadedModel(model, cfg, info, path, iteration, device, choice.precision, choice.channels_last,
+                       inference_options(cfg), choice.reason)
 
 
 def load_weights_with_recipe(weights: str, recipe: str, *, device: torch.device, overrides: list[str] | tuple[str, ...] = (),

@@ -140,8 +140,10 @@ class Trainer:
                 f"{t.accum_steps} accumulation step(s); make it a multiple of {micro}"
             )
         self.per_rank_batch = cfg.data.batch_size // micro
-        self.precision = resolve_precision(t.precision, self.device)
-        self.channels_last = resolve_channels_last(t.channels_last, self.device)
+        # checked on every rank now (a bad value must not leave the other ranks waiting for rank 0's choice);
+        # "auto" is decided once the model exists (below)
+        resolve_precision(t.precision, self.device)
+        resolve_channels_last(t.channels_last, self.device)
         self.tuner = None
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -179,6 +181,16 @@ class Trainer:
                 raise ConfigError("model.sync_bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
                                   "on CPU set model.sync_bn=false: each process then normalises its own batch")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # "auto": rank 0 times this model's training step in each mode (or finds it in the cache), every rank
+        # runs what it chose. The in-training evaluations use the same choice: switching the layout of the
+        # weights the optimizer holds for a few evaluations is not worth it (semiseg eval measures its own).
+        choice = None
+        if self.is_main:
+            choice = build.precision_choice(cfg, model, num_classes, self.device, task="train",
+                                            batch=min(2, self.per_rank_batch))
+            print(choice.line, flush=True)
+        self.precision_choice = choice = dist.broadcast_object(choice)
+        self.precision, self.channels_last = choice.precision, choice.channels_last
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -240,6 +252,7 @@ class Trainer:
         self.log.log("resume" if ckpt is not None else "start", self.iteration, {
             **resumed, "world_size": self.world_size, "per_rank_batch": self.per_rank_batch, "accum_steps": t.accum_steps,
             "device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
+            "precision_reason": self.precision_choice.reason,
             "torch": str(torch.__version__), "threads": torch.get_num_threads()})
         dist.barrier()
 
