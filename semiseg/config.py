@@ -351,6 +351,10 @@ def apply_override(data: dict, override: str) -> dict:
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a recipe (or start from the defaults when ``path`` is None) and apply dotted overrides."""
+    if path is not None:
+        from semiseg.recipes import find_recipe  # a path as typed, or a shipped recipe name
+
+        path = find_recipe(path)
     data = _read_yaml(os.fspath(path)) if path is not None else {}
     for override in overrides:
         apply_override(data, override)

@@ -22,7 +22,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n")[0].replace("``", "")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("--config", "-c", metavar="RECIPE.yaml", help="recipe file (defaults: semiseg.config)")
+    parser.add_argument("--config", "-c", metavar="RECIPE",
+                        help="a recipe file, or the name of a shipped recipe from any folder, e.g. "
+                             "camvid/deeplabv3plus_mobilenetv2_scratch or folder/thin_structures (a wrong name lists them)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides applied after the recipe, e.g. optim.lr=0.01 data.crop_size=[256,256]")
     parser.add_argument("--run-dir", help="run folder (default: output_dir/name from the config)")
