@@ -229,6 +229,9 @@ class Trainer:
                     values["img_per_s"] = window_steps * self.cfg.data.batch_size / max(elapsed, 1e-9)
                     values["threads"] = torch.get_num_threads()
                     self.log.log("train", it, values)
+                    if pbar is None and self.is_main:  # --no-progress: plain log lines instead of the bar
+                        print(f"iteration {it}/{t.iterations}: loss {values['loss']:.4f}, lr {lr:.2e}, "
+                              f"{values['img_per_s']:.1f} img/s", flush=True)
                     window, window_steps, window_start = {}, 0, time.perf_counter()
                 final = it == t.iterations
                 improved = False
@@ -302,6 +305,8 @@ class Trainer:
                 text += f" (best {100 * best:.2f} at iteration {self.best['iteration']})"
             if pbar is not None:
                 pbar.write(text)
+            else:  # without a progress bar (--no-progress, logs to a file) the evaluations still show
+                print(text, flush=True)
         return improved
 
     # ------------------------------------------------------------------------------------------------
