@@ -35,6 +35,7 @@ def test_report_counts_sizes_frequencies_and_ignore(tmp_path):
     assert report.ignore_pixels == 20
     text = report.format()
     assert "images: 2 listed, 2 checked" in text and "problems: none" in text and "(ignore)" in text
+    assert "size spread: 2 sizes from 20x10 to 20x12" in text
 
 
 def test_every_problem_is_reported_not_just_the_first(tmp_path):

@@ -20,6 +20,40 @@ def run_train(tmp_path, *overrides, name="run"):
     return main(["train", "--no-progress", *tiny_overrides(output_dir=str(tmp_path), name=name), *overrides])
 
 
+def scene(rng, h, w, num_classes=3):
+    """A tiny picture: rectangles whose colour says the class, on a dark background (class 0)."""
+    image = rng.integers(0, 50, (h, w, 3)).astype(np.uint8)
+    mask = np.zeros((h, w), dtype=np.uint8)
+    for _ in range(2):
+        c = int(rng.integers(1, num_classes))
+        y, x = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+        image[y:y + h // 3, x:x + w // 3] = (200, 40, 40) if c == 1 else (40, 200, 40)
+        mask[y:y + h // 3, x:x + w // 3] = c
+    return image, mask
+
+
+def write_folder(root, sizes, *, seed=0, mask_ext=".png", binary=False, image_ext=".png", mask_dir="masks"):
+    """ROOT/images/NAME + ROOT/<mask_dir>/NAME with one (h, w) per sample; binary: 0/255 masks of 2 classes."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    os.makedirs(os.path.join(root, mask_dir), exist_ok=True)
+    for i, (h, w) in enumerate(sizes):
+        image, mask = scene(rng, h, w, 2 if binary else 3)
+        if binary:
+            mask = mask * 255
+        Image.fromarray(image).save(os.path.join(root, "images", f"s{i:02d}{image_ext}"))
+        Image.fromarray(mask).save(os.path.join(root, mask_dir, f"s{i:02d}{mask_ext}"))
+    return str(root)
+
+
+def folder_overrides(root, classes="[bg, red, green]", **options):
+    opts = ", ".join([f"classes: {classes}", *(f"{k}: {v}" for k, v in options.items())])
+    return [f"data.kind=folder", f"data.root={root}", f"data.options={{{opts}}}"]
+
+
+MIXED = [(40, 48), (36, 52), (40, 48), (44, 30), (40, 48), (33, 41)]
+
+
 # ---------------------------------------------------------------------------------------------------
 # item 7: what the command line prints
 
@@ -41,3 +75,45 @@ def test_warnings_print_as_one_clean_line(capsys):
     assert warnings.showwarning is before  # restored after the command
     err = capsys.readouterr().err
     assert err == "warning: data.photometric=true recolours the padding of the crops\n"  # no source line, no class
+
+
+# ---------------------------------------------------------------------------------------------------
+# item 1: whole-image evaluation of validation images of different sizes
+
+
+def test_eval_batches_of_mixed_sizes_equal_per_image_evaluation(tmp_path):
+    import torch
+
+    from semiseg.data import build_dataset
+    from semiseg.data.transforms import build_eval_transform
+    from semiseg.engine.evaluate import evaluate, make_eval_loader
+    from test_engine_fixtures import TinyNet
+
+    ds = build_dataset("folder", write_folder(tmp_path / "val", MIXED), classes="bg,red,green",
+                       transform=build_eval_transform())
+    torch.manual_seed(0)
+    model = TinyNet(3, batchnorm=True)
+    one = evaluate(model, make_eval_loader(ds, batch_size=1), 3).mat
+    four = evaluate(model, make_eval_loader(ds, batch_size=4), 3).mat
+    assert torch.equal(one, four) and int(one.sum()) == sum(h * w for h, w in MIXED)
+
+
+def test_training_on_a_folder_of_mixed_sizes_with_eval_batches(tmp_path, capsys):
+    train = write_folder(tmp_path / "data" / "train", MIXED * 2, seed=1)
+    write_folder(tmp_path / "data" / "val", MIXED, seed=2)
+    assert train
+    assert run_train(tmp_path, *folder_overrides(tmp_path / "data"), "eval.batch_size=4") == 0
+    out = capsys.readouterr().out
+    assert "iteration 12: val mIoU" in out
+
+
+def test_a_run_folder_without_checkpoint_does_not_block_the_rerun(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "split.txt", "metrics.jsonl"):  # what a run that crashed before its first save leaves
+        (run / name).write_text("")
+    assert run_train(tmp_path, "train.iterations=2", "train.eval_interval=0") == 0
+    out = capsys.readouterr().out
+    assert "stopped before its first checkpoint" in out and (run / "last.pt").is_file()
+    assert run_train(tmp_path, "train.iterations=2") == 2  # with a checkpoint it is protected again
+    assert "already exists" in capsys.readouterr().err

@@ -68,6 +68,11 @@ class CheckReport:
             shown = ", ".join(f"{w}x{h} ({n})" for (w, h), n in self.sizes.most_common(5))
             more = f" and {len(self.sizes) - 5} more sizes" if len(self.sizes) > 5 else ""
             lines.append(f"sizes (WxH): {shown}{more}")
+            if len(self.sizes) > 1:
+                by_area = sorted(self.sizes, key=lambda wh: (wh[0] * wh[1], wh))
+                (w0, h0), (w1, h1) = by_area[0], by_area[-1]
+                lines.append(f"size spread: {len(self.sizes)} sizes from {w0}x{h0} to {w1}x{h1} (evaluation batches "
+                             "images of equal size together; training crops them to data.crop_size)")
         if self.class_pixels is not None:
             labelled = int(self.class_pixels.sum())
             total = labelled + self.ignore_pixels

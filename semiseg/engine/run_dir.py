@@ -31,12 +31,17 @@ def is_run_dir(path: str) -> bool:
     return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in RUN_MARKERS)
 
 
+def has_checkpoint(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, name)) for name in ("last.pt", "best.pt"))
+
+
 def prepare_run_dir(path: str, *, resume: bool = False, overwrite: bool = False) -> str:
     """Create ``path`` for a new run, or check it for a resume. Returns the absolute path.
 
     * new run, folder missing or empty: created;
     * new run, folder has content: refused, unless ``overwrite`` and the folder is a semiseg run folder
-      (then its content is deleted; any other folder is never deleted);
+      (then its content is deleted; any other folder is never deleted); a run folder without any
+      checkpoint (a run that failed before its first one) is replaced without asking;
     * resume: the folder must hold ``last.pt``.
     """
     path = os.path.abspath(path)
@@ -50,6 +55,11 @@ def prepare_run_dir(path: str, *, resume: bool = False, overwrite: bool = False)
             )
         return path
     if os.path.isdir(path) and os.listdir(path):
+        if not overwrite and is_run_dir(path) and not has_checkpoint(path):
+            # A run that failed before its first checkpoint left config/split/log files but nothing to resume:
+            # refusing would ask for a --resume that cannot work. Start again in its place.
+            print(f"note: {path} holds a run that stopped before its first checkpoint; starting it again there")
+            overwrite = True
         if not overwrite:
             raise RunDirError(
                 f"run folder {path} already exists; pass --resume to continue it, --overwrite to replace it, "
