@@ -72,6 +72,7 @@ class DataConfig:
     batch_size: int = 10  # images per optimizer step summed over all processes and accumulation steps
     num_workers: int = 2  # per process
     labeled: LabeledConfig = field(default_factory=LabeledConfig)
+    check: bool | str = "auto"  # files checked before the first step: auto | full | headers | off (false) (engine/preflight.py)
 
 
 @dataclass

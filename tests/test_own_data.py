@@ -117,3 +117,89 @@ def test_a_run_folder_without_checkpoint_does_not_block_the_rerun(tmp_path, caps
     assert "stopped before its first checkpoint" in out and (run / "last.pt").is_file()
     assert run_train(tmp_path, "train.iterations=2") == 2  # with a checkpoint it is protected again
     assert "already exists" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# item 4 and issue 13 items 5 and 7: errors before the first step, in the recipe's terms
+
+
+def failed_run(tmp_path, capsys, *overrides, started=False):
+    """Run `semiseg train` expecting the pre-flight to stop it (``started``: the first step to fail): exit 2,
+    no traceback, no run folder left."""
+    code = run_train(tmp_path, *overrides)
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    err = captured.err
+    assert err.startswith("error: ") and ("\n  fix: " in err or "\n      fix: " in err)
+    assert "Traceback" not in err and "DataLoader worker" not in err
+    assert (tmp_path / "run").exists() == started
+    assert "iteration 1" not in captured.out
+    return err
+
+
+def test_unknown_loss_name_is_an_error_before_the_data_is_read(tmp_path, capsys):
+    err = failed_run(tmp_path, capsys, "loss.name=focal")
+    assert "unknown loss.name 'focal'" in err and "fix: use one of ce, dice, ce+dice" in err
+
+
+def test_mask_problems_stop_the_run_before_training_in_recipe_terms(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_folder(data / "train", MIXED)
+    write_folder(data / "val", MIXED[:2], seed=3)
+    err = failed_run(tmp_path, capsys, *folder_overrides(data, classes="[bg, red]"))  # masks hold 0, 1, 2
+    assert "found before training" in err and "values 2 outside 0..1" in err
+    assert "check the class list (data.options.classes)" in err
+    assert f"`semiseg data check {data} --split train --classes bg,red --max-errors 0`" in err  # the same read
+
+
+def test_binary_masks_without_binary_are_an_error_not_miou_100(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_folder(data / "train", MIXED, binary=True)
+    write_folder(data / "val", MIXED[:2], binary=True, seed=3)
+    err = failed_run(tmp_path, capsys, *folder_overrides(data, classes="[background, cell]"))
+    assert "mIoU 100" in err and "data.options.binary=true" in err
+    assert run_train(tmp_path, *folder_overrides(data, classes="[background, cell]", binary="true"), name="ok") == 0
+
+
+def test_validation_on_the_training_images_is_refused(tmp_path, capsys):
+    flat = write_folder(tmp_path / "flat", MIXED)  # ROOT/images + ROOT/masks, no train/ val/
+    err = failed_run(tmp_path, capsys, *folder_overrides(flat))
+    assert "validation reads training images: 6 of the 6 images" in err and "has no 'val' folder" in err
+    assert "data.options.val_fraction=0.2" in err
+    assert run_train(tmp_path, *folder_overrides(flat, val_fraction=0.34), name="ok") == 0  # the fix works
+    capsys.readouterr()
+    split = tmp_path / "split"
+    write_folder(split / "train", MIXED)
+    write_folder(split / "val", MIXED[:2], seed=3)
+    err = failed_run(tmp_path, capsys, *folder_overrides(split), "data.val_split=vall")
+    assert "no split folder 'vall'" in err and "data.val_split=val" in err
+
+
+def test_a_truncated_image_is_found_before_the_first_step_not_at_iteration_15(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_folder(data / "train", MIXED * 3, image_ext=".jpg")
+    write_folder(data / "val", MIXED[:2], seed=3)
+    bad = data / "train" / "images" / "s13.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(bad)
+    bad.write_bytes(bad.read_bytes()[:700])
+    err = failed_run(tmp_path, capsys, *folder_overrides(data))
+    assert "s13.jpg" in err and "truncated or corrupt" in err
+
+
+def test_an_error_inside_a_dataloader_worker_reads_as_the_data_error(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_folder(data / "train", MIXED)
+    write_folder(data / "val", MIXED[:2], seed=3)
+    err = failed_run(tmp_path, capsys, *folder_overrides(data, classes="[bg, red]"), "data.check=off",
+                     "data.num_workers=1", started=True)
+    assert "values 2 outside 0..1" in err and "data.options.classes" in err
+
+
+def test_duplicate_class_names_and_unknown_dataset_options(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_folder(data / "train", MIXED)
+    write_folder(data / "val", MIXED[:2], seed=3)
+    err = failed_run(tmp_path, capsys, *folder_overrides(data, classes="[bg, car, car]"))
+    assert "names 'car' more than once" in err
+    err = failed_run(tmp_path, capsys, *folder_overrides(data, clases="[bg, red, green]"))
+    assert "no option 'clases' (data.options.clases)" in err and "the valid keys of data.options: classes" in err

@@ -59,6 +59,9 @@ def _yaml_value(value) -> str:
 def option(name: str, value=None) -> str:
     """How the user would set dataset option ``name`` (to ``value``) in the current interface."""
     style = _STYLE["style"]
+    if name == "root":
+        return {"config": "data.root", "cli": "the PATH argument"}.get(style, "root") + (
+            "" if value is None or style == "cli" else f"={value}")
     if name == "split":
         if style == "config":
             return f"{_STYLE['split']}={_yaml_value(value)}" if value is not None else _STYLE["split"]
@@ -71,7 +74,8 @@ def option(name: str, value=None) -> str:
         flag = _CLI_FLAGS.get(name, "--" + name.replace("_", "-"))
         if value is None or isinstance(value, bool) or name in _CLI_FLAGS:
             return flag
-        shown = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        sep = " " if name == "image_range" else ","  # --image-range LOW HIGH; --classes a,b
+        shown = sep.join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
         return f"{flag} {shown}"
     return name if value is None else f"{name}={value!r}"
 

@@ -144,7 +144,7 @@ class FolderDataset(PairDataset):
     ):
         root = os.fspath(root)
         if not os.path.isdir(root):
-            raise DataError("dataset folder does not exist", root, "check the path")
+            raise DataError("dataset folder does not exist", root, f"check the path ({option('root')})")
         self.split = split
         self.split_dir: str | None = None  # ROOT/SPLIT when that folder exists, else None (a flat layout)
         if split and os.path.isdir(os.path.join(root, split)):
@@ -152,8 +152,11 @@ class FolderDataset(PairDataset):
         elif split:
             splits = [d for d in _split_folders(root, IMAGE_DIRS + MASK_DIRS) if d != split]
             if splits:  # a typo, or a split this dataset does not have: never fall back to the whole folder
+                import difflib
+
+                closest = (difflib.get_close_matches(split, splits, n=1, cutoff=0.5) or splits)[0]
                 raise DataError(f"no split folder {split!r} here; the folder holds the splits {', '.join(splits)}",
-                                root, f"use one of them: {option('split', splits[0])}")
+                                root, f"use one of them, e.g. {option('split', closest)}")
         names, pal = resolve_classes(classes, palette)
         if binary and len(names) != 2:
             raise DataError(f"binary needs exactly 2 classes, got {len(names)}: {names}", root,

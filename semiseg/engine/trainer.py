@@ -23,7 +23,7 @@ from torch.utils.data import Subset
 
 from semiseg import __version__
 from semiseg.config import Config, ConfigError, config_to_dict, dump_config
-from semiseg.engine import build, distributed as dist
+from semiseg.engine import build, distributed as dist, preflight
 from semiseg.engine.checkpoint import BEST, FORMAT, LAST, atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
 from semiseg.engine.context import TrainContext
 from semiseg.engine.evaluate import evaluate, inference_options, make_eval_loader
@@ -89,6 +89,7 @@ class Trainer:
     def _build(self, ckpt: dict[str, Any] | None) -> None:
         """Everything between the run folder and the first step; files are written only at the end."""
         cfg, t, run_dir = self.cfg, self.cfg.train, self.run_dir
+        preflight.check_config(cfg)  # names and options the recipe gives, before anything is built
 
         micro = t.accum_steps * self.world_size
         if cfg.data.batch_size % micro:
@@ -113,6 +114,7 @@ class Trainer:
         train_set = build.build_dataset(cfg, cfg.data.train_split)
         val_set = build.build_dataset(cfg, cfg.data.val_split, validation=True)
         num_classes, ignore_index = int(train_set.num_classes), int(getattr(train_set, "ignore_index", 255))
+        self._preflight_data(train_set, val_set)
 
         # ---- model (pretrained weights only for a fresh run: a resume loads its own)
         model = build.build_model(cfg, num_classes, pretrained=ckpt is None, verbose=self.is_main)
@@ -190,6 +192,18 @@ class Trainer:
             "device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
             "torch": str(torch.__version__), "threads": torch.get_num_threads()})
         dist.barrier()
+
+    def _preflight_data(self, train_set, val_set) -> None:
+        """The data files checked before the model is built (engine/preflight.py); rank 0 reads, all ranks stop."""
+        error = None
+        if self.is_main:
+            try:
+                preflight.check_data(self.cfg, train_set, val_set)
+            except ValueError as e:  # DataError and ConfigError
+                error = e
+        error = dist.broadcast_object(error)
+        if error is not None:
+            raise error
 
     # ------------------------------------------------------------------------------------------------
     def fit(self, stop_at: int | None = None) -> dict[str, Any]:
