@@ -16,7 +16,8 @@ from semiseg.models import MODELS, build_model
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 # class counts of the recipes' dataset kinds, from the datasets' own class lists
 NUM_CLASSES = {"voc": len(VOC_CLASSES), "voc_aug": len(VOC_CLASSES), "camvid": len(CAMVID_CLASSES),
-               "synthetic": len(SYNTHETIC_CLASSES)}
+               "synthetic": len(SYNTHETIC_CLASSES), "synthetic_thin": 2,
+               "folder": 2}  # the folder recipes take the user's classes; built here for a binary task
 
 
 def test_there_are_recipes_for_every_seed_family():
@@ -82,3 +83,18 @@ def test_every_recipe_is_package_data():
     shipped = {p for pattern in patterns for p in (root / "semiseg").glob(pattern)}
     for recipe in RECIPES:
         assert package / recipe.relative_to(root / "configs") in shipped, recipe
+
+
+def test_folder_recipes_need_only_a_root_and_classes(tmp_path):
+    """The recipes for your own data stop with an error that names data.root when it is missing."""
+    from semiseg.config import ConfigError
+    from semiseg.engine.preflight import check_config
+
+    for name in ("folder/large_objects", "folder/thin_structures", "folder/many_classes"):
+        cfg = load_config(name)
+        assert cfg.data.kind == "folder" and cfg.data.root is None
+        with pytest.raises(ConfigError, match="data.root is not set"):
+            check_config(cfg)
+    thin = load_config("folder/thin_structures")
+    assert thin.model.options["output_stride"] == 8 and thin.loss.name == "ce+dice"
+    assert thin.data.scale_range[0] >= 0.8

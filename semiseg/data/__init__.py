@@ -3,6 +3,7 @@
 ``build_dataset(kind, root, split, transform=..., **options)`` is the one entry point; kinds:
 
     synthetic   built-in procedural scenes, no files (root is ignored)
+    synthetic_thin  built-in thin curvy vessels/cracks, binary (a thin-structure task), no files
     voc         PASCAL VOC 2012, VOCdevkit layout, SegmentationClass masks
     voc_aug     VOC 2012 with SBD SegmentationClassAug masks (split "train" = train_aug, 10,582 images)
     folder      ROOT/[SPLIT/]images + masks|labels matched by stem (options: classes, palette, binary, ...)
@@ -20,6 +21,7 @@ from .loaders import InfiniteLoader
 # kind -> "module:builder"; builders take (root, split, *, transform, **options). Imported on use.
 DATASETS: dict[str, str] = {
     "synthetic": "semiseg.data.synthetic:_build",
+    "synthetic_thin": "semiseg.data.synthetic_thin:_build",
     "voc": "semiseg.data.voc:_build",
     "voc_aug": "semiseg.data.voc:_build_aug",
     "folder": "semiseg.data.folder:FolderDataset",
@@ -46,7 +48,7 @@ def build_dataset(kind: str, root=None, split: str = "train", *, transform: Call
 
     if kind not in DATASETS:
         raise DataError(f"unknown dataset kind {kind!r}", None, f"use one of {', '.join(DATASETS)}")
-    if root is None and kind != "synthetic":
+    if root is None and not kind.startswith("synthetic"):
         raise DataError(f"dataset kind {kind!r} needs a root folder", None, "pass root=PATH (CLI: the dataset path)")
     module_name, _, attr = DATASETS[kind].partition(":")
     builder = getattr(importlib.import_module(module_name), attr)

@@ -9,7 +9,7 @@
     semiseg data preview synthetic --out DIR -n 8     image | coloured mask PNGs to look at
     semiseg data sbd benchmark_RELEASE VOCdevkit      SBD .mat masks -> SegmentationClassAug + train_aug.txt
 
-PATH's kind is guessed (a VOC tree -> voc, the word "synthetic" -> synthetic, otherwise a folder of
+PATH's kind is guessed (a VOC tree -> voc, the words synthetic and synthetic_thin -> built-in data, otherwise a folder of
 images + masks, which needs --classes); --kind overrides the guess.
 """
 
@@ -24,7 +24,7 @@ from .errors import DataError
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="dataset folder, or 'synthetic'")
+    p.add_argument("path", help="dataset folder, or 'synthetic' / 'synthetic_thin' (built in)")
     p.add_argument("--kind", choices=["auto", *DATASETS], default="auto", help="dataset kind (default: guessed from PATH)")
     p.add_argument("--split", default=None, help="split name (train/val/test; VOC: train/val/trainval)")
     p.add_argument("--classes", default=None,
@@ -92,8 +92,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def guess_kind(path: str) -> str:
-    if path == "synthetic":
-        return "synthetic"
+    if path in ("synthetic", "synthetic_thin"):
+        return path
     from .voc import find_voc_root
 
     try:
@@ -105,8 +105,8 @@ def guess_kind(path: str) -> str:
 
 def open_dataset(args: argparse.Namespace, *, strict: bool):
     kind = guess_kind(args.path) if args.kind == "auto" else args.kind
-    if kind == "synthetic":
-        return kind, build_dataset("synthetic", split=args.split or "train")
+    if kind.startswith("synthetic"):
+        return kind, build_dataset(kind, split=args.split or "train")
     if kind in ("voc", "voc_aug"):
         return kind, build_dataset(kind, args.path, args.split or "train", strict=strict)
     options = dict(palette=args.palette, ignore_index=args.ignore_index, binary=args.binary,

@@ -50,7 +50,7 @@ def check_config(cfg: Config) -> None:
     d = cfg.data
     if ":" not in d.kind and d.kind not in DATASETS:
         raise _fix(f"unknown data.kind {d.kind!r}", f"use one of {', '.join(DATASETS)} (or 'package.module:function')")
-    if d.kind != "synthetic" and ":" not in d.kind and not d.root:
+    if not d.kind.startswith("synthetic") and ":" not in d.kind and not d.root:
         raise _fix(f"data.kind={d.kind} reads files but data.root is not set", "data.root=PATH/TO/DATASET")
     if check_mode(cfg) not in CHECK_MODES:
         raise _fix(f"unknown data.check {d.check!r}", f"use one of {', '.join(CHECK_MODES)}")
