@@ -116,7 +116,8 @@ def _dataset_problems(dataset, report: CheckReport) -> list[Problem]:
     0/255 binary dataset: the scores would measure the background only and read 100%)."""
     k = len(report.classes)
     labelled = report.class_pixels is not None and report.class_pixels.sum() > 0
-    if not labelled or k < 2 or report.class_pixels[1:].sum() > 0 or report.ignore_pixels == 0:
+    partial = report.num_checked < report.num_samples  # (--limit: the unread masks may hold the other classes)
+    if partial or not labelled or k < 2 or report.class_pixels[1:].sum() > 0 or report.ignore_pixels == 0:
         return []
     with option_style(getattr(dataset, "style", {})):
         if k == 2 and not getattr(dataset, "binary", False):
