@@ -9,8 +9,10 @@ and ``run(args) -> int`` (the exit code). Modules are imported only when their c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import warnings
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,6 +37,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as the user should read them: ``warning: <text>``, without the source line that raised them."""
+    stream = sys.stderr if file is None else file
+    try:
+        stream.write(f"warning: {message}\n")
+    except OSError:  # no stderr (e.g. a closed pipe): a warning is not worth a crash
+        pass
+
+
+@contextlib.contextmanager
+def clean_warnings():
+    """Install :func:`_one_line_warning` for the duration of a command (and restore the previous hook)."""
+    previous = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -46,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run(args) or 0)
+    with clean_warnings():
+        return int(module.run(args) or 0)
 
 
 if __name__ == "__main__":

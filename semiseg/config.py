@@ -73,6 +73,7 @@ class DataConfig:
     batch_size: int = 10  # images per optimizer step summed over all processes and accumulation steps
     num_workers: int = 2  # per process
     labeled: LabeledConfig = field(default_factory=LabeledConfig)
+    check: bool | str = "auto"  # files checked before the first step: auto | full | headers | off (false) (engine/preflight.py)
 
 
 @dataclass
@@ -356,6 +357,10 @@ def apply_override(data: dict, override: str) -> dict:
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a recipe (or start from the defaults when ``path`` is None) and apply dotted overrides."""
+    if path is not None:
+        from semiseg.recipes import find_recipe  # a path as typed, or a shipped recipe name
+
+        path = find_recipe(path)
     data = _read_yaml(os.fspath(path)) if path is not None else {}
     for override in overrides:
         apply_override(data, override)

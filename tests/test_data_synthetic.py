@@ -76,3 +76,34 @@ def test_batches_through_a_dataloader_with_train_transform():
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=0)))
     assert batch["image"].shape == (4, 3, 64, 64) and batch["mask"].shape == (4, 64, 64)
     assert batch["mask"].dtype == torch.int64
+
+
+# ---------------------------------------------------------------------------------------------------
+# synthetic_thin: the built-in thin-structure task (issue 15 item 5)
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """One step of binary erosion with a 3x3 cross (border pixels count as background)."""
+    p = np.pad(mask, 1)
+    return p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+
+
+def test_synthetic_thin_is_binary_thin_deterministic_and_fast():
+    from semiseg.data.synthetic_thin import SyntheticThin
+
+    ds = build_dataset("synthetic_thin", split="val", length=6)
+    assert ds.classes == ["background", "vessel"] and ds.num_classes == 2 and ds.ignore_index == 255
+    start = time.perf_counter()
+    masks = [ds.read(i)[1] for i in range(6)]
+    assert (time.perf_counter() - start) / 6 < 0.5  # a few ms each on a quiet core
+    fg = np.stack(masks).astype(bool)
+    assert set(np.unique(fg.astype(np.uint8))) == {0, 1}
+    assert 0.01 < fg.mean() < 0.2  # a few per cent of the pixels, like retina vessels
+    # 1-3 px wide: two erosions leave almost nothing (crossings and the widest ends)
+    left = sum(_erode(_erode(m)).sum() for m in fg)
+    assert left < 0.05 * fg.sum()
+    image, mask = SyntheticThin("val").read(0)
+    assert np.array_equal(mask, masks[0]) and image.shape == (128, 128, 3) and image.dtype == np.uint8
+    assert not np.array_equal(mask, SyntheticThin("train").read(0)[1])
+    # vessels are darker than their surroundings
+    assert image[mask.astype(bool)].mean() < image[~mask.astype(bool)].mean() - 5

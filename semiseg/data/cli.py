@@ -9,7 +9,7 @@
     semiseg data preview synthetic --out DIR -n 8     image | coloured mask PNGs to look at
     semiseg data sbd benchmark_RELEASE VOCdevkit      SBD .mat masks -> SegmentationClassAug + train_aug.txt
 
-PATH's kind is guessed (a VOC tree -> voc, the word "synthetic" -> synthetic, otherwise a folder of
+PATH's kind is guessed (a VOC tree -> voc, the words synthetic and synthetic_thin -> built-in data, otherwise a folder of
 images + masks, which needs --classes); --kind overrides the guess.
 """
 
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from . import DATASETS, build_dataset
 from .errors import DataError
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="dataset folder, or 'synthetic'")
+    p.add_argument("path", help="dataset folder, or 'synthetic' / 'synthetic_thin' (built in)")
     p.add_argument("--kind", choices=["auto", *DATASETS], default="auto", help="dataset kind (default: guessed from PATH)")
     p.add_argument("--split", default=None, help="split name (train/val/test; VOC: train/val/trainval)")
     p.add_argument("--classes", default=None,
@@ -35,6 +36,21 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-dir", default=None, help="mask folder inside PATH (default: masks/, labels/, ...)")
     p.add_argument("--mask-suffix", default="", help="mask stem = image stem + this (e.g. _mask)")
     p.add_argument("--allow-unlabeled", action="store_true", help="images without masks are unlabeled, not an error")
+    p.add_argument("--ignore-value", type=int, default=None,
+                   help="binary masks: the stored value that marks ignored pixels (e.g. 128; 255 is foreground)")
+    p.add_argument("--roi-dir", default=None,
+                   help="folder of region-of-interest masks (e.g. a field of view), matched like the masks: "
+                        "pixels where it is 0 are ignored")
+    p.add_argument("--roi-suffix", default="", help="region mask stem = image stem + this")
+    p.add_argument("--match-size", choices=["resize_mask", "resize_image"], default=None,
+                   help="masks at another resolution with the image's aspect ratio: resize the mask (nearest) "
+                        "or the image to match")
+    p.add_argument("--image-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="16-bit/float images: values mapped to 0 and 255 (default: each image's own min and max)")
+    p.add_argument("--exif", default=True, action=argparse.BooleanOptionalAction,
+                   help="apply the EXIF orientation of images and masks (default: yes, as image viewers do)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="a folder without train/val subfolders: hold out this fraction as split 'val'")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +60,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="check only the first N samples")
     p.add_argument("--workers", type=int, default=2, help="reader threads")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too (e.g. a suspected 0/255 binary mask)")
+    p.add_argument("--max-errors", type=int, default=5, metavar="N",
+                   help="files listed per kind of problem (default 5; 0 = all)")
+    p.add_argument("--headers-only", action="store_true",
+                   help="read file headers (sizes, formats) and masks, not the image pixels: faster on large sets")
 
     p = sub.add_parser("info", help="classes, palette and size of a dataset")
     _add_dataset_args(p)
@@ -72,8 +92,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def guess_kind(path: str) -> str:
-    if path == "synthetic":
-        return "synthetic"
+    if path in ("synthetic", "synthetic_thin"):
+        return path
     from .voc import find_voc_root
 
     try:
@@ -85,13 +105,15 @@ def guess_kind(path: str) -> str:
 
 def open_dataset(args: argparse.Namespace, *, strict: bool):
     kind = guess_kind(args.path) if args.kind == "auto" else args.kind
-    if kind == "synthetic":
-        return kind, build_dataset("synthetic", split=args.split or "train")
+    if kind.startswith("synthetic"):
+        return kind, build_dataset(kind, split=args.split or "train")
     if kind in ("voc", "voc_aug"):
         return kind, build_dataset(kind, args.path, args.split or "train", strict=strict)
     options = dict(palette=args.palette, ignore_index=args.ignore_index, binary=args.binary,
                    image_dir=args.image_dir, mask_dir=args.mask_dir, mask_suffix=args.mask_suffix,
-                   require_masks=not args.allow_unlabeled, strict=strict)
+                   require_masks=not args.allow_unlabeled, strict=strict, ignore_value=args.ignore_value,
+                   roi_dir=args.roi_dir, roi_suffix=args.roi_suffix, match_size=args.match_size,
+                   image_range=args.image_range, exif=args.exif, val_fraction=args.val_fraction)
     if kind == "camvid":
         if args.classes is not None:
             options["classes"] = args.classes
@@ -99,7 +121,8 @@ def open_dataset(args: argparse.Namespace, *, strict: bool):
                                    **{k: v for k, v in options.items() if v is not None})
     if args.classes is None:
         raise DataError("a folder dataset needs its class list", args.path,
-                        "pass --classes camvid|voc|'background,object'|N|FILE (or --kind voc/camvid)")
+                        "pass --classes background,object (names in mask-value order), a preset (camvid, voc), "
+                        "a number or a text file; or --kind voc/camvid")
     return kind, build_dataset("folder", args.path, args.split, classes=args.classes, **options)
 
 
@@ -122,6 +145,13 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "data_command", None):
         args._data_parser.print_help()
         return 2
+    from .errors import option_style
+
+    with option_style("cli"):  # fixes name this command's flags (--binary), not Python or recipe keys
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.data_command == "sbd":
             from .sbd import convert_sbd
@@ -134,8 +164,9 @@ def run(args: argparse.Namespace) -> int:
 
             kind, dataset = open_dataset(args, strict=False)
             where = f"{args.path} (split {args.split})" if args.split else args.path
-            report = check_dataset(dataset, description=f"{kind} {where}", limit=args.limit, workers=args.workers)
-            print(report.format())
+            report = check_dataset(dataset, description=f"{kind} {where}", limit=args.limit, workers=args.workers,
+                                   decode_images=not args.headers_only)
+            print(report.format(max_examples=args.max_errors))
             return 0 if report.ok and not (args.strict and report.warnings) else 1
         kind, dataset = open_dataset(args, strict=True)
         if args.data_command == "info":
@@ -152,5 +183,5 @@ def run(args: argparse.Namespace) -> int:
             _preview(dataset, args.out, args.count)
         return 0
     except DataError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, option
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -100,8 +100,9 @@ def colors_to_index(
         raise DataError(
             f"colour mask has {int((~known).sum())} pixels whose colour is not in the palette: {shown}{more}",
             path,
-            "give the palette the masks were drawn with (folder option palette=..., CLI --palette), or save "
+            f"give the palette the masks were drawn with ({option('palette')}), or save "
             "masks as index PNGs; masks must be lossless (PNG, not JPEG)",
+            kind="mask_colours",
         )
     return values[pos]
 
@@ -136,18 +137,25 @@ def resolve_classes(classes, palette=None) -> tuple[list[str], np.ndarray]:
             names = [f"class{i}" for i in range(int(classes))]
         else:
             raise DataError(
-                f"unknown class list {classes!r}",
+                f"unknown class list {classes!r} (not a preset, a list, a number or an existing file)",
                 None,
-                f"use a preset ({', '.join(PRESETS)}), a comma-separated list, a number, or a text file with one name per line",
+                f"use a preset ({', '.join(PRESETS)}), a list of names ({option('classes', ['background', 'object'])}), "
+                "a number, or a text file with one name per line",
             )
     elif isinstance(classes, int):
         names = [f"class{i}" for i in range(classes)]
     elif classes is None:
-        raise DataError("no class list given", None, "pass classes=... (CLI --classes), e.g. 'camvid' or 'background,object'")
+        raise DataError("no class list given", None,
+                        f"name the classes: {option('classes', ['background', 'object'])}, or a preset such as "
+                        f"{option('classes', 'camvid')}")
     else:
         names = [str(c) for c in classes]
     if not names:
         raise DataError("the class list is empty", None, "give at least one class name")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # the IoU table would show one name twice, and two classes could not be told apart in a report
+        raise DataError(f"the class list names {', '.join(repr(n) for n in repeated)} more than once: {names}", None,
+                        f"give every class its own name ({option('classes')})")
     if len(names) > 255:
         raise DataError(f"{len(names)} classes; at most 255 fit in uint8 masks with 255 as ignore", None, "merge classes")
 
@@ -155,7 +163,8 @@ def resolve_classes(classes, palette=None) -> tuple[list[str], np.ndarray]:
         pal = preset_palette if preset_palette is not None else default_palette(len(names))
     elif isinstance(palette, str):
         if palette.lower() not in PRESETS:
-            raise DataError(f"unknown palette {palette!r}", None, f"use one of {', '.join(PRESETS)} or a (K, 3) list of colours")
+            raise DataError(f"unknown palette {palette!r}", None,
+                            f"use a preset ({', '.join(PRESETS)}) or one [r, g, b] colour per class ({option('palette')})")
         pal = PRESETS[palette.lower()][1]
     else:
         pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)

@@ -37,13 +37,17 @@ def build_dataset(cfg: Config, split: str, transform=None, *, validation: bool =
 
     ``validation=True`` applies ``data.val_options`` over ``data.options``.
     """
+    from semiseg.data.errors import option_style
+
     d = cfg.data
     options = {**d.options, **d.val_options} if validation else dict(d.options)
-    if ":" in d.kind:
-        return _import(d.kind)(d.root, split, transform=transform, **options)
-    from semiseg.data import build_dataset as data_build_dataset
+    # data errors name the recipe keys (data.options.binary=true), also when raised later in DataLoader workers
+    with option_style("config", options="data.options", split="data.val_split" if validation else "data.train_split"):
+        if ":" in d.kind:
+            return _import(d.kind)(d.root, split, transform=transform, **options)
+        from semiseg.data import build_dataset as data_build_dataset
 
-    return data_build_dataset(d.kind, d.root, split, transform=transform, **options)
+        return data_build_dataset(d.kind, d.root, split, transform=transform, **options)
 
 
 def train_transform(cfg: Config, normalization: str, ignore_index: int):

@@ -28,8 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
     parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR", help="a .pt file, or a run folder (best.pt, else last.pt)")
-    parser.add_argument("--config", metavar="RECIPE.yaml",
-                        help="evaluate CHECKPOINT as plain weights (e.g. a paper's release) in the model of this recipe")
+    parser.add_argument("--config", metavar="RECIPE",
+                        help="evaluate CHECKPOINT as plain weights (e.g. a paper's release) in the model of this recipe "
+                             "(a file, or a shipped recipe name such as voc/deeplabv2_resnet101)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="with --config: dotted recipe overrides, e.g. model.options.legacy_aspp=true")
     parser.add_argument("--data", nargs="+", default=[], metavar="KEY=VALUE",

@@ -1,12 +1,17 @@
-"""``semiseg train --config RECIPE.yaml [key=value ...]``: train a model from a recipe.
+"""``semiseg train --config RECIPE [key=value ...]``: train a model from a recipe.
 
-    semiseg train --config configs/camvid/fcn_resnet18.yaml train.iterations=2000 optim.lr=0.01
+    semiseg train --config camvid/fcn_resnet18_scratch train.iterations=2000 optim.lr=0.01   # a shipped recipe
+    semiseg train --config folder/thin_structures data.root=/data/retina 'data.options={classes: [bg, vessel], binary: true}'
+    semiseg train --config my_recipe.yaml                               # a file
     semiseg train --resume runs/fcn_resnet18                      # continue exactly where it stopped
     semiseg train --resume runs/fcn_resnet18 train.iterations=40000   # ... and train longer
     torchrun --standalone --nproc_per_node=4 -m semiseg train --config ...   # data parallel
 
-The run folder is ``output_dir/name`` (default ``runs/<recipe name>``) or ``--run-dir``. An existing run
-folder is never overwritten unless ``--overwrite`` is given.
+Shipped recipes: camvid/*, synthetic/*, voc/*, and folder/{large_objects,thin_structures,many_classes} for
+a folder of your own images and masks. The recipe's names and the data files are checked before the first
+step (data.check). The run folder is ``output_dir/name`` (default ``runs/<recipe name>``) or ``--run-dir``.
+An existing run folder is never overwritten unless ``--overwrite`` is given (one that holds no checkpoint,
+left by a run that failed before its first, is started again).
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n")[0].replace("``", "")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("--config", "-c", metavar="RECIPE.yaml", help="recipe file (defaults: semiseg.config)")
+    parser.add_argument("--config", "-c", metavar="RECIPE",
+                        help="a recipe file, or the name of a shipped recipe from any folder, e.g. "
+                             "camvid/deeplabv3plus_mobilenetv2_scratch or folder/thin_structures (a wrong name lists them)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides applied after the recipe, e.g. optim.lr=0.01 data.crop_size=[256,256]")
     parser.add_argument("--run-dir", help="run folder (default: output_dir/name from the config)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from semiseg.config import Config, ConfigError
 from semiseg.engine import distributed as dist
@@ -17,13 +17,39 @@ from semiseg.engine.sampling import ShardSampler
 from semiseg.inference import InferenceOptions, infer
 
 
+def collate_eval(samples: list[dict]) -> dict:
+    """Stack whole images into a batch when they share a size; keep lists when they do not.
+
+    Real folder datasets mix image sizes, and ``torch.stack`` refuses them. Padding would change what the
+    model sees at the border, so images of different sizes are evaluated in groups of equal size instead
+    (:func:`same_size_groups`): the same logits as ``eval.batch_size=1``, and batches where sizes repeat.
+    """
+    if len({tuple(s["image"].shape) for s in samples}) == 1:
+        return default_collate(samples)
+    return {key: [s[key] for s in samples] for key in samples[0]}
+
+
+def same_size_groups(batch: dict):
+    """(images, masks) batches of one size each from a batch of :func:`collate_eval`."""
+    images, masks = batch["image"], batch["mask"]
+    if isinstance(images, torch.Tensor):
+        yield images, masks
+        return
+    groups: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    for indices in groups.values():
+        yield torch.stack([images[i] for i in indices]), torch.stack([masks[i] for i in indices])
+
+
 def make_eval_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int = 0,
                      pin_memory: bool = False) -> DataLoader:
-    """A loader over this process's shard of ``dataset`` (the whole dataset without DDP)."""
+    """A loader over this process's shard of ``dataset`` (the whole dataset without DDP); images of
+    different sizes may share a batch (see :func:`collate_eval`)."""
     sampler = ShardSampler(len(dataset), dist.get_rank(), dist.get_world_size())
     # generator=: starting the loader must not consume the global RNG (exact resume, see sampling.py)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, generator=torch.Generator())
+                      pin_memory=pin_memory, generator=torch.Generator(), collate_fn=collate_eval)
 
 
 def inference_options(cfg: Config) -> InferenceOptions:
@@ -66,14 +92,15 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, *, device: 
         batches = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
     try:
         for batch in batches:
-            images = batch["image"].to(device, non_blocking=True)
-            masks = batch["mask"].to(device, non_blocking=True)
-            logits = infer(model, images, inference, precision=precision, channels_last=channels_last)
-            cm.update(logits.argmax(1), masks)
+            for images, masks in same_size_groups(batch):
+                images = images.to(device, non_blocking=True)
+                masks = masks.to(device, non_blocking=True)
+                logits = infer(model, images, inference, precision=precision, channels_last=channels_last)
+                cm.update(logits.argmax(1), masks)
     finally:
         model.train(was_training)
     cm.all_reduce()
     return cm
 
 
-__all__ = ["make_eval_loader", "inference_options", "predict_logits", "evaluate"]
+__all__ = ["collate_eval", "same_size_groups", "make_eval_loader", "inference_options", "predict_logits", "evaluate"]

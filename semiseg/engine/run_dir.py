@@ -52,6 +52,10 @@ def is_run_dir(path: str) -> bool:
     return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in (MARKER, *RUN_MARKERS))
 
 
+def has_checkpoint(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, name)) for name in ("last.pt", "best.pt"))
+
+
 def has_marker(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MARKER))
 
@@ -161,7 +165,8 @@ def prepare_run_dir(path: str, *, resume: bool = False, overwrite: bool = False,
 
     * new run, folder missing or empty: created, with the marker file;
     * new run, folder has content: refused, unless ``overwrite`` and the folder holds the marker (semiseg made
-      it): then the files semiseg wrote are deleted (anything else is kept and named on stderr);
+      it): then the files semiseg wrote are deleted (anything else is kept and named on stderr); a marked folder
+      without any checkpoint (a run that failed before its first one) is started again without asking;
     * resume: the folder must hold ``last.pt``.
 
     ``lock`` (a :class:`RunLock` of ``path``) is acquired before anything is deleted or written, and the folder is
@@ -183,8 +188,14 @@ def prepare_run_dir(path: str, *, resume: bool = False, overwrite: bool = False,
         raise RunDirError(f"{path} exists and is a file, not a folder; choose another --run-dir")
 
     def check(entries: list[str]) -> None:
+        nonlocal overwrite
         if not entries:
             return
+        if not overwrite and MARKER in entries and not has_checkpoint(path):
+            # A run that failed before its first checkpoint left config/split/log files but nothing to resume:
+            # refusing would ask for a --resume that cannot work. Start again in its place (semiseg's files only).
+            print(f"note: {path} holds a run that stopped before its first checkpoint; starting it again there")
+            overwrite = True
         if not overwrite:
             raise RunDirError(
                 f"run folder {path} already exists; pass --resume to continue it, --overwrite to replace it, "

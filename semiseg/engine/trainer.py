@@ -24,7 +24,7 @@ from torch.utils.data import Subset
 
 from semiseg import __version__
 from semiseg.config import Config, ConfigError, config_to_dict, dump_config
-from semiseg.engine import build, distributed as dist
+from semiseg.engine import build, distributed as dist, preflight
 from semiseg.engine.checkpoint import (BEST, FORMAT, LAST, CheckpointError, atomic_save, capture_rng_state, describe_names,
                                       load_checkpoint, nonfinite_tensors, restore_rng_state)
 from semiseg.engine.context import TrainContext
@@ -130,6 +130,7 @@ class Trainer:
     def _build(self, ckpt: dict[str, Any] | None) -> None:
         """Everything between the run folder and the first step; files are written only at the end."""
         cfg, t, run_dir = self.cfg, self.cfg.train, self.run_dir
+        preflight.check_config(cfg)  # names and options the recipe gives, before anything is built
         if ckpt is not None:
             check_resume_changes(ckpt.get("config") or {}, cfg)
 
@@ -158,6 +159,7 @@ class Trainer:
         train_set = build.build_dataset(cfg, cfg.data.train_split)
         val_set = build.build_dataset(cfg, cfg.data.val_split, validation=True)
         num_classes, ignore_index = int(train_set.num_classes), int(getattr(train_set, "ignore_index", 255))
+        self._preflight_data(train_set, val_set)
 
         # ---- model (pretrained weights only for a fresh run: a resume loads its own)
         model = build.build_model(cfg, num_classes, pretrained=ckpt is None, verbose=self.is_main)
@@ -256,6 +258,18 @@ class Trainer:
             "torch": str(torch.__version__), "threads": torch.get_num_threads()})
         dist.barrier()
 
+    def _preflight_data(self, train_set, val_set) -> None:
+        """The data files checked before the model is built (engine/preflight.py); rank 0 reads, all ranks stop."""
+        error = None
+        if self.is_main:
+            try:
+                preflight.check_data(self.cfg, train_set, val_set)
+            except ValueError as e:  # DataError and ConfigError
+                error = e
+        error = dist.broadcast_object(error)
+        if error is not None:
+            raise error
+
     # ------------------------------------------------------------------------------------------------
     def fit(self, stop_at: int | None = None) -> dict[str, Any]:
         """Train to ``train.iterations``; returns the final evaluation and the best checkpoint's record.
@@ -296,6 +310,9 @@ class Trainer:
                     values["img_per_s"] = window_steps * self.cfg.data.batch_size / max(elapsed, 1e-9)
                     values["threads"] = torch.get_num_threads()
                     self.log.log("train", it, values)
+                    if pbar is None and self.is_main:  # --no-progress: plain log lines instead of the bar
+                        print(f"iteration {it}/{t.iterations}: loss {values['loss']:.4f}, lr {lr:.2e}, "
+                              f"{values['img_per_s']:.1f} img/s", flush=True)
                     window, window_steps, window_start = {}, 0, time.perf_counter()
                 final = it == t.iterations
                 improved = False
@@ -393,6 +410,8 @@ class Trainer:
                 text += f" (best {100 * best:.2f} at iteration {self.best['iteration']})"
             if pbar is not None:
                 pbar.write(text)
+            else:  # without a progress bar (--no-progress, logs to a file) the evaluations still show
+                print(text, flush=True)
         return improved
 
     # ------------------------------------------------------------------------------------------------
