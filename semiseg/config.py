@@ -433,12 +433,14 @@ def _validate_registry_names(cfg: Config) -> None:
 
     def check(key: str, value: str, valid, fix: str = "") -> None:
         if ":" not in value and value not in valid:
-            raise ConfigError(f"unknown {key} {value!r}; available: {', '.join(valid)}{fix}")
+            raise ConfigError(f"unknown {key} {value!r}; available: {', '.join(valid)}{fix}\n"
+                              f"  fix: use one of {', '.join(valid)}")
 
     code = ", or 'package.module:function' for your own"
     check("model.name", cfg.model.name, available_models(), code)
     if cfg.loss.name.replace(" ", "").lower() not in LOSS_NAMES:
-        raise ConfigError(f"unknown loss.name {cfg.loss.name!r}; available: {', '.join(LOSS_NAMES)}")
+        raise ConfigError(f"unknown loss.name {cfg.loss.name!r}; available: {', '.join(LOSS_NAMES)}\n"
+                          f"  fix: use one of {', '.join(LOSS_NAMES)}")
     from semiseg.engine.methods import available_methods
 
     check("method.name", cfg.method.name, available_methods(), ", or 'package.module:Class' for your own")

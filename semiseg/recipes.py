@@ -36,6 +36,8 @@ def available_recipes() -> list[str]:
     names: set[str] = set()
     for folder in recipe_dirs():
         for path in folder.rglob("*.yaml"):
+            if path.name.startswith("study_"):  # `semiseg study` files live beside the recipes; they are not recipes
+                continue
             names.add(path.relative_to(folder).with_suffix("").as_posix())
     return sorted(names)
 

@@ -110,7 +110,8 @@ def test_training_on_a_folder_of_mixed_sizes_with_eval_batches(tmp_path, capsys)
 def test_a_run_folder_without_checkpoint_does_not_block_the_rerun(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    for name in ("config.yaml", "split.txt", "metrics.jsonl"):  # what a run that crashed before its first save leaves
+    # what a run that crashed before its first save leaves (semiseg marked the folder as its own when it made it)
+    for name in ("config.yaml", "split.txt", "metrics.jsonl", ".semiseg-run"):
         (run / name).write_text("")
     assert run_train(tmp_path, "train.iterations=2", "train.eval_interval=0") == 0
     out = capsys.readouterr().out
