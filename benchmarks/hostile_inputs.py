@@ -878,7 +878,7 @@ def _(tmp):
 @case("data", "duplicate class names (classes: [a, b, a])", "error")
 def _(tmp):
     root = folder_dataset(os.path.join(tmp, "d"))
-    return expect_error(train_folder(tmp, root, classes="[a, b, a]"), "duplicate")
+    return expect_error(train_folder(tmp, root, classes="[a, b, a]"), "more than once")
 
 
 @case("data", "a corrupt training image the sampler reaches late", "error")
