@@ -435,3 +435,22 @@ def test_a_data_error_in_a_dataloader_worker_keeps_its_message(tmp_path):
     assert "Traceback" not in msg and "DataLoader worker" not in msg
     assert msg.startswith(str(tmp_path)) and "values 3, 4 outside 0..2" in msg and "\n  fix: " in msg
     assert e.value.fix and "classes" in e.value.fix
+
+
+def test_option_spelling_is_per_thread_and_always_restored():
+    """`semiseg data check` reads in a thread pool: one thread's style must not leak into another or outlive it."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from semiseg.data.errors import option, option_style
+
+    def work(i):
+        style = ("python", "cli", "config")[i % 3]
+        with option_style(style):
+            time.sleep(0.0005)
+            return option("binary", True)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(work, range(300)))
+    assert results == [("binary=True", "--binary", "data.options.binary=true")[i % 3] for i in range(300)]
+    assert option("binary", True) == "binary=True"  # the default again afterwards
