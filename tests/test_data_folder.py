@@ -297,8 +297,21 @@ def test_masks_named_with_a_suffix_or_another_pattern(tmp_path):
     for stem, mask in (("21_training", "21_manual1"), ("22_training", "22_manual1")):
         _save_image(tmp_path / "b" / "images" / f"{stem}.tif")
         _save_mask(tmp_path / "b" / "masks" / f"{mask}.png", _stripes())
-    with pytest.raises(DataError, match=r"(?s)2 images \(21_training.tif.*2 masks \(21_manual1.png.*rename"):
+    # the retina set's names: 21_training.tif, 21_manual1.gif, 21_training_mask.gif
+    with pytest.raises(DataError) as e:
         build_dataset("folder", tmp_path / "b", classes=3)
+    msg = str(e.value)
+    assert "2 images (21_training.tif" in msg and "2 masks (21_manual1.png" in msg
+    assert "image_suffix='_training' and mask_suffix='_manual1'" in msg and "pair as 21, 22" in msg
+    assert "mask has no image" not in msg  # one problem for the folder, not one per file
+    for stem in ("21", "22"):
+        _save_mask(tmp_path / "b" / "fov" / f"{stem}_training_mask.png", np.full((16, 24), 255))
+    with pytest.raises(DataError, match=r"(?s)no image has a region mask of the same name.*roi_suffix='_training_mask'"):
+        build_dataset("folder", tmp_path / "b", classes=3, image_suffix="_training", mask_suffix="_manual1",
+                      roi_dir="fov")
+    ds = build_dataset("folder", tmp_path / "b", classes=3, image_suffix="_training", mask_suffix="_manual1",
+                       roi_dir="fov", roi_suffix="_training_mask")
+    assert ds.names == ["21", "22"] and ds[1]["mask"].shape == (16, 24)
 
 
 def test_a_typo_in_the_split_is_an_error_not_the_whole_folder(tmp_path):
@@ -422,3 +435,22 @@ def test_a_data_error_in_a_dataloader_worker_keeps_its_message(tmp_path):
     assert "Traceback" not in msg and "DataLoader worker" not in msg
     assert msg.startswith(str(tmp_path)) and "values 3, 4 outside 0..2" in msg and "\n  fix: " in msg
     assert e.value.fix and "classes" in e.value.fix
+
+
+def test_option_spelling_is_per_thread_and_always_restored():
+    """`semiseg data check` reads in a thread pool: one thread's style must not leak into another or outlive it."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from semiseg.data.errors import option, option_style
+
+    def work(i):
+        style = ("python", "cli", "config")[i % 3]
+        with option_style(style):
+            time.sleep(0.0005)
+            return option("binary", True)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(work, range(300)))
+    assert results == [("binary=True", "--binary", "data.options.binary=true")[i % 3] for i in range(300)]
+    assert option("binary", True) == "binary=True"  # the default again afterwards

@@ -35,6 +35,7 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-dir", default=None, help="image folder inside PATH (default: images/, img/, ...)")
     p.add_argument("--mask-dir", default=None, help="mask folder inside PATH (default: masks/, labels/, ...)")
     p.add_argument("--mask-suffix", default="", help="mask stem = image stem + this (e.g. _mask)")
+    p.add_argument("--image-suffix", default="", help="an ending of the image stems left out when matching (e.g. _training)")
     p.add_argument("--allow-unlabeled", action="store_true", help="images without masks are unlabeled, not an error")
     p.add_argument("--ignore-value", type=int, default=None,
                    help="binary masks: the stored value that marks ignored pixels (e.g. 128; 255 is foreground)")
@@ -111,6 +112,7 @@ def open_dataset(args: argparse.Namespace, *, strict: bool):
         return kind, build_dataset(kind, args.path, args.split or "train", strict=strict)
     options = dict(palette=args.palette, ignore_index=args.ignore_index, binary=args.binary,
                    image_dir=args.image_dir, mask_dir=args.mask_dir, mask_suffix=args.mask_suffix,
+                   image_suffix=args.image_suffix,
                    require_masks=not args.allow_unlabeled, strict=strict, ignore_value=args.ignore_value,
                    roi_dir=args.roi_dir, roi_suffix=args.roi_suffix, match_size=args.match_size,
                    image_range=args.image_range, exif=args.exif, val_fraction=args.val_fraction)

@@ -16,29 +16,44 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 
 # The spelling of options in messages: style "python" | "cli" | "config"; for "config" the recipe keys that
-# hold the dataset options and the split name.
-_STYLE: dict = {"style": "python", "options": "data.options", "split": "data.train_split"}
+# hold the dataset options and the split name. Per thread: `semiseg data check` reads files in a thread pool,
+# and a style shared by all threads would be restored out of order (one thread's exit undoing another's).
+_DEFAULT_STYLE = {"style": "python", "options": "data.options", "split": "data.train_split"}
+_LOCAL = threading.local()
+
+
+class _Style:
+    """The current thread's style as a read-only mapping (the default when no option_style is active)."""
+
+    def __getitem__(self, key: str) -> str:
+        return (getattr(_LOCAL, "style", None) or _DEFAULT_STYLE)[key]
+
+
+_STYLE = _Style()
 
 # `semiseg data` flags that differ from "--" + the option name with dashes
 _CLI_FLAGS = {"require_masks": "--allow-unlabeled"}
 
 
 def current_style() -> dict:
-    return dict(_STYLE)
+    return dict(getattr(_LOCAL, "style", None) or _DEFAULT_STYLE)
 
 
 @contextlib.contextmanager
 def option_style(style: str | dict, *, options: str = "data.options", split: str = "data.train_split"):
-    """Spell options in ``style`` ("python", "cli", "config" or a dict from :func:`current_style`) inside the block."""
-    previous = dict(_STYLE)
-    _STYLE.update(style if isinstance(style, dict) else {"style": style, "options": options, "split": split})
+    """Spell options in ``style`` ("python", "cli", "config" or a dict from :func:`current_style`) inside the
+    block, in this thread."""
+    previous = getattr(_LOCAL, "style", None)
+    new = current_style()
+    new.update(style if isinstance(style, dict) else {"style": style, "options": options, "split": split})
+    _LOCAL.style = new
     try:
         yield
     finally:
-        _STYLE.clear()
-        _STYLE.update(previous)
+        _LOCAL.style = previous
 
 
 def options_key() -> str:

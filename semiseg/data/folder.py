@@ -66,24 +66,26 @@ def _find_dir(root: str, given: str | None, candidates: Sequence[str], what: str
     )
 
 
-def _find_mask_dir(root: str, given: str | None, image_dir: str) -> str:
-    """The mask folder: given, or the one folder besides the images that could hold masks; never a guess."""
+def _find_mask_dir(root: str, given: str | None, image_dir: str, roi_dir: str | None = None) -> str:
+    """The mask folder: given, or the one folder besides the images (and the region masks) that could hold
+    masks; never a guess."""
     if given is not None:
         return _find_dir(root, given, MASK_DIRS, "mask", "mask_dir")
     others = sorted(d for d in os.listdir(root)
                     if not d.startswith(".") and os.path.isdir(os.path.join(root, d))
                     and os.path.abspath(os.path.join(root, d)) != os.path.abspath(image_dir)
+                    and (roi_dir is None or os.path.abspath(os.path.join(root, d)) != os.path.abspath(os.path.join(root, roi_dir)))
                     and list_images(os.path.join(root, d)))
     known = [d for d in others if d in MASK_DIRS]
     if len(others) == 1 and known:
         return os.path.join(root, known[0])
     if len(others) > 1:
-        first = known[0] if known else others[0]
+        choices = " or ".join(option("mask_dir", d) for d in others[:4])
         raise DataError(
             f"several folders besides {os.path.basename(image_dir)}/ could hold the masks: "
             f"{', '.join(_describe(root, d) for d in others)}; semiseg does not guess which one holds the labels",
             root,
-            f"name the folder of label masks: {option('mask_dir', first)}; a folder of region-of-interest masks "
+            f"name the folder of label masks: {choices}; a folder of region-of-interest masks "
             f"(e.g. a field of view) can mark the pixels outside it as ignored: {option('roi_dir', 'FOLDER')}",
         )
     if others:
@@ -94,6 +96,28 @@ def _find_mask_dir(root: str, given: str | None, image_dir: str) -> str:
 
 def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
+
+
+def _common_suffix(stems: list[str]) -> str:
+    """The ending all ``stems`` share, from a separator on ("_training" of 21_training, 22_training), or ""."""
+    if len(stems) < 2:
+        return ""
+    tail = os.path.commonprefix([s[::-1] for s in stems])[::-1]
+    cut = next((i for i, ch in enumerate(tail) if ch in "_-. "), None)
+    return "" if cut is None else tail[cut:]
+
+
+def _suffix_hint(image_stems: list[str], other_stems: list[str], image_suffix: str, other_suffix: str,
+                 other_option: str) -> str | None:
+    """Suffixes that would pair the two lists of stems by what is left (21_training <-> 21_manual1), as a fix."""
+    a, b = _common_suffix(image_stems), _common_suffix(other_stems)
+    keys_a = {s[: len(s) - len(a)] for s in image_stems}
+    keys_b = {s[: len(s) - len(b)] for s in other_stems}
+    if not (a or b) or not keys_a & keys_b:
+        return None
+    parts = ([option("image_suffix", a + image_suffix)] if a else []) + \
+        ([option(other_option, b + other_suffix)] if b else [])
+    return f"set {' and '.join(parts)}: the files then pair as {', '.join(sorted(keys_a & keys_b)[:3])}, ..."
 
 
 class FolderDataset(PairDataset):
@@ -108,6 +132,8 @@ class FolderDataset(PairDataset):
         ignore_value: with ``binary``, the stored mask value that means "ignore" (e.g. 128).
         image_dir, mask_dir: the folders (default: found by name; an error lists them when several fit).
         mask_suffix: the part of a mask's stem after the image stem (e.g. "_mask", "_L").
+        image_suffix: an ending of the image stems that is not part of the name masks are matched by (a retina
+            set's 21_training.tif with mask 21_manual1.gif: image_suffix="_training", mask_suffix="_manual1").
         roi_dir, roi_suffix: region-of-interest masks matched like the masks; pixels outside (0) are ignored.
         require_masks: False lets images without a mask through as fully ignored (unlabeled) samples.
         match_size: None (a mask of another size is an error), "resize_mask" (resize masks with the image's
@@ -132,6 +158,7 @@ class FolderDataset(PairDataset):
         image_dir: str | None = None,
         mask_dir: str | None = None,
         mask_suffix: str = "",
+        image_suffix: str = "",
         roi_dir: str | None = None,
         roi_suffix: str = "",
         require_masks: bool = True,
@@ -171,16 +198,16 @@ class FolderDataset(PairDataset):
                          match_size=match_size, image_range=image_range, exif=exif)
         self.root = root
         self.image_dir = _find_dir(root, image_dir, IMAGE_DIRS, "image", "image_dir")
-        self.mask_dir = _find_mask_dir(root, mask_dir, self.image_dir)
+        self.mask_dir = _find_mask_dir(root, mask_dir, self.image_dir, roi_dir)
         self.roi_dir = _find_dir(root, roi_dir, (), "region mask", "roi_dir") if roi_dir is not None else None
-        self._scan(mask_suffix, require_masks)
+        self._scan(mask_suffix, require_masks, image_suffix)
         if self.roi_dir is not None:
             self._scan_regions(roi_suffix)
         if val_fraction is not None:
             self._hold_out(val_fraction)
         self._finish_scan(strict, root)
 
-    def _scan(self, mask_suffix: str, require_masks: bool) -> None:
+    def _scan(self, mask_suffix: str, require_masks: bool, image_suffix: str = "") -> None:
         masks: dict[str, str] = {}
         for path in list_images(self.mask_dir):
             stem = _stem(path)
@@ -200,8 +227,9 @@ class FolderDataset(PairDataset):
 
         seen: dict[str, str] = {}
         missing: list[str] = []
+        self._image_suffix = image_suffix
         for path in list_images(self.image_dir):
-            stem = _stem(path)
+            stem = self._image_stem(path)
             if stem in seen:
                 self.problems.append(DataError(f"two images with the stem {stem!r} (also {seen[stem]})", path,
                                                "rename or remove one: images are matched to masks by stem",
@@ -215,9 +243,9 @@ class FolderDataset(PairDataset):
             self.names.append(stem)
             self.image_paths.append(path)
             self.mask_paths.append(mask)
-        self._explain_missing(missing, masks, others, mask_suffix)
+        no_match = self._explain_missing(missing, masks, others, mask_suffix)
 
-        for stem in sorted(set(masks) - set(seen)):
+        for stem in sorted(set(masks) - set(seen)) if not no_match else []:  # (no_match already lists them)
             self.warnings.append(DataError("mask has no image (ignored)", masks[stem],
                                            f"add the image as {os.path.join(self.image_dir, stem)}.jpg or remove the mask",
                                            kind="no_image"))
@@ -226,24 +254,35 @@ class FolderDataset(PairDataset):
                                            f"put the images there ({COMMON_EXTENSIONS}, any format PIL reads) or set "
                                            f"{option('image_dir', 'FOLDER')}"))
 
-    def _explain_missing(self, missing: list[str], masks: dict[str, str], others: dict[str, str], suffix: str) -> None:
-        """One problem per image without a mask, saying what was found instead when something was."""
+    def _image_stem(self, path: str) -> str:
+        stem, suffix = _stem(path), getattr(self, "_image_suffix", "")
+        return stem[: -len(suffix)] if suffix and stem.endswith(suffix) else stem
+
+    def _explain_missing(self, missing: list[str], masks: dict[str, str], others: dict[str, str], suffix: str) -> bool:
+        """One problem per image without a mask, saying what was found instead when something was; True when
+        no image matched any mask (then one problem for the whole folder)."""
         if not missing:
-            return
+            return False
         unlabeled = option("require_masks", False)
         if not self.names and masks and len(missing) > 1:
             # not a single pair: the names follow another pattern (e.g. 21_training.tif and 21_manual1.gif)
             shown_images = ", ".join(os.path.basename(p) for p in missing[:3])
             shown_masks = ", ".join(os.path.basename(p) for p in sorted(masks.values())[:3])
-            suffixes = {stem[len(_stem(p)):] for p in missing for stem in masks if stem.startswith(_stem(p))}
-            hint = f"set {option('mask_suffix', sorted(suffixes)[0])}" if len(suffixes) == 1 else                 "rename the files so that a mask has its image's name (a common suffix is allowed: mask_suffix)"
+            stems = [self._image_stem(p) for p in missing]
+            extras = {m[len(i):] for i in stems for m in masks if m.startswith(i) and m != i}
+            if len(extras) == 1:  # mask = image name + an ending (21.jpg, 21_mask.png)
+                hint = f"set {option('mask_suffix', extras.pop() + suffix)}"
+            else:  # both carry an ending (21_training.tif, 21_manual1.gif)
+                hint = _suffix_hint(stems, sorted(masks), self._image_suffix, suffix, "mask_suffix")
+            hint = hint or ("rename the files so that a mask has its image's name (common endings are allowed: "
+                            f"{option('image_suffix')}, {option('mask_suffix')})")
             self.problems.append(DataError(
                 f"no image has a mask of the same name: {len(missing)} images ({shown_images}, ...) and {len(masks)} "
                 f"masks ({shown_masks}, ...) in {self.mask_dir}; masks are matched to images by file name"
                 + (f" + mask_suffix {suffix!r}" if suffix else ""), self.image_dir, hint, kind="no_match"))
-            return
+            return True
         for path in missing:
-            stem = _stem(path)
+            stem = self._image_stem(path)
             expected = os.path.join(self.mask_dir, stem + suffix + ".png")
             if stem + suffix in others:
                 found = others[stem + suffix]
@@ -265,6 +304,7 @@ class FolderDataset(PairDataset):
                 "image has no mask", path,
                 f"add {expected} (or any image format), remove the image, or set {unlabeled} to use it as unlabeled",
                 kind="no_mask"))
+        return False
 
     def _scan_regions(self, suffix: str) -> None:
         regions = {}
@@ -273,6 +313,14 @@ class FolderDataset(PairDataset):
             if not suffix or stem.endswith(suffix):
                 regions[stem[: len(stem) - len(suffix)] if suffix else stem] = path
         self.region_paths = []
+        if regions and len(self.names) > 1 and not set(regions) & set(self.names):
+            hint = _suffix_hint(list(self.names), sorted(regions), "", suffix, "roi_suffix")
+            if hint and "image_suffix" not in hint:  # (the images' names are settled by now)
+                self.problems.append(DataError(
+                    f"no image has a region mask of the same name (images {', '.join(self.names[:3])}, ...; region "
+                    f"masks {', '.join(sorted(regions)[:3])}, ...)", self.roi_dir, hint, kind="no_region"))
+                self.region_paths = [None] * len(self.names)
+                return
         for name, image in zip(self.names, self.image_paths):
             region = regions.get(name)
             if region is None:
