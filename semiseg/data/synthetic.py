@@ -200,18 +200,20 @@ class SyntheticShapes(Dataset):
     num_classes = len(CLASSES)
     ignore_index = 255
     palette = PALETTE
+    kind = "synthetic"  # the data.kind that builds it, for error messages
+    too_small = "too small for the shapes"
 
     def __init__(self, split: str = "train", *, length: int | None = None, size=128, seed: int = 0,
                  transform: Callable | None = None):
         if split not in SPLIT_STREAMS:
-            raise DataError(f"unknown synthetic split {split!r}", None, f"use one of {', '.join(SPLIT_STREAMS)}")
+            raise DataError(f"unknown {self.kind} split {split!r}", None, f"use one of {', '.join(SPLIT_STREAMS)}")
         self.split = split
         self.length = DEFAULT_LENGTH[split] if length is None else int(length)
         if self.length < 1:
             raise DataError(f"length must be >= 1, got {length}", None, "e.g. length=1000")
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         if min(self.size) < 32:
-            raise DataError(f"size {self.size} is too small for the shapes", None, "use at least 32 pixels")
+            raise DataError(f"size {self.size} is {self.too_small}", None, "use at least 32 pixels")
         self.seed = int(seed)
         self.transform = transform
         self.names = [f"{split}_{i:05d}" for i in range(self.length)]
@@ -219,18 +221,25 @@ class SyntheticShapes(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One sample from its own random stream; subclasses draw other scenes."""
+        return render_scene(rng, *self.size)
+
+    def stream(self, index: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, SPLIT_STREAMS[self.split], index))
+
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < self.length:
             raise IndexError(index)
-        rng = np.random.default_rng((self.seed, SPLIT_STREAMS[self.split], index))
-        return render_scene(rng, *self.size)
+        return self.render(self.stream(index))
 
     def __getitem__(self, index: int) -> dict:
         image, mask = self.read(index)
         return to_sample(image, mask, self.names[index], self.transform)
 
     def __repr__(self) -> str:
-        return f"SyntheticShapes(split={self.split!r}, {self.length} samples of {self.size[0]}x{self.size[1]}, seed={self.seed})"
+        return (f"{type(self).__name__}(split={self.split!r}, {self.length} samples of {self.size[0]}x{self.size[1]}, "
+                f"seed={self.seed})")
 
 
 def _build(root, split, **options) -> SyntheticShapes:

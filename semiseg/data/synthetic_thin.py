@@ -17,14 +17,10 @@ Rendering is numpy-vectorised (a few ms for 128x128 on one core).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from .base import to_sample
-from .errors import DataError
-from .synthetic import DEFAULT_LENGTH, SPLIT_STREAMS
+from .synthetic import SPLIT_STREAMS, SyntheticShapes
 
 CLASSES = ["background", "vessel"]
 PALETTE = np.array([[0, 0, 0], [255, 60, 60]], dtype=np.uint8)
@@ -130,53 +126,22 @@ def render_thin_scene(rng: np.random.Generator, height: int = 128, width: int = 
     return np.clip(image, 0, 255).astype(np.uint8), mask.astype(np.uint8)
 
 
-class SyntheticThin(Dataset):
-    """The built-in thin-structure dataset (kind "synthetic_thin"). Sample ``i`` is rendered from (seed, split, i).
-
-    Args:
-        split: "train", "val" or "test" (independent random streams).
-        length: number of samples (default 1000 train, 200 val/test).
-        size: image size, int or (height, width); default 128.
-        seed: changes every picture of every split.
-    """
+class SyntheticThin(SyntheticShapes):
+    """The built-in thin-structure dataset (kind "synthetic_thin"): SyntheticShapes' options and splits, other
+    scenes (curvy 1-3 px vessels) from a random stream of their own."""
 
     classes = CLASSES
     num_classes = len(CLASSES)
-    ignore_index = 255
     palette = PALETTE
+    kind = "synthetic_thin"
+    too_small = "too small"
 
-    def __init__(self, split: str = "train", *, length: int | None = None, size=128, seed: int = 0,
-                 transform: Callable | None = None):
-        if split not in SPLIT_STREAMS:
-            raise DataError(f"unknown synthetic_thin split {split!r}", None, f"use one of {', '.join(SPLIT_STREAMS)}")
-        self.split = split
-        self.length = DEFAULT_LENGTH[split] if length is None else int(length)
-        if self.length < 1:
-            raise DataError(f"length must be >= 1, got {length}", None, "e.g. length=1000")
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
-        if min(self.size) < 32:
-            raise DataError(f"size {self.size} is too small", None, "use at least 32 pixels")
-        self.seed = int(seed)
-        self.transform = transform
-        self.names = [f"{split}_{i:05d}" for i in range(self.length)]
-
-    def __len__(self) -> int:
-        return self.length
-
-    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if not 0 <= index < self.length:
-            raise IndexError(index)
-        # a stream apart from the shapes dataset's: (seed, split, index, 7)
-        rng = np.random.default_rng((self.seed, SPLIT_STREAMS[self.split], index, 7))
+    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return render_thin_scene(rng, *self.size)
 
-    def __getitem__(self, index: int) -> dict:
-        image, mask = self.read(index)
-        return to_sample(image, mask, self.names[index], self.transform)
-
-    def __repr__(self) -> str:
-        return (f"SyntheticThin(split={self.split!r}, {self.length} samples of {self.size[0]}x{self.size[1]}, "
-                f"seed={self.seed})")
+    def stream(self, index: int) -> np.random.Generator:
+        # a stream apart from the shapes dataset's: (seed, split, index, 7)
+        return np.random.default_rng((self.seed, SPLIT_STREAMS[self.split], index, 7))
 
 
 def _build(root, split, **options) -> SyntheticThin:
