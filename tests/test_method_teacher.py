@@ -201,3 +201,47 @@ def test_strong_views_can_stay_out_of_the_running_statistics(tmp_path):
     with torch.no_grad():  # only the labeled pass (EMA teacher, no fp stream) updates the running mean
         expected.train()(model[0](labeled["image"]))
     assert torch.allclose(model[1].running_mean, expected.running_mean)
+
+
+def test_class_thresholds_keep_the_same_share_of_every_class():
+    from semiseg.engine.methods.teacher import class_thresholds
+    torch.manual_seed(0)
+    # 90% background at high confidence, 10% of class 1 at low confidence; class 2 never predicted
+    label = (torch.rand(4, 50, 50) < 0.1).long()
+    conf = torch.where(label == 0, 0.9 + 0.1 * torch.rand(4, 50, 50), 0.4 + 0.3 * torch.rand(4, 50, 50))
+    valid = torch.ones(4, 50, 50, dtype=torch.bool)
+    valid[:, :5] = False
+    t = class_thresholds(conf, label, valid, 3, keep=0.5)
+    assert t[2] == 1.0
+    kept = valid & (conf >= t[label])
+    for c in (0, 1):
+        share = (kept & (label == c)).sum() / (valid & (label == c)).sum()
+        assert 0.5 <= float(share) < 0.51
+    # one global threshold of 0.8 would keep all background and no class-1 pixel
+    assert float(((conf >= 0.8) & (label == 1)).sum()) == 0
+    everything = class_thresholds(conf, label, valid, 3, keep=1.0)
+    assert bool((valid <= (conf >= everything[label])).all())
+    with pytest.raises(ValueError, match="keep"):
+        class_thresholds(conf, label, valid, 3, keep=0.0)
+
+
+def test_per_class_keep_selects_a_share_of_each_class_in_training(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = DropoutNet().train()
+    method = UniMatch({"strong_views": 1, "feature_perturbation": False, "teacher": "ema", "per_class_keep": 0.25,
+                       "conf_thresh": 0.0, "cutmix_prob": 0.0})
+    method.setup(direct_context(tmp_path, model, Constant(200)))
+    seen = []
+    monkeypatch.setattr(unimatch, "consistency_loss",
+                        lambda logits, targets, t: seen.append((targets, t)) or logits.sum() * 0)
+    labeled = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
+    out = method.training_step(labeled, {"image": torch.randn(2, 3, 32, 32)}, 0)
+    targets, threshold = seen[0]
+    assert threshold.shape == targets.conf.shape  # one threshold per pixel, by its class
+    kept = targets.valid & (targets.conf >= threshold)
+    for c in torch.unique(targets.label[targets.valid]).tolist():
+        share = (kept & (targets.label == c)).sum() / (targets.valid & (targets.label == c)).sum()
+        assert 0.25 <= float(share) < 0.3
+    assert 0.25 <= float(out["mask_ratio"]) < 0.3  # conf_thresh 0 alone would keep every pixel
+    with pytest.raises(Exception, match="per_class_keep"):
+        UniMatch({"per_class_keep": 1.5})

@@ -10,12 +10,16 @@
 * :func:`unsupervised_weight` - 0 before ``start``, then a linear ramp to 1 over ``rampup`` iterations: a supervised
   warm-up, so the first pseudo labels come from a model that has seen the labels (from scratch, the first
   confident pixels are almost all background and teach nothing else; see BENCHMARKS.md).
+* :func:`class_thresholds` - a confidence threshold per class such that each class keeps the same share of the
+  pixels the teacher gives it (DARS, He et al. ICCV 2021): one global threshold keeps nearly every pixel of the
+  class the teacher is surest of (background) and few of the others, and the unlabeled loss then shrinks them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from typing import Iterator
 
 import torch
@@ -108,4 +112,22 @@ def unsupervised_weight(iteration: int, start: int, rampup: int) -> float:
     return min(1.0, (iteration - start + 1) / rampup)
 
 
-__all__ = ["EMATeacher", "dropout_off", "frozen_bn_statistics", "ema_momentum", "unsupervised_weight"]
+def class_thresholds(conf: torch.Tensor, label: torch.Tensor, valid: torch.Tensor, num_classes: int,
+                     keep: float) -> torch.Tensor:
+    """(num_classes,) thresholds: for each class, the confidence above which the ``keep`` most confident share of
+    the valid pixels labelled with it lie (its ``1 - keep`` quantile). ``conf``, ``label``, ``valid``: pseudo labels
+    of any shape. A class no valid pixel has gets threshold 1 (none of its pixels exist to keep)."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    thresholds = torch.ones(num_classes, dtype=torch.float32, device=conf.device)
+    conf, label = conf[valid].float(), label[valid]
+    for c in torch.unique(label).tolist():
+        values = conf[label == c]
+        # kthvalue, not quantile: no size limit, and the threshold is a confidence that occurs (ties are kept)
+        k = max(1, math.ceil((1.0 - keep) * values.numel()))
+        thresholds[c] = values.kthvalue(k).values
+    return thresholds
+
+
+__all__ = ["EMATeacher", "class_thresholds", "dropout_off", "frozen_bn_statistics", "ema_momentum",
+           "unsupervised_weight"]

@@ -43,6 +43,9 @@ Choices and differences from the official code (github.com/LiheYoung/UniMatch, u
   one decoder pass over clean + perturbed). Models without a ``backbone`` module (DeepLabV2, the FCN-VGG
   family) cannot use it; the method then refuses to start and says to set ``feature_perturbation: false``.
 * Zero valid unlabeled pixels (only possible with tiny images) give a zero loss instead of the official 0/0.
+* Not in the official code, all off by default (engine/methods/teacher.py has the shared pieces): an EMA teacher,
+  a supervised warm-up, distribution alignment, per-class thresholds (``per_class_keep``), strong views without
+  colour or outside BatchNorm's running statistics.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from semiseg.config import ConfigError
 from semiseg.data.transforms import build_strong_augment, mean_rgb_uint8, normalize, strong_augment_batch
 from semiseg.engine.methods.base import Method
 from semiseg.engine.methods.teacher import (
-    EMATeacher, dropout_off, ema_momentum, frozen_bn_statistics, unsupervised_weight,
+    EMATeacher, class_thresholds, dropout_off, ema_momentum, frozen_bn_statistics, unsupervised_weight,
 )
 
 # CutMix box aspect ratios (height / width), drawn uniformly: the official obtain_cutmix_box's 0.3 .. 1/0.3.
@@ -123,6 +126,11 @@ class UniMatchOptions:
     distribution_alignment: bool = False
     # Momentum of the two running class distributions distribution alignment keeps.
     da_momentum: float = 0.99
+    # null: one confidence threshold for every class (conf_thresh, the official rule). A share in (0, 1]: per class
+    # and batch, the most confident per_class_keep of the pixels the teacher gives that class are kept (DARS-style
+    # class-wise thresholds; conf_thresh is then unused). One global threshold keeps nearly all background pixels and
+    # few of the objects', and the unlabeled loss then shrinks the objects (BENCHMARKS.md, payoff study).
+    per_class_keep: float | None = None
     # Diagnostics only: log the accuracy of the confident pseudo labels against the unlabeled images' true
     # masks when the dataset has them (synthetic data). The masks never enter a loss.
     log_pseudo_accuracy: bool = False
@@ -153,6 +161,9 @@ class UniMatchOptions:
             raise ConfigError(f"method.options.ema_momentum must be in [0, 1), got {self.ema_momentum}")
         if not 0.0 <= self.da_momentum < 1.0:
             raise ConfigError(f"method.options.da_momentum must be in [0, 1), got {self.da_momentum}")
+        if self.per_class_keep is not None and not 0.0 < self.per_class_keep <= 1.0:
+            raise ConfigError(f"method.options.per_class_keep must be in (0, 1] (the share of each class's pixels "
+                              f"kept) or null (one global conf_thresh), got {self.per_class_keep}")
         if self.unsup_start < 0 or self.unsup_rampup < 0:
             raise ConfigError(f"method.options.unsup_start and unsup_rampup must be >= 0 (iterations), got "
                               f"{self.unsup_start} and {self.unsup_rampup}")
@@ -230,15 +241,16 @@ class DistributionAlignment:
         self.labeled, self.predicted = state.get("labeled"), state.get("predicted")
 
 
-def consistency_loss(logits: torch.Tensor, targets: Targets, conf_thresh: float) -> torch.Tensor:
+def consistency_loss(logits: torch.Tensor, targets: Targets, conf_thresh: float | torch.Tensor) -> torch.Tensor:
     """The official unsupervised loss: cross-entropy summed over valid pixels whose pseudo label has
-    confidence >= ``conf_thresh``, divided by the number of valid pixels (confident or not)."""
+    confidence >= ``conf_thresh`` (a number, or one per pixel), divided by the number of valid pixels (confident
+    or not)."""
     ce = F.cross_entropy(logits.float(), targets.label, reduction="none")
     keep = targets.valid & (targets.conf >= conf_thresh)
     return torch.where(keep, ce, torch.zeros_like(ce)).sum() / targets.valid.sum().clamp(min=1)
 
 
-def mask_ratio(targets: Targets, conf_thresh: float) -> torch.Tensor:
+def mask_ratio(targets: Targets, conf_thresh: float | torch.Tensor) -> torch.Tensor:
     """Fraction of valid pixels whose pseudo label passes the threshold (the official log's "Mask")."""
     keep = targets.valid & (targets.conf >= conf_thresh)
     return keep.sum().float() / targets.valid.sum().clamp(min=1)
@@ -424,25 +436,38 @@ class UniMatch(Method):
                 logits_s = ctx.model(self._layout(torch.cat([v for v, _ in views]))).chunk(len(views))
         if targets_u is None:
             targets_u = pseudo_labels(logits_u, valid_u, self.align)
+        threshold = self._threshold(targets_u)
 
         # Losses in float32 (softmax over bf16 logits loses the small probabilities CE cares about).
         loss_x = ctx.criterion(logits_x.float(), masks_x)
-        losses_s = [consistency_loss(logits, targets_u.cutmix(box, targets_m), o.conf_thresh)
-                    for logits, (_, box) in zip(logits_s, views)]
+        losses_s = []
+        for logits, (_, box) in zip(logits_s, views):
+            targets = targets_u.cutmix(box, targets_m)
+            losses_s.append(consistency_loss(logits, targets, threshold(targets)))
         loss_s = torch.stack(losses_s).mean()
         loss_u = o.strong_weight * loss_s
         out = {"loss_x": loss_x.detach(), "loss_s": loss_s.detach()}
         if logits_fp is not None:
-            loss_fp = consistency_loss(logits_fp, targets_u, o.conf_thresh)
+            loss_fp = consistency_loss(logits_fp, targets_u, threshold(targets_u))
             loss_u = loss_u + o.weight_fp * loss_fp
             out["loss_fp"] = loss_fp.detach()
         loss = (loss_x + weight * loss_u) / 2
         ctx.backward(loss)
-        out["mask_ratio"] = mask_ratio(targets_u, o.conf_thresh)
+        out["mask_ratio"] = mask_ratio(targets_u, threshold(targets_u))
         if o.log_pseudo_accuracy and unlabeled_batch.get("mask") is not None:
             out["pseudo_acc"] = pseudo_label_accuracy(targets_u, unlabeled_batch["mask"].to(ctx.device),
-                                                      o.conf_thresh, ctx.ignore_index)
+                                                      threshold(targets_u), ctx.ignore_index)
         return {"loss": loss.detach(), **out}
+
+    def _threshold(self, targets_u: Targets):
+        """targets -> the confidence each of its pixels needs: ``conf_thresh`` everywhere, or with ``per_class_keep``
+        the threshold of its class, computed once per step on the unlabeled images' pseudo labels (the pasted
+        pixels of a CutMix box are held to the same per-class thresholds)."""
+        keep = self.options.per_class_keep
+        if keep is None:
+            return lambda targets: self.options.conf_thresh
+        per_class = class_thresholds(targets_u.conf, targets_u.label, targets_u.valid, self.ctx.num_classes, keep)
+        return lambda targets: per_class[targets.label]
 
     def _update_teacher(self, iteration: int) -> None:
         """Move the EMA teacher towards the model once per iteration, before its pseudo labels are made: the
@@ -503,7 +528,8 @@ class UniMatch(Method):
         return images.contiguous(memory_format=torch.channels_last) if self.ctx.channels_last else images
 
 
-def pseudo_label_accuracy(targets: Targets, truth: torch.Tensor, conf_thresh: float, ignore_index: int) -> torch.Tensor:
+def pseudo_label_accuracy(targets: Targets, truth: torch.Tensor, conf_thresh: float | torch.Tensor,
+                          ignore_index: int) -> torch.Tensor:
     """Share of confident pseudo-labeled pixels whose label is right (pixels the truth ignores left out): a
     diagnostic of the teacher, never a training signal."""
     keep = targets.valid & (targets.conf >= conf_thresh) & (truth != ignore_index)
