@@ -198,6 +198,13 @@ def rewrite_checkpoint(path: str, **changes) -> None:
     torch.save(ckpt, path)
 
 
+def rewrite_run_checkpoints(run: str, **changes) -> None:
+    """``rewrite_checkpoint`` on each of the run's checkpoints (last.pt, and best.pt when there is one)."""
+    for name in ("last.pt", "best.pt"):
+        if os.path.exists(os.path.join(run, name)):
+            rewrite_checkpoint(os.path.join(run, name), **changes)
+
+
 def payload(folder: str, module: str = "payload_mod") -> str:
     """A module (``MODULE.build``) and a ``hubconf.py`` that create ``folder/PWNED`` when they run."""
     os.makedirs(folder, exist_ok=True)
@@ -307,10 +314,8 @@ def _(tmp):
 def _(tmp):
     run = copy_run(tmp)
     marker = payload(os.path.join(tmp, "evil"))
-    for name in ("last.pt", "best.pt"):
-        if os.path.exists(os.path.join(run, name)):
-            rewrite_checkpoint(os.path.join(run, name), data__kind="torch.hub:load",
-                               data__root=os.path.join(tmp, "evil"), data__options={"source": "local"})
+    rewrite_run_checkpoints(run, data__kind="torch.hub:load", data__root=os.path.join(tmp, "evil"),
+                            data__options={"source": "local"})
     with no_allow_code():
         res = cli("report", run, "--samples", "1")
     return expect_error(res, "names code to import", harm=harm_if(marker))
@@ -321,9 +326,7 @@ def _(tmp):
     run = copy_run(tmp)
     work = os.path.join(tmp, "work")
     marker = payload(work, "mymod")
-    for name in ("last.pt", "best.pt"):
-        if os.path.exists(os.path.join(run, name)):
-            rewrite_checkpoint(os.path.join(run, name), model__name="mymod:build")
+    rewrite_run_checkpoints(run, model__name="mymod:build")
     save_image(os.path.join(work, "images", "a.png"), scene(0)[0])
     res = cli_subprocess("predict", run, "images", "out", "--device", "cpu", cwd=work)
     return expect_error(res, "names code to import", "mymod:build", harm=harm_if(marker))
@@ -333,9 +336,7 @@ def _(tmp):
 def _(tmp):
     run = copy_run(tmp)
     marker = payload(os.path.join(tmp, "evil"))
-    for name in ("last.pt", "best.pt"):
-        if os.path.exists(os.path.join(run, name)):
-            rewrite_checkpoint(os.path.join(run, name), model__name="payload_mod:build")
+    rewrite_run_checkpoints(run, model__name="payload_mod:build")
     with no_allow_code(), on_path(os.path.join(tmp, "evil")):
         res = cli("export", run, "--out", os.path.join(tmp, "m.onnx"))
     return expect_error(res, "names code to import", harm=harm_if(marker))
@@ -393,9 +394,7 @@ def _(tmp):
 def _(tmp):
     run = copy_run(tmp)
     marker = payload(os.path.join(tmp, "evil"))
-    for name in ("last.pt", "best.pt"):
-        if os.path.exists(os.path.join(run, name)):
-            rewrite_checkpoint(os.path.join(run, name), model__name="payload_mod:build")
+    rewrite_run_checkpoints(run, model__name="payload_mod:build")
     with no_allow_code(), on_path(os.path.join(tmp, "evil")):
         res = cli("eval", run, "--device", "cpu", "--allow-code")
     if os.path.exists(marker):  # the module ran, as asked (its build() then stops the command)

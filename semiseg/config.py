@@ -281,21 +281,27 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+def load_yaml_file(path: str, *, what: str = "recipe", flag: str = "--config", error: type[Exception] = ConfigError):
+    """The parsed YAML of ``path`` (a recipe, a study file, ...); every way the file can be unusable raises
+    ``error`` with a message that names the file and says what was expected."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path} is not a text file (not UTF-8 at byte {e.start}); a {what} is a YAML text file") from None
+    except IsADirectoryError:
+        raise error(f"{path} is a folder; {flag} takes a {what} (a YAML file)") from None
+
+
 def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
     path = os.path.abspath(path)
     if path in seen:
         raise ConfigError(f"{path}: _base_ chain loops back to itself ({' -> '.join(seen + (path,))})")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"recipe not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path} is not a text file (not UTF-8 at byte {e.start}); a recipe is a YAML text file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a folder; --config takes a recipe file (YAML)") from None
+    data = load_yaml_file(path)
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping (model:, data:, train: ...), got {type(data).__name__}")

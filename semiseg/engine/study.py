@@ -42,9 +42,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import yaml
 
-from semiseg.config import ConfigError, config_to_dict, load_config
+from semiseg.config import ConfigError, config_to_dict, load_config, load_yaml_file
 from semiseg.engine.run_dir import CONFIG, METRICS, SPLIT
 
 STUDY_KEYS = ("name", "recipe", "set", "arms", "baseline", "labels", "full_labels", "seeds", "eval_split", "jobs")
@@ -189,13 +188,7 @@ def _parse_labels(value: Any, path: str) -> list[Labels]:
 def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Study:
     """Read and check a study file; ``overrides`` (key=value) apply to every run after the file's ``set``."""
     path = os.path.abspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise StudyError(f"study file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise StudyError(f"{path} is not valid YAML: {e}") from None
+    data = load_yaml_file(path, what="study file", flag="semiseg study", error=StudyError)
     if not isinstance(data, dict):
         raise StudyError(f"{path}: a study file is a mapping (recipe:, arms:, labels:, seeds: ...)")
     unknown = [k for k in data if k not in STUDY_KEYS]
