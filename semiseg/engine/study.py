@@ -42,7 +42,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-
 from semiseg.config import ConfigError, config_to_dict, load_config, load_yaml_file
 from semiseg.engine.run_dir import CONFIG, METRICS, SPLIT
 
