@@ -224,8 +224,9 @@ PEERS = {"advsemiseg": AdvSemiSegPeer, "pytorch_fcn": PytorchFCNPeer, "bubbliiii
 class SemisegSide:
     """The recipe's engine step at the peer's crop and batch, and its inference path (``precision: auto``)."""
 
-    def __init__(self, recipe: str, batch_size: int, crop: tuple[int, int], device: torch.device):
-        overrides = [f"data.batch_size={batch_size}", f"data.crop_size=[{crop[0]},{crop[1]}]"]
+    def __init__(self, recipe: str, batch_size: int, crop: tuple[int, int], device: torch.device,
+                 extra: list[str] | tuple[str, ...] = ()):
+        overrides = [f"data.batch_size={batch_size}", f"data.crop_size=[{crop[0]},{crop[1]}]", *extra]
         self.setup = Setup(recipe, "fast", device, overrides=overrides)
         cfg = self.setup.cfg
         num_classes = NUM_CLASSES[cfg.data.kind]
@@ -258,9 +259,9 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def compare(key: str, root: Path, rounds: int, device: torch.device) -> dict:
+def compare(key: str, root: Path, rounds: int, device: torch.device, extra: list[str] | tuple[str, ...] = ()) -> dict:
     cls = PEERS[key]
-    ours = SemisegSide(cls.recipe, cls.batch_size, cls.crop, device)
+    ours = SemisegSide(cls.recipe, cls.batch_size, cls.crop, device, extra)
     peer = cls(root, ours.batch)  # the same random batch (and labels) on both sides
     one = ours.batch["image"][:1].clone()
     counts = {"peer": weight_count(peer.model), "semiseg": weight_count(ours.setup.model)}
@@ -280,7 +281,7 @@ def compare(key: str, root: Path, rounds: int, device: torch.device) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     low = {k: min(v) for k, v in times.items()}
     row = {
-        "peer": cls.name, "recipe": cls.recipe, "model": ours.setup.cfg.model.name, "batch": cls.batch_size,
+        "peer": cls.name, "recipe": cls.recipe, "overrides": list(extra), "model": ours.setup.cfg.model.name, "batch": cls.batch_size,
         "crop": list(cls.crop), "weights": counts, "logit_shapes": shapes,
         "semiseg_train_mode": ours.train_mode, "semiseg_eval_mode": ours.eval_mode,
         "median_s": med, "min_s": low, "times_s": times,
@@ -300,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bubbliiiing", type=Path, help="checkout of bubbliiiing/deeplabv3-plus-pytorch")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up call of each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both sides")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="extra config overrides for semiseg's side, e.g. model.options.legacy_aspp=true")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -310,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for key, root in roots.items():
         if root is not None:
-            rows.append(compare(key, root.resolve(), args.rounds, device))
+            rows.append(compare(key, root.resolve(), args.rounds, device, args.set))
     print(f"\n{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); median (min) over "
           f"{args.rounds} interleaved rounds")
     print("| peer model | batch x crop | weights peer / semiseg | train s/step peer | semiseg | **train ratio** | "
