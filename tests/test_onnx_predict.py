@@ -79,3 +79,33 @@ def test_a_file_without_semiseg_metadata_is_refused(tmp_path):
     with pytest.raises(ExportError, match="cannot load"):
         OnnxPredictor(tmp_path / "missing.onnx")
 
+
+def test_predict_command_with_the_onnxruntime_backend_writes_the_torch_masks(tmp_path):
+    from PIL import Image
+
+    from semiseg.cli import main
+    from semiseg.config import load_config
+    from semiseg.engine.trainer import Trainer
+
+    from test_engine_fixtures import tiny_overrides
+
+    cfg = load_config(None, tiny_overrides(output_dir=str(tmp_path / "runs"), name="tiny"))
+    Trainer(cfg, cfg.run_dir, progress=False).fit()
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, (h, w) in enumerate([(30, 41), (24, 24)]):
+        Image.fromarray(_image(h, w, seed=i)).save(images / f"{i}.png")
+    common = [str(images), "--device", "cpu", "--precision", "fp32", "--threads", "1"]
+    assert main(["predict", cfg.run_dir, common[0], str(tmp_path / "torch"), *common[1:]]) == 0
+    assert main(["predict", cfg.run_dir, common[0], str(tmp_path / "ort"), *common[1:], "--backend", "onnxruntime"]) == 0
+    # an .onnx file from semiseg export works as the checkpoint; the inference flags apply
+    onnx_file = tmp_path / "tiny.onnx"
+    assert main(["export", cfg.run_dir, "--out", str(onnx_file), "--dynamic"]) == 0
+    assert main(["predict", str(onnx_file), common[0], str(tmp_path / "file"), *common[1:], "--backend", "onnxruntime"]) == 0
+    for i in range(2):
+        a = Image.open(tmp_path / "torch" / f"{i}.png")
+        for other in ("ort", "file"):
+            b = Image.open(tmp_path / other / f"{i}.png")
+            assert np.array_equal(np.array(a), np.array(b)) and a.getpalette() == b.getpalette()
+    assert main(["predict", str(onnx_file), common[0], str(tmp_path / "slide"), "--backend", "onnxruntime",
+                 "--mode", "slide"]) == 2  # no training crop to default the window to
