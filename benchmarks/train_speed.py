@@ -70,10 +70,12 @@ MODE_OVERRIDES = {
 
 class Setup:
     """The engine's real training step (supervised method + TrainContext.apply_updates) for a recipe in one
-    mode, on one fixed random batch at the recipe's crop and batch size."""
+    mode, on one fixed random batch at the recipe's crop and batch size (``overrides``: dotted config changes,
+    e.g. ``data.batch_size=4``, applied after the mode's)."""
 
-    def __init__(self, recipe: str, mode: str, device: torch.device, model: torch.nn.Module | None = None):
-        cfg = load_config(str(ROOT / recipe), MODE_OVERRIDES[mode])
+    def __init__(self, recipe: str, mode: str, device: torch.device, model: torch.nn.Module | None = None,
+                 overrides: list[str] | tuple[str, ...] = ()):
+        cfg = load_config(str(ROOT / recipe), [*MODE_OVERRIDES[mode], *overrides])
         self.cfg = cfg
         num_classes = NUM_CLASSES[cfg.data.kind]
         if model is None:

@@ -148,6 +148,20 @@ def input_description(normalization: str) -> str:
     return f"float32 NCHW, {describe_normalization(normalization)}"
 
 
+def checkpoint_metadata(loaded) -> dict[str, str]:
+    """The ``semiseg.*`` metadata of a file exported from a loaded checkpoint (engine.predict.LoadedModel)."""
+    info = loaded.info
+    return {
+        "semiseg.model": loaded.cfg.model.name,
+        "semiseg.checkpoint": os.path.basename(loaded.checkpoint_path),
+        "semiseg.iteration": str(loaded.iteration),
+        "semiseg.classes": json.dumps(info.classes),
+        "semiseg.palette": json.dumps(info.palette),
+        "semiseg.normalization": info.normalization,
+        "semiseg.input": input_description(info.normalization),
+    }
+
+
 # ---------------------------------------------------------------------------------------------------
 # command line
 
@@ -198,17 +212,8 @@ def run(args: argparse.Namespace) -> int:
         if min(height, width) < 1:
             raise ExportError(f"--height and --width must be positive, got {height} x {width}")
         info = loaded.info
-        metadata = {
-            "semiseg.model": loaded.cfg.model.name,
-            "semiseg.checkpoint": os.path.basename(loaded.checkpoint_path),
-            "semiseg.iteration": str(loaded.iteration),
-            "semiseg.classes": json.dumps(info.classes),
-            "semiseg.palette": json.dumps(info.palette),
-            "semiseg.normalization": info.normalization,
-            "semiseg.input": input_description(info.normalization),
-        }
         export_onnx(loaded.model, out, height=height, width=width, dynamic=args.dynamic, opset=args.opset,
-                    metadata=metadata)
+                    metadata=checkpoint_metadata(loaded))
         shape = "(batch, 3, height, width)" if args.dynamic else f"(1, 3, {height}, {width})"
         print(f"wrote {out} ({os.path.getsize(out) / 2**20:.1f} MiB): {INPUT_NAME} {shape} float32, "
               f"{info.normalization}-normalised -> {OUTPUT_NAME} with {info.num_classes} classes, opset {args.opset}")
@@ -228,4 +233,4 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-__all__ = ["ExportError", "export_onnx", "check_onnx", "input_description", "configure", "run"]
+__all__ = ["ExportError", "export_onnx", "check_onnx", "checkpoint_metadata", "input_description", "configure", "run"]

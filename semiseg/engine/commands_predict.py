@@ -29,6 +29,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: the run's")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (default: one per core; 1 is faster on a busy machine)")
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                        help="onnxruntime: run the model exported to ONNX, on the CPU (CHECKPOINT may then be an .onnx "
+                             "file from semiseg export --dynamic); faster than float32 PyTorch, slower than bf16 where "
+                             "the CPU has it (BENCHMARKS.md)")
     from semiseg.engine.predict import add_allow_code_argument, add_inference_arguments
 
     add_allow_code_argument(parser)
@@ -66,7 +70,7 @@ def mask_names(images: list[str]) -> dict[str, str]:
 
 def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: str = "auto",
                    precision: str | None = None, progress: bool = True, inference_overrides=(),
-                   allow_code: bool | None = None) -> list[str]:
+                   allow_code: bool | None = None, backend: str = "torch") -> list[str]:
     """Write one palette PNG per image of ``input_dir``; returns the written paths (a :class:`PredictResult`, whose
     ``failed`` lists the images that could not be read: they are skipped, the others written).
 
@@ -84,8 +88,15 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: 
     if not images:
         raise DataError("no images in the input folder", input_dir, "put .jpg/.png files there")
     names = mask_names(images)
-    loaded = load_trained_model(checkpoint, device=resolve_device(device), precision=precision,
-                                overrides=inference_overrides, allow_code=allow_code)
+    if backend == "onnxruntime":  # whole image or the run's/flags' inference mode, through onnxruntime
+        from semiseg.onnx_predict import open_for_predict
+
+        predictor, options = open_for_predict(checkpoint, inference_overrides=inference_overrides, allow_code=allow_code)
+        palette, predict = predictor.palette, lambda image, name: predictor.predict_mask(image, options)
+    else:
+        loaded = load_trained_model(checkpoint, device=resolve_device(device), precision=precision,
+                                    overrides=inference_overrides, allow_code=allow_code)
+        palette, predict = loaded.info.palette, lambda image, name: predict_mask(loaded, image, name)
     if os.path.abspath(output_dir) == os.path.abspath(input_dir):
         raise DataError("the output folder is the input folder", output_dir, "masks would overwrite PNG inputs; choose another")
     os.makedirs(output_dir, exist_ok=True)
@@ -103,8 +114,8 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: 
             written.failed.append((path, str(e)))
             report(f"skipped: {e}", file=sys.stderr)
             continue
-        mask = predict_mask(loaded, image, os.path.basename(path))
-        written.append(save_mask_png(mask, loaded.info.palette, os.path.join(output_dir, names[path])))
+        mask = predict(image, os.path.basename(path))
+        written.append(save_mask_png(mask, palette, os.path.join(output_dir, names[path])))
     return written
 
 
@@ -117,12 +128,13 @@ def run(args: argparse.Namespace) -> int:
     from semiseg.data.errors import DataError
     from semiseg.engine.checkpoint import CheckpointError
     from semiseg.engine.predict import inference_overrides
+    from semiseg.export import ExportError
 
     try:
         written = predict_folder(args.checkpoint, args.input_dir, args.output_dir, device=args.device,
                                  precision=args.precision, inference_overrides=inference_overrides(args),
-                                 allow_code=args.allow_code)
-    except (CheckpointError, ConfigError, DataError) as e:
+                                 allow_code=args.allow_code, backend=args.backend)
+    except (CheckpointError, ConfigError, DataError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} masks to {args.output_dir}")
