@@ -558,14 +558,10 @@ def check_code_names(cfg: Config, source: str, *, allow_code: bool | None = None
 
 def dump_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically, so a killed run never leaves half a file)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("# resolved semiseg config: every value this run used (defaults included)\n")
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from semiseg.atomic import atomic_write_text
+
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    atomic_write_text(path, "# resolved semiseg config: every value this run used (defaults included)\n" + text)
 
 
 __all__ = [

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from semiseg.atomic import atomic_path
+
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17  # onnxruntime >= 1.14 runs it; new enough for every op of the semiseg models
@@ -96,7 +98,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, height: int, width
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ExportError(f"cannot write {path}: the folder {directory} does not exist; create it or choose another --out")
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     kwargs = {}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False
@@ -104,7 +105,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, height: int, width
         axes = {0: "batch", 2: "height", 3: "width"}
         kwargs["dynamic_axes"] = {INPUT_NAME: axes, OUTPUT_NAME: axes}
     example = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
-    try:
+    with atomic_path(path, makedirs=False) as tmp:
         with _float32_eval(model) as m, torch.no_grad(), _quiet_export_warnings():
             torch.onnx.export(m, (example,), tmp, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               opset_version=opset, do_constant_folding=True, **kwargs)
@@ -113,10 +114,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, height: int, width
         if metadata:
             onnx.helper.set_model_props(proto, {str(k): str(v) for k, v in metadata.items()})
             onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

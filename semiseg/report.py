@@ -279,7 +279,7 @@ def build_report(run_dir: str, *, evals: Sequence[str] | None = None, samples: i
 
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    from semiseg.engine.checkpoint import atomic_write_text
+    from semiseg.atomic import atomic_write_text
 
     return atomic_write_text(os.path.join(out_dir, "index.html"), page)
 

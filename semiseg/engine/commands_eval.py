@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     from semiseg.config import ConfigError
     from semiseg.data import DataError
     from semiseg.engine import distributed as dist
-    from semiseg.engine.checkpoint import CheckpointError, atomic_write_text
+    from semiseg.atomic import atomic_write_text
+    from semiseg.engine.checkpoint import CheckpointError
     from semiseg.engine.predict import inference_overrides
     from semiseg.models.pretrained import PretrainedWeightsError
 

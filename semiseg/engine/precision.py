@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Callable
 
 import torch
 
+from semiseg.atomic import atomic_write_text
 from semiseg.config import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -202,16 +202,7 @@ def _read_cache(path: Path) -> list[dict]:
 def _write_cache(path: Path, entries: list[dict]) -> bool:
     """Temp file + rename: a reader sees the old file or the new one. Failure (read-only home) only warns."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"format": CACHE_FORMAT, "entries": entries[-200:]}, f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
+        atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "entries": entries[-200:]}, indent=1))
         return True
     except OSError as e:
         warnings.warn(f"could not write the precision cache {path} ({e}); the next run measures again", stacklevel=3)

@@ -106,6 +106,7 @@ def semi_options(iterations: int) -> dict:
 
 def write_study(run_dir: str, cfg) -> str:
     """recipe.yaml (the shared base) and study.yaml (two arms, one split, one seed) in ``run_dir``."""
+    from semiseg.atomic import atomic_write_text
     from semiseg.config import dump_config
 
     dump_config(cfg, os.path.join(run_dir, "recipe.yaml"))
@@ -121,10 +122,8 @@ def write_study(run_dir: str, cfg) -> str:
         "eval_split": "test",
     }
     path = os.path.join(run_dir, "study.yaml")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("# written by `semiseg quickstart`; rerun (or finish) it with `semiseg study " + path + f" --out {run_dir}`\n")
-        yaml.safe_dump(study, f, sort_keys=False)
-    return path
+    header = "# written by `semiseg quickstart`; rerun (or finish) it with `semiseg study " + path + f" --out {run_dir}`\n"
+    return atomic_write_text(path, header + yaml.safe_dump(study, sort_keys=False))
 
 
 def write_predictions(run_dirs: dict[str, str], cfg, out: str, count: int) -> str:

@@ -786,7 +786,7 @@ def plot(rows: list[dict], path: str, *, title: str, eval_split: str, baseline: 
 
 def write_results(study: Study, specs: list[RunSpec], out_dir: str, echo: Callable[[str], None] = print) -> dict:
     """study.md, study.json and study.png from the run folders; returns the JSON record."""
-    from semiseg.engine.checkpoint import atomic_write_text
+    from semiseg.atomic import atomic_write_text
 
     results = [collect(s) for s in specs]
     tags = list(dict.fromkeys(s.labels.tag for s in sorted(specs, key=lambda s: s.labels.sort_key())))
@@ -893,7 +893,7 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
                     echo(shlex.join(["semiseg", *cmd]))
             return 0
 
-        from semiseg.engine.checkpoint import atomic_write_text
+        from semiseg.atomic import atomic_write_text
 
         with open(study.path, encoding="utf-8") as f:
             atomic_write_text(os.path.join(out_dir, "study.yaml"), f.read())
