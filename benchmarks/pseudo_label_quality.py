@@ -20,7 +20,7 @@ from semiseg.config import config_from_dict
 from semiseg.data.splits import Split
 from semiseg.engine import build
 from semiseg.engine.checkpoint import load_checkpoint
-from semiseg.engine.precision import autocast
+from semiseg.runtime import autocast
 
 
 def teacher_model(ckpt: dict, cfg, num_classes: int) -> tuple[torch.nn.Module, str]:

@@ -112,8 +112,8 @@ class TrainConfig:
     iterations: int = 20000  # optimizer steps
     accum_steps: int = 1  # micro-batches per optimizer step (data.batch_size is split across them)
     device: str = "auto"  # auto | cpu | cuda | cuda:1
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: measured fastest correct mode per device)
-    channels_last: bool | str = "auto"  # auto: timed with precision on a CPU (engine/precision.py), on for CUDA
+    precision: str = "auto"  # one of semiseg.runtime.PRECISIONS (auto: measured fastest correct mode per device)
+    channels_last: bool | str = "auto"  # auto: timed with precision on a CPU (semiseg/runtime.py), on for CUDA
     compile: bool = False  # torch.compile the model (slow first steps, faster later)
     eval_interval: int = 1000  # iterations between evaluations on data.val_split; 0 = only at the end
     checkpoint_interval: int = 1000  # iterations between writes of last.pt
@@ -472,8 +472,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("set at most one of data.labeled.fraction, data.labeled.count, data.labeled.id_file")
     if t.iterations < 1:
         raise ConfigError(f"train.iterations must be >= 1, got {t.iterations}")
-    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
+    from semiseg.runtime import PRECISIONS  # imported here: runtime imports config (its error type)
+
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, got {t.precision!r}")
     if isinstance(t.channels_last, str) and t.channels_last != "auto":
         raise ConfigError(f"train.channels_last must be true, false or auto, got {t.channels_last!r}")
     if t.threads < 0:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semiseg.engine.precision import autocast  # a leaf module (no engine state): the one autocast policy
+from semiseg.runtime import autocast  # the one autocast policy (a leaf: inference does not reach into the engine)
 
 MODES = ("whole", "slide")
 # mmsegmentation's multi-scale test ratios (``img_ratios`` of its aug-test configs)

@@ -177,7 +177,7 @@ def _samples_section(run_dir: str, split: str | None, count: int, out_dir: str, 
     from semiseg.data import DataError
     from semiseg.engine import build
     from semiseg.engine.predict import load_trained_model, predict_mask
-    from semiseg.engine.precision import resolve_device
+    from semiseg.runtime import resolve_device
 
     loaded = load_trained_model(run_dir, device=resolve_device(device), allow_code=allow_code)
     split = split or loaded.cfg.data.val_split

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from semiseg.config import ConfigError, load_config
-from semiseg.engine import precision as P
+from semiseg import runtime as P
 from semiseg.engine.commands_eval import evaluate_checkpoint
 from semiseg.engine.logger import read_metrics
-from semiseg.engine.precision import MODES, Workload, autocast, choose_precision
+from semiseg.runtime import MODES, Workload, autocast, choose_precision
 from semiseg.engine.trainer import Trainer
 from semiseg.models import build_model
 

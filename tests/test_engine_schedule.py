@@ -7,7 +7,7 @@ import torch
 
 from semiseg.config import ConfigError, load_config
 from semiseg.engine import build
-from semiseg.engine.precision import resolve_channels_last, resolve_precision
+from semiseg.runtime import resolve_channels_last, resolve_precision
 from semiseg.engine.schedule import build_scheduler, poly_factor
 
 from test_engine_fixtures import TinyNet

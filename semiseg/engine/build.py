@@ -139,9 +139,9 @@ def precision_choice(cfg: Config, model: nn.Module, num_classes: int, device: to
     """``train.precision`` / ``train.channels_last`` (or the given values) made concrete for this model on ``device``.
 
     ``"auto"`` on a CPU times ``model`` (a copy of it) at the run's crop -- a training step for ``task="train"``,
-    a forward for ``task="infer"`` (at the sliding window when evaluation slides) -- see engine/precision.py.
+    a forward for ``task="infer"`` (at the sliding window when evaluation slides) -- see semiseg/runtime.py.
     """
-    from semiseg.engine.precision import Workload, choose_precision
+    from semiseg.runtime import Workload, choose_precision
 
     size = cfg.data.crop_size
     if task == "infer" and cfg.eval.mode == "slide" and cfg.eval.crop_size:

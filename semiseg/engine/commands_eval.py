@@ -24,6 +24,8 @@ import sys
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from semiseg.runtime import PRECISIONS
+
     parser.description = __doc__.split("\n\n")[0].replace("``", "")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
@@ -38,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="dataset split to evaluate (default: the run's data.val_split)")
     parser.add_argument("--out", help="JSON file to write (default: eval_<split>.json next to the checkpoint)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: the run's")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: the run's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's eval.batch_size")
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=0,
@@ -66,7 +68,7 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
     from semiseg.config import override_config
     from semiseg.engine import build, distributed as dist
     from semiseg.engine.evaluate import evaluate, make_eval_loader
-    from semiseg.engine.precision import resolve_device
+    from semiseg.runtime import resolve_device
     from semiseg.engine.predict import load_trained_model, load_weights_with_recipe
     from semiseg.metrics import to_json_dict
 

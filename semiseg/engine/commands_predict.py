@@ -19,6 +19,8 @@ import sys
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from semiseg.runtime import PRECISIONS
+
     parser.description = __doc__.split("\n\n")[0].replace("``", "")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
@@ -26,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input_dir", metavar="INPUT_DIR", help="folder of images (jpg, png, ...)")
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="where the masks go (created)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: the run's")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: the run's")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (default: one per core; 1 is faster on a busy machine)")
     from semiseg.engine.predict import add_allow_code_argument, add_inference_arguments
@@ -75,7 +77,7 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: 
     from semiseg.data.base import list_images
     from semiseg.data.errors import DataError
     from semiseg.data.io import read_image
-    from semiseg.engine.precision import resolve_device
+    from semiseg.runtime import resolve_device
     from semiseg.engine.predict import load_trained_model, predict_mask, save_mask_png
 
     if not os.path.isdir(input_dir):

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from semiseg.config import Config
-from semiseg.engine.precision import autocast
+from semiseg.runtime import autocast
 from semiseg.engine.sampling import TrainStream
 from semiseg.engine.schedule import build_scheduler
 

@@ -21,7 +21,7 @@ from semiseg.config import ALLOW_CODE_ENV, Config, ConfigError, check_code_names
 from semiseg.engine import build
 from semiseg.engine.checkpoint import CheckpointError, describe_names, load_checkpoint, nonfinite_tensors, resolve_checkpoint
 from semiseg.engine.evaluate import inference_options, predict_logits
-from semiseg.engine.precision import resolve_channels_last, resolve_precision
+from semiseg.runtime import resolve_channels_last, resolve_precision
 from semiseg.inference import InferenceOptions
 
 

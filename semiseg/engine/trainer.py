@@ -31,7 +31,7 @@ from semiseg.engine.context import TrainContext
 from semiseg.engine.evaluate import evaluate, inference_options, make_eval_loader
 from semiseg.engine.logger import MetricsLog
 from semiseg.engine.methods import build_method
-from semiseg.engine.precision import make_grad_scaler, resolve_channels_last, resolve_device, resolve_precision
+from semiseg.runtime import make_grad_scaler, resolve_channels_last, resolve_device, resolve_precision
 from semiseg.engine.run_dir import CONFIG, SPLIT, RunDirError, RunLock, prepare_run_dir, remove_if_unused
 from semiseg.engine.schedule import build_scheduler
 from semiseg.engine.threads import ThreadTuner
