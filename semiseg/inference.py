@@ -55,7 +55,7 @@ class InferenceOptions:
     flip: bool = False  # also run the mirror image (horizontal flip) of every scale
 
     def __post_init__(self):
-        # normalise lists (from YAML / argparse) to tuples so options stay hashable and comparable
+        # normalise lists (from YAML / the command line) to tuples so options stay hashable and comparable
         for name in ("crop_size", "stride", "scales"):
             value = getattr(self, name)
             if value is not None:

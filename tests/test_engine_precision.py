@@ -11,7 +11,7 @@ import torch
 
 from semiseg.config import ConfigError, load_config
 from semiseg import runtime as P
-from semiseg.engine.commands_eval import evaluate_checkpoint
+from semiseg.engine.evaluate import evaluate_checkpoint
 from semiseg.engine.logger import read_metrics
 from semiseg.runtime import MODES, Workload, autocast, choose_precision
 from semiseg.engine.trainer import Trainer

@@ -16,7 +16,7 @@ from semiseg.cli import main
 from semiseg.config import load_config
 from semiseg.data.transforms import build_eval_transform, normalize
 from semiseg.engine import build
-from semiseg.engine.commands_eval import evaluate_checkpoint
+from semiseg.engine.evaluate import evaluate_checkpoint
 from semiseg.engine.evaluate import evaluate, make_eval_loader
 from semiseg.engine.predict import load_trained_model
 from semiseg.engine.trainer import Trainer

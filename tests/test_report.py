@@ -12,7 +12,8 @@ from PIL import Image
 from semiseg.cli import main
 from semiseg.config import load_config
 from semiseg.engine.trainer import Trainer
-from semiseg.report import build_report, overlay, sample_panel
+from semiseg.engine.report import build_report
+from semiseg.report import overlay, sample_panel
 
 from test_engine_fixtures import PALETTE, tiny_overrides
 

@@ -1,13 +1,12 @@
 """Loading a trained model from a checkpoint, predicting images, writing palette PNG masks.
 
-Shared by ``semiseg eval``, ``semiseg predict``, ``semiseg export`` and the quickstart, with the command-line
-flags that choose the inference mode (``--mode slide --crop H W --stride H W --scales ... --flip``): they
-override the ``eval`` section of the checkpoint's config, and semiseg.inference does the work.
+Shared by ``semiseg eval``, ``semiseg predict``, ``semiseg export``, the report and the quickstart; the
+command-line flags that choose the inference mode are in semiseg/commands/flags.py. :func:`predict_folder` is the
+image loop of ``semiseg predict``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from semiseg.config import ALLOW_CODE_ENV, Config, ConfigError, check_code_names, config_from_dict, override_config
+from semiseg.config import Config, ConfigError, check_code_names, config_from_dict, override_config
 from semiseg.engine import build
 from semiseg.engine.checkpoint import CheckpointError, describe_names, load_checkpoint, nonfinite_tensors, resolve_checkpoint
 from semiseg.engine.evaluate import inference_options, predict_logits
@@ -177,51 +176,84 @@ def save_mask_png(mask: np.ndarray, palette: Any, path: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# command-line flags of the inference mode (semiseg eval, semiseg predict)
+# a folder of images -> a folder of palette masks (semiseg predict)
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("inference (default: the run's eval settings; see semiseg.inference)")
-    group.add_argument("--mode", choices=["whole", "slide"], help="whole image at once, or sliding windows")
-    group.add_argument("--crop", nargs=2, type=int, metavar=("H", "W"),
-                       help="sliding window size (implies --mode slide; default: the training crop)")
-    group.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"),
-                       help="sliding window step (implies --mode slide; default: 2/3 of the window)")
-    group.add_argument("--scales", nargs="+", type=float, metavar="S",
-                       help="multi-scale test: resize ratios, e.g. 0.5 0.75 1 1.25 1.5 1.75 (softmax averaged)")
-    group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                       help="also run the mirror image of every scale and average it in")
+class PredictResult(list):
+    """The written mask paths (a list), and ``failed``: (image path, reason) for each image that could not be read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: list[tuple[str, str]] = []
 
 
-def add_allow_code_argument(parser: argparse.ArgumentParser) -> None:
-    """``--allow-code``: the one opt-in for a checkpoint or run folder whose config names code to import."""
-    parser.add_argument("--allow-code", action="store_true", default=None,
-                        help="trust the checkpoint / run folder: import the 'package.module:function' names its "
-                             "config holds (model.name, data.kind, method.name), which runs that code. Without it "
-                             f"such a config is refused (also allowed by {ALLOW_CODE_ENV}=1)")
+def mask_names(images: list[str]) -> dict[str, str]:
+    """The mask file name of each image: ``stem.png``, or ``name.ext.png`` when stems collide (``x.jpg``, ``x.png``;
+    compared without case, for case-insensitive file systems)."""
+    from collections import Counter
+
+    from semiseg.data.errors import DataError
+
+    stems = Counter(os.path.splitext(os.path.basename(p))[0].lower() for p in images)
+    names = {}
+    for p in images:
+        base = os.path.basename(p)
+        stem = os.path.splitext(base)[0]
+        names[p] = (base if stems[stem.lower()] > 1 else stem) + ".png"
+    clashes = Counter(n.lower() for n in names.values())
+    same = sorted(os.path.basename(p) for p, n in names.items() if clashes[n.lower()] > 1)
+    if same:
+        raise DataError(f"these images would write the same mask file: {', '.join(same)}", os.path.dirname(images[0]),
+                        "rename one of them")
+    return names
 
 
-def inference_overrides(args: argparse.Namespace) -> list[str]:
-    """The flags of :func:`add_inference_arguments` as dotted config overrides (``eval.mode=slide`` ...)."""
-    mode = args.mode
-    if args.crop or args.stride:
-        if mode == "whole":
-            raise ConfigError("--crop and --stride set the sliding window; use them with --mode slide")
-        mode = "slide"
-    out = [f"eval.mode={mode}"] if mode else []
-    if args.crop:
-        out.append(f"eval.crop_size=[{args.crop[0]},{args.crop[1]}]")
-    if args.stride:
-        out.append(f"eval.stride=[{args.stride[0]},{args.stride[1]}]")
-    if args.scales:
-        out.append(f"eval.scales=[{','.join(repr(float(s)) for s in args.scales)}]")
-    if args.flip is not None:
-        out.append(f"eval.flip={str(args.flip).lower()}")
-    return out
+def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: str = "auto",
+                   precision: str | None = None, progress: bool = True, inference_overrides=(),
+                   allow_code: bool | None = None) -> list[str]:
+    """Write one palette PNG per image of ``input_dir``; returns the written paths (a :class:`PredictResult`, whose
+    ``failed`` lists the images that could not be read: they are skipped, the others written).
+
+    ``inference_overrides``: dotted ``eval.*`` overrides of the run's inference settings (``eval.mode=slide``).
+    """
+    import sys
+
+    from semiseg.data.base import list_images
+    from semiseg.data.errors import DataError
+    from semiseg.data.io import read_image
+    from semiseg.runtime import resolve_device
+
+    if not os.path.isdir(input_dir):
+        raise DataError("input folder not found", input_dir, "pass a folder of images")
+    images = list_images(input_dir)
+    if not images:
+        raise DataError("no images in the input folder", input_dir, "put .jpg/.png files there")
+    names = mask_names(images)
+    loaded = load_trained_model(checkpoint, device=resolve_device(device), precision=precision,
+                                overrides=inference_overrides, allow_code=allow_code)
+    if os.path.abspath(output_dir) == os.path.abspath(input_dir):
+        raise DataError("the output folder is the input folder", output_dir, "masks would overwrite PNG inputs; choose another")
+    os.makedirs(output_dir, exist_ok=True)
+    report = print
+    if progress:
+        from tqdm import tqdm
+
+        images = tqdm(images, desc="predict", dynamic_ncols=True)
+        report = tqdm.write
+    written = PredictResult()
+    for path in images:
+        try:
+            image = read_image(path)
+        except DataError as e:  # one unreadable file does not stop the batch
+            written.failed.append((path, str(e)))
+            report(f"skipped: {e}", file=sys.stderr)
+            continue
+        mask = predict_mask(loaded, image, os.path.basename(path))
+        written.append(save_mask_png(mask, loaded.info.palette, os.path.join(output_dir, names[path])))
+    return written
 
 
 __all__ = [
     "LoadedModel", "load_trained_model", "load_weights_with_recipe", "predict_mask", "large_image_hint", "palette_image",
-    "save_mask_png",
-    "add_inference_arguments", "add_allow_code_argument", "inference_overrides",
+    "save_mask_png", "PredictResult", "mask_names", "predict_folder",
 ]

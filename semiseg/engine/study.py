@@ -22,7 +22,7 @@ Each run is one subprocess that runs ``semiseg train`` into ``OUT/runs/<arm>_<la
 ``OUT/logs/<run>.log``. Running the study
 again skips finished runs, resumes runs that have a ``last.pt`` and restarts the others (moving what is there
 aside to ``<run>.failed-N``; nothing is deleted). The results go to ``OUT/study.md``, ``OUT/study.json`` and
-``OUT/study.png``. This module has no argparse: the command line is ``semiseg/commands/study.py``.
+``OUT/study.png``. This module parses no command line: that is ``semiseg/commands/study.py``.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ class AdvSemiSegOptions:
     the remaining ones are train.py's defaults."""
 
     # Weight of the adversarial loss on labeled predictions. Paper: 0.01; README command: 0.01
-    # (train.py's argparse default is 0.1, which the paper does not use).
+    # (train.py's command-line default is 0.1, which the paper does not use).
     lambda_adv_pred: float = 0.01
     # Weight of the adversarial loss on unlabeled predictions. Paper: 0.001; train.py LAMBDA_SEMI_ADV.
     lambda_semi_adv: float = 0.001
