@@ -85,7 +85,7 @@ class OptimConfig:
     nesterov: bool = False
     lr_mult: dict = field(default_factory=dict)  # override the model's group multipliers: {head: 10.0}
     power: float = 0.9  # poly decay: lr * (1 - it / iterations) ** power
-    min_lr: float = 0.0  # floor of the poly decay (as a fraction-free absolute lr)
+    min_lr: float = 0.0  # floor of the poly decay of the model's optimizer (an absolute lr); not a method's own optimizers (the discriminator's)
     warmup_iters: int = 0  # linear warmup from lr * warmup_factor to the poly curve
     warmup_factor: float = 1e-3
     grad_clip: float | None = None  # max global grad norm, null = no clipping
