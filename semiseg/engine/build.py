@@ -10,10 +10,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -77,30 +75,6 @@ def make_or_load_split(cfg: Config, names: list[str], path: str | None):
     if lab.fraction is None and lab.count is None and lab.id_file is None:
         return Split(sorted(names), [], lab.seed, {"fraction": 1.0, "total": len(names)})
     return make_split(names, fraction=lab.fraction, count=lab.count, id_file=lab.id_file, seed=lab.seed)
-
-
-@dataclass
-class DatasetInfo:
-    """What eval, predict and the checkpoint need to know about the data, as plain values."""
-
-    classes: list[str]
-    palette: list[list[int]]
-    num_classes: int
-    ignore_index: int
-    normalization: str
-
-    @classmethod
-    def of(cls, dataset, normalization: str) -> DatasetInfo:
-        palette = getattr(dataset, "palette", None)
-        if palette is None:
-            from semiseg.data.palettes import default_palette
-
-            palette = default_palette(dataset.num_classes)
-        return cls(list(dataset.classes), np.asarray(palette, dtype=np.uint8).tolist(), int(dataset.num_classes),
-                   int(getattr(dataset, "ignore_index", 255)), normalization)
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,6 +188,6 @@ def build_criterion(cfg: Config, num_classes: int, ignore_index: int) -> nn.Modu
                       label_smoothing=cfg.loss.label_smoothing, dice_factor=cfg.loss.dice_factor)
 
 
-__all__ = ["build_dataset", "train_transform", "eval_transform", "make_or_load_split", "DatasetInfo",
+__all__ = ["build_dataset", "train_transform", "eval_transform", "make_or_load_split",
            "build_model", "precision_choice", "model_normalization", "param_groups", "build_optimizer", "resolve_fused",
            "build_criterion"]

@@ -117,6 +117,7 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
     import os
 
     from semiseg.config import override_config
+    from semiseg.data.info import DatasetInfo
     from semiseg.engine import build
     from semiseg.engine.predict import load_trained_model, load_weights_with_recipe
     from semiseg.runtime import resolve_device
@@ -142,19 +143,20 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
     validation = split == cfg.data.val_split
     dataset = build.build_dataset(cfg, split, validation=validation)
     options = {**cfg.data.options, **(cfg.data.val_options if validation else {})}
-    if int(dataset.num_classes) != loaded.info.num_classes:
+    data_info = DatasetInfo.of(dataset, loaded.info.normalization)  # the evaluated data's facts (its ignore label)
+    if data_info.num_classes != loaded.info.num_classes:
         from semiseg.config import ConfigError
 
-        raise ConfigError(f"the dataset has {dataset.num_classes} classes but the model was trained for "
+        raise ConfigError(f"the dataset has {data_info.num_classes} classes but the model was trained for "
                           f"{loaded.info.num_classes} ({', '.join(loaded.info.classes)})")
     dataset.transform = build.eval_transform(loaded.info.normalization)
     loader = make_eval_loader(dataset, batch_size=batch_size or cfg.eval.batch_size,
                               num_workers=cfg.data.num_workers if num_workers is None else num_workers,
                               pin_memory=dev.type == "cuda")
     cm = evaluate(loaded.model, loader, loaded.info.num_classes, device=dev, precision=loaded.precision,
-                  channels_last=loaded.channels_last, ignore_index=int(getattr(dataset, "ignore_index", 255)),
+                  channels_last=loaded.channels_last, ignore_index=data_info.ignore_index,
                   progress=True, inference=loaded.inference)
-    classes = list(dataset.classes)
+    classes = data_info.classes
     return {
         "checkpoint": os.path.abspath(loaded.checkpoint_path),
         "iteration": loaded.iteration,

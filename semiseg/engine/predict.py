@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from semiseg.config import Config, ConfigError, check_code_names, config_from_dict, override_config
+from semiseg.data.info import IGNORE_INDEX, DatasetInfo
 from semiseg.engine import build
 from semiseg.engine.checkpoint import CheckpointError, describe_names, load_checkpoint, nonfinite_tensors, resolve_checkpoint
 from semiseg.engine.evaluate import inference_options, predict_logits
@@ -28,7 +29,7 @@ from semiseg.inference import InferenceOptions
 class LoadedModel:
     model: nn.Module
     cfg: Config
-    info: build.DatasetInfo
+    info: DatasetInfo
     checkpoint_path: str
     iteration: int
     device: torch.device
@@ -68,13 +69,13 @@ def load_trained_model(path: str, *, device: torch.device, precision: str | None
             f"{ckpt_path} holds non-finite weights or statistics in {len(bad)} tensor(s) ({describe_names(bad)}): it "
             "was saved after its run diverged, and its predictions would be meaningless; use an earlier checkpoint "
             "or retrain with a lower optim.lr")
-    info = build.DatasetInfo(**ckpt["dataset"])
+    info = DatasetInfo(**ckpt["dataset"])
     model = build.build_model(cfg, info.num_classes, pretrained=False)
     model.load_state_dict(ckpt["model"])
     return _for_inference(model, cfg, info, ckpt_path, int(ckpt["iteration"]), device, precision, channels_last)
 
 
-def _for_inference(model: nn.Module, cfg: Config, info: build.DatasetInfo, path: str, iteration: int,
+def _for_inference(model: nn.Module, cfg: Config, info: DatasetInfo, path: str, iteration: int,
                    device: torch.device, precision: str | None, channels_last: bool | str | None) -> LoadedModel:
     """The model in eval mode on ``device``, with the run's precision and memory format unless given."""
     from semiseg.engine import distributed as dist
@@ -117,7 +118,7 @@ def load_weights_with_recipe(weights: str, recipe: str, *, device: torch.device,
         raise ConfigError(f"{weights} does not fit the model of {recipe} ({cfg.model.name}, {dataset.num_classes} "
                           f"classes): {e}") from None
     print(report)
-    info = build.DatasetInfo.of(dataset, build.model_normalization(cfg, model))
+    info = DatasetInfo.of(dataset, build.model_normalization(cfg, model))
     return _for_inference(model, cfg, info, os.fspath(weights), 0, device, precision, channels_last)
 
 
@@ -157,21 +158,23 @@ def predict_mask(loaded: LoadedModel, image: np.ndarray | torch.Tensor, name: st
     return logits.argmax(1)[0].to("cpu", torch.uint8).numpy()
 
 
-def palette_image(mask: np.ndarray, palette: Any) -> Image.Image:
-    """A PIL "P" image of class indices with the dataset palette (index 255 = ignore shows white)."""
+def palette_image(mask: np.ndarray, palette: Any, ignore_index: int = IGNORE_INDEX) -> Image.Image:
+    """A PIL "P" image of class indices with the dataset palette (``ignore_index``, a ``DatasetInfo``'s, shows white
+    when it is not a class)."""
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     img = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
     flat = np.zeros((256, 3), dtype=np.uint8)
     pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:255]
     flat[: len(pal)] = pal
-    flat[255] = 255
+    if len(pal) <= ignore_index < 256:
+        flat[ignore_index] = 255
     img.putpalette(flat.reshape(-1).tolist())
     return img
 
 
-def save_mask_png(mask: np.ndarray, palette: Any, path: str) -> str:
+def save_mask_png(mask: np.ndarray, palette: Any, path: str, ignore_index: int = IGNORE_INDEX) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    palette_image(mask, palette).save(path)
+    palette_image(mask, palette, ignore_index).save(path)
     return path
 
 
@@ -249,7 +252,8 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: 
             report(f"skipped: {e}", file=sys.stderr)
             continue
         mask = predict_mask(loaded, image, os.path.basename(path))
-        written.append(save_mask_png(mask, loaded.info.palette, os.path.join(output_dir, names[path])))
+        written.append(save_mask_png(mask, loaded.info.palette, os.path.join(output_dir, names[path]),
+                                     loaded.info.ignore_index))
     return written
 
 

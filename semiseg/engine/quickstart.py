@@ -118,19 +118,19 @@ def write_predictions(run_dirs: dict[str, str], cfg, out: str, count: int) -> st
     models = {arm: load_trained_model(os.path.join(d, "last.pt"), device=device, precision="fp32", channels_last=False)
               for arm, d in run_dirs.items()}
     first = next(iter(models.values()))
-    palette, norm = first.info.palette, first.info.normalization
+    palette, norm, ignore = first.info.palette, first.info.normalization, first.info.ignore_index
     scenes = build.build_dataset(cfg, "test", build.eval_transform(norm), validation=True)
     for i in range(min(count, len(scenes))):
         sample = scenes[i]
         x = sample["image"].unsqueeze(0)
         image = Image.fromarray(denormalize(sample["image"], norm).permute(1, 2, 0).numpy())
-        parts = [image, palette_image(sample["mask"].clamp(max=255).numpy().astype(np.uint8), palette).convert("RGB")]
+        parts = [image, palette_image(sample["mask"].clamp(max=255).numpy().astype(np.uint8), palette, ignore).convert("RGB")]
         for arm, loaded in models.items():
             with torch.no_grad():
                 logits = predict_logits(loaded.model, x, precision=loaded.precision, channels_last=loaded.channels_last)
             pred = logits.argmax(1)[0].to("cpu", torch.uint8).numpy()
-            save_mask_png(pred, palette, os.path.join(out, f"{sample['name']}_{arm}.png"))
-            parts.append(palette_image(pred, palette).convert("RGB"))
+            save_mask_png(pred, palette, os.path.join(out, f"{sample['name']}_{arm}.png"), ignore)
+            parts.append(palette_image(pred, palette, ignore).convert("RGB"))
         zoom = max(1, 256 // image.height)  # small scenes are shown enlarged (nearest: crisp label edges)
         h, w = image.height * zoom, image.width * zoom
         panel = Image.new("RGB", (len(parts) * (w + 4) - 4, h), (255, 255, 255))

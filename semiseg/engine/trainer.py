@@ -24,6 +24,7 @@ from torch.utils.data import Subset
 
 from semiseg import __version__
 from semiseg.config import Config, ConfigError, config_to_dict, dump_config
+from semiseg.data.info import DatasetInfo
 from semiseg.engine import build, distributed as dist, preflight
 from semiseg.engine.checkpoint import (BEST, FORMAT, LAST, CheckpointError, atomic_save, capture_rng_state, describe_names,
                                       load_checkpoint, nonfinite_tensors, restore_rng_state)
@@ -176,7 +177,9 @@ class Trainer:
         cfg = self.cfg
         train_set = build.build_dataset(cfg, cfg.data.train_split)
         val_set = build.build_dataset(cfg, cfg.data.val_split, validation=True)
-        self.num_classes, self.ignore_index = int(train_set.num_classes), int(getattr(train_set, "ignore_index", 255))
+        # the dataset's facts, read once; the normalisation is filled in when the model is known (_build_model)
+        self.dataset_info = DatasetInfo.of(train_set)
+        self.num_classes, self.ignore_index = self.dataset_info.num_classes, self.dataset_info.ignore_index
         self._preflight_data(train_set, val_set)
         return train_set, val_set
 
@@ -193,7 +196,7 @@ class Trainer:
                 f"over {self.world_size} process(es) x train.accum_steps={t.accum_steps} gives {self.per_rank_batch}; "
                 f"set data.batch_size to at least {need * self.micro_steps}")
         self.normalization = normalization = build.model_normalization(cfg, model)
-        self.dataset_info = build.DatasetInfo.of(train_set, normalization)
+        self.dataset_info.normalization = normalization
         train_set.transform = build.train_transform(cfg, normalization, self.ignore_index)
         val_set.transform = build.eval_transform(normalization)
         return model
