@@ -17,7 +17,7 @@ from semiseg.runtime import MODES, Workload, autocast, choose_precision
 from semiseg.engine.trainer import Trainer
 from semiseg.models import build_model
 
-from test_engine_fixtures import TinyNet, tiny_overrides
+from conftest import TinyNet, tiny_overrides
 
 CPU = torch.device("cpu")
 

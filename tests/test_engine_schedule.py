@@ -10,7 +10,7 @@ from semiseg.engine import build
 from semiseg.runtime import resolve_channels_last, resolve_precision
 from semiseg.engine.schedule import build_scheduler, poly_factor
 
-from test_engine_fixtures import TinyNet
+from conftest import TinyNet
 
 
 def test_poly_matches_advsemiseg_lr_poly():

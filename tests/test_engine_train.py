@@ -18,7 +18,7 @@ from semiseg.engine.logger import read_metrics
 from semiseg.engine.run_dir import RunDirError
 from semiseg.engine.trainer import Trainer, TrainingDiverged
 
-from test_engine_fixtures import PALETTE, tiny_overrides
+from conftest import PALETTE, tiny_overrides
 
 
 def config(tmp_path, name="run", **extra):

@@ -11,7 +11,7 @@ from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.evaluate import evaluate_checkpoint
 from semiseg.engine.trainer import Trainer
 
-from test_engine_fixtures import tiny_overrides
+from conftest import tiny_overrides
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from semiseg.engine.evaluate import inference_options
 from semiseg.engine.trainer import Trainer
 from semiseg.inference import InferenceOptions, infer, window_spans
 
-from test_engine_fixtures import tiny_overrides
+from conftest import tiny_overrides
 
 
 class Pointwise(nn.Module):

@@ -15,7 +15,7 @@ from semiseg.engine.trainer import Trainer
 from semiseg.engine.report import build_report
 from semiseg.report import overlay, sample_panel
 
-from test_engine_fixtures import PALETTE, tiny_overrides
+from conftest import PALETTE, tiny_overrides
 
 
 def test_overlay_blends_colours_and_leaves_ignored_pixels():
