@@ -103,7 +103,7 @@ class LossConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "supervised"  # a key of semiseg.engine.methods.METHODS
+    name: str = "supervised"  # a key of the method registry (engine/methods/__init__.py: METHODS)
     options: dict = field(default_factory=dict)  # checked by the method
 
 
@@ -441,6 +441,8 @@ def _validate_registry_names(cfg: Config) -> None:
     if cfg.loss.name.replace(" ", "").lower() not in LOSS_NAMES:
         raise ConfigError(f"unknown loss.name {cfg.loss.name!r}; available: {', '.join(LOSS_NAMES)}\n"
                           f"  fix: use one of {', '.join(LOSS_NAMES)}")
+    # The one import of the engine below it: the method registry is a dict of names next to the methods; reading
+    # its keys (no method is imported) lets a recipe's typo fail at load time, as the other registries do.
     from semiseg.engine.methods import available_methods
 
     check("method.name", cfg.method.name, available_methods(), ", or 'package.module:Class' for your own")

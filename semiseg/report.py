@@ -1,6 +1,6 @@
 """The pictures and pieces of ``semiseg report``: coloured masks, overlays, sample panels, training curves,
 per-class IoU and confusion-matrix plots, and the HTML of an evaluation. The page of a run folder is assembled by
-semiseg/engine/report.py (it reads checkpoints and predicts samples); the command line is semiseg/commands/report.py.
+engine/report.py (it reads checkpoints and predicts samples); the command line is commands/report.py.
 
 Plots need matplotlib (``pip install "semiseg[plots]"``, drawn on a ``Figure``, no pyplot); coloured masks and
 overlays need only numpy and Pillow.
