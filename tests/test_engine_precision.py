@@ -53,6 +53,7 @@ def synthetic_batch(n=4, size=64):
 
 
 @pytest.mark.parametrize("name", ["fcn_resnet18", "deeplabv3plus_mobilenetv2"])
+@pytest.mark.slow
 def test_one_training_step_of_a_real_model_agrees(name):
     """Loss of one step agrees to 2%; for ResNet-18 the gradient direction too.
 

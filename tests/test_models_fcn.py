@@ -113,6 +113,7 @@ def test_vgg_fcn_train_mode_shape_and_gradient(vgg_model, name):
 @pytest.mark.parametrize(
     "name, size", [("fcn32s_vgg16", (500, 375)), ("fcn16s_vgg16", (321, 321)), ("fcn8s_vgg16", (500, 375))]
 )
+@pytest.mark.slow
 def test_vgg_fcn_eval_shape_large_odd_input(vgg_model, name, size):
     model = vgg_model(name).eval()
     with torch.no_grad():
@@ -305,6 +306,7 @@ def test_fcn8s_at_once_and_training_options(random_backbone):
 
 
 # -------------------------------------------------------------------------------------- VGG16 surgery
+@pytest.mark.slow
 def test_vgg16_surgery_from_file_and_from_torchvision_cache(tmp_path, monkeypatch):
     # A random torchvision vgg16 state dict (shapes from a meta-device model: no 138M-parameter init).
     with torch.device("meta"):
