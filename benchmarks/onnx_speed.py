@@ -11,7 +11,7 @@ minimum kept):
 * **eager fp32**: the model in float32, contiguous, ``torch.no_grad()`` -- plain PyTorch;
 * **eager fp32 CL**: the same in channels_last (the best fp32 eager mode for some models: what ``precision: auto``
   can pick on a CPU without native bf16);
-* **eager auto**: semiseg's default inference (``precision: auto``, ``channels_last: auto`` as engine/precision.py
+* **eager auto**: semiseg's default inference (``precision: auto``, ``channels_last: auto`` as semiseg/runtime.py
   measures them for a no-grad forward of this model at this size);
 * **onnxruntime**: a CPUExecutionProvider session with ``intra_op_num_threads`` = the torch thread count,
   ``inter_op_num_threads`` 1, sequential execution, all graph optimisations.
@@ -38,7 +38,7 @@ import torch
 from semiseg.config import load_config
 from semiseg.data.transforms import normalize
 from semiseg.engine.build import build_model, model_normalization, precision_choice
-from semiseg.engine.precision import cpu_name
+from semiseg.runtime import cpu_name
 from semiseg.export import export_onnx
 from semiseg.inference import infer
 from semiseg.onnx_predict import OnnxPredictor

@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_speed import NUM_CLASSES, Setup  # noqa: E402
 
 from semiseg.engine.build import precision_choice  # noqa: E402
-from semiseg.engine.precision import cpu_name  # noqa: E402
+from semiseg.runtime import cpu_name  # noqa: E402
 from semiseg.inference import infer  # noqa: E402
 
 NUM_VOC = NUM_CLASSES["voc"]

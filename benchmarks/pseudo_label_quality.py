@@ -17,10 +17,11 @@ import os
 import torch
 
 from semiseg.config import config_from_dict
+from semiseg.data.info import DatasetInfo
 from semiseg.data.splits import Split
 from semiseg.engine import build
 from semiseg.engine.checkpoint import load_checkpoint
-from semiseg.engine.precision import autocast
+from semiseg.runtime import autocast
 
 
 def teacher_model(ckpt: dict, cfg, num_classes: int) -> tuple[torch.nn.Module, str]:
@@ -36,7 +37,7 @@ def teacher_model(ckpt: dict, cfg, num_classes: int) -> tuple[torch.nn.Module, s
 def quality(run_dir: str, threshold: float, limit: int) -> None:
     ckpt = load_checkpoint(os.path.join(run_dir, "last.pt"))
     cfg = config_from_dict(ckpt["config"])
-    info = build.DatasetInfo(**ckpt["dataset"])
+    info = DatasetInfo(**ckpt["dataset"])
     dataset = build.build_dataset(cfg, cfg.data.train_split, build.eval_transform(info.normalization))
     split = Split.load(os.path.join(run_dir, "split.txt"))
     _, unlabeled = split.indices(list(dataset.names))

@@ -3,7 +3,7 @@
 Two modes, measured side by side in one process (steps interleaved, so background load hits both alike):
   fp32  plain eager float32, contiguous (NCHW) tensors, torch's default (unfused) optimizer loop;
   fast  the engine's default for this device (precision=auto, channels_last=auto, optim.fused=auto: the
-        precision and layout engine/precision.py measures fastest for the model, + the fused SGD kernel).
+        precision and layout semiseg/runtime.py measures fastest for the model, + the fused SGD kernel).
 Both start from the same weights and the same batch; the first step's losses are compared.
 Peak memory is measured in a fresh subprocess per (model, mode): the kernel's resident high-water mark (VmHWM,
 reset just before the step) during one training step, minus the resident size just before that step (so the
@@ -39,7 +39,7 @@ from semiseg.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from semiseg.engine.build import build_criterion, build_model, build_optimizer, precision_choice
 from semiseg.engine.context import TrainContext
 from semiseg.engine.methods.supervised import Supervised
-from semiseg.engine.precision import make_grad_scaler, resolve_device
+from semiseg.runtime import make_grad_scaler, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPES = [

@@ -1,7 +1,7 @@
 """The single `semiseg` entry point.
 
-Each sub-command lives in the module that owns its work; this file only maps command names to those
-modules. A command module exposes ``configure(parser)`` (adds its arguments, or nested sub-commands)
+Each sub-command has its module in semiseg/commands/ (its argparse, and nothing but the command line: the work is
+done by the engine, data, export ... modules it calls); this file only maps command names to those modules. A command module exposes ``configure(parser)`` (adds its arguments, or nested sub-commands)
 and ``run(args) -> int`` (the exit code). Modules are imported only when their command is chosen, so
 ``semiseg data check`` does not pay for importing the training engine.
 """
@@ -16,14 +16,14 @@ import warnings
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("semiseg.engine.quickstart", "train a small model on the built-in synthetic data"),
-    "train": ("semiseg.engine.commands_train", "train a model from a YAML recipe"),
-    "eval": ("semiseg.engine.commands_eval", "evaluate a checkpoint on a dataset"),
-    "predict": ("semiseg.engine.commands_predict", "write coloured masks for a folder of images"),
-    "export": ("semiseg.export", "export a checkpoint to ONNX"),
-    "report": ("semiseg.report", "write an HTML report of a run: curves, per-class IoU, confusion matrix, samples"),
+    "quickstart": ("semiseg.commands.quickstart", "train a small model on the built-in synthetic data"),
+    "train": ("semiseg.commands.train", "train a model from a YAML recipe"),
+    "eval": ("semiseg.commands.eval", "evaluate a checkpoint on a dataset"),
+    "predict": ("semiseg.commands.predict", "write coloured masks for a folder of images"),
+    "export": ("semiseg.commands.export", "export a checkpoint to ONNX"),
+    "report": ("semiseg.commands.report", "write an HTML report of a run: curves, per-class IoU, confusion matrix, samples"),
     "study": ("semiseg.commands.study", "a grid of runs (methods x labels x seeds) and the table: do my unlabeled images help?"),
-    "data": ("semiseg.data.cli", "inspect and validate datasets"),
+    "data": ("semiseg.commands.data", "inspect and validate datasets"),
 }
 
 

@@ -85,7 +85,7 @@ class OptimConfig:
     nesterov: bool = False
     lr_mult: dict = field(default_factory=dict)  # override the model's group multipliers: {head: 10.0}
     power: float = 0.9  # poly decay: lr * (1 - it / iterations) ** power
-    min_lr: float = 0.0  # floor of the poly decay (as a fraction-free absolute lr)
+    min_lr: float = 0.0  # floor of the poly decay of the model's optimizer (an absolute lr); not a method's own optimizers (the discriminator's)
     warmup_iters: int = 0  # linear warmup from lr * warmup_factor to the poly curve
     warmup_factor: float = 1e-3
     grad_clip: float | None = None  # max global grad norm, null = no clipping
@@ -103,7 +103,7 @@ class LossConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "supervised"  # a key of semiseg.engine.methods.METHODS
+    name: str = "supervised"  # a key of the method registry (engine/methods/__init__.py: METHODS)
     options: dict = field(default_factory=dict)  # checked by the method
 
 
@@ -112,8 +112,8 @@ class TrainConfig:
     iterations: int = 20000  # optimizer steps
     accum_steps: int = 1  # micro-batches per optimizer step (data.batch_size is split across them)
     device: str = "auto"  # auto | cpu | cuda | cuda:1
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: measured fastest correct mode per device)
-    channels_last: bool | str = "auto"  # auto: timed with precision on a CPU (engine/precision.py), on for CUDA
+    precision: str = "auto"  # one of semiseg.runtime.PRECISIONS (auto: measured fastest correct mode per device)
+    channels_last: bool | str = "auto"  # auto: timed with precision on a CPU (semiseg/runtime.py), on for CUDA
     compile: bool = False  # torch.compile the model (slow first steps, faster later)
     eval_interval: int = 1000  # iterations between evaluations on data.val_split; 0 = only at the end
     checkpoint_interval: int = 1000  # iterations between writes of last.pt
@@ -447,6 +447,8 @@ def _validate_registry_names(cfg: Config) -> None:
     if cfg.loss.name.replace(" ", "").lower() not in LOSS_NAMES:
         raise ConfigError(f"unknown loss.name {cfg.loss.name!r}; available: {', '.join(LOSS_NAMES)}\n"
                           f"  fix: use one of {', '.join(LOSS_NAMES)}")
+    # The one import of the engine below it: the method registry is a dict of names next to the methods; reading
+    # its keys (no method is imported) lets a recipe's typo fail at load time, as the other registries do.
     from semiseg.engine.methods import available_methods
 
     check("method.name", cfg.method.name, available_methods(), ", or 'package.module:Class' for your own")
@@ -478,8 +480,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("set at most one of data.labeled.fraction, data.labeled.count, data.labeled.id_file")
     if t.iterations < 1:
         raise ConfigError(f"train.iterations must be >= 1, got {t.iterations}")
-    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
+    from semiseg.runtime import PRECISIONS  # imported here: runtime imports config (its error type)
+
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, got {t.precision!r}")
     if isinstance(t.channels_last, str) and t.channels_last != "auto":
         raise ConfigError(f"train.channels_last must be true, false or auto, got {t.channels_last!r}")
     if t.threads < 0:
@@ -564,14 +568,10 @@ def check_code_names(cfg: Config, source: str, *, allow_code: bool | None = None
 
 def dump_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically, so a killed run never leaves half a file)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("# resolved semiseg config: every value this run used (defaults included)\n")
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from semiseg.atomic import atomic_write_text
+
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    atomic_write_text(path, "# resolved semiseg config: every value this run used (defaults included)\n" + text)
 
 
 __all__ = [

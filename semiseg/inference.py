@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semiseg.engine.precision import autocast  # a leaf module (no engine state): the one autocast policy
+from semiseg.runtime import autocast  # the one autocast policy (a leaf: inference does not reach into the engine)
 
 MODES = ("whole", "slide")
 # mmsegmentation's multi-scale test ratios (``img_ratios`` of its aug-test configs)
@@ -55,7 +55,7 @@ class InferenceOptions:
     flip: bool = False  # also run the mirror image (horizontal flip) of every scale
 
     def __post_init__(self):
-        # normalise lists (from YAML / argparse) to tuples so options stay hashable and comparable
+        # normalise lists (from YAML / the command line) to tuples so options stay hashable and comparable
         for name in ("crop_size", "stride", "scales"):
             value = getattr(self, name)
             if value is not None:

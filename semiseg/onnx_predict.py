@@ -87,37 +87,4 @@ class OnnxPredictor:
         return self.predict_logits(x, inference).argmax(1)[0].to(torch.uint8).numpy()
 
 
-def open_for_predict(checkpoint: str, *, inference_overrides=(), allow_code: bool | None = None,
-                     threads: int | None = None) -> tuple[OnnxPredictor, InferenceOptions]:
-    """The predictor and inference options of ``semiseg predict --backend onnxruntime``.
-
-    ``checkpoint``: an ``.onnx`` file from ``semiseg export --dynamic`` (the inference flags alone choose the mode;
-    ``--mode slide`` then needs ``--crop``), or a checkpoint / run folder, exported here to a temporary file
-    (dynamic axes, float32) with the run's ``eval`` settings (after the flags).
-    """
-    import tempfile
-
-    from semiseg.config import ConfigError, load_config
-    from semiseg.engine.evaluate import inference_options
-    from semiseg.engine.predict import load_trained_model
-    from semiseg.export import checkpoint_metadata, export_onnx
-
-    if os.fspath(checkpoint).lower().endswith(".onnx"):
-        cfg = load_config(None, list(inference_overrides))
-        if cfg.eval.mode == "slide" and not cfg.eval.crop_size:
-            raise ConfigError("--mode slide with an .onnx file needs --crop H W (it has no training crop to default to)")
-        predictor = OnnxPredictor(checkpoint, threads=threads)
-        if predictor.palette is None:
-            raise ExportError(f"{checkpoint} has no semiseg.palette metadata for the masks' colours; export the "
-                              "checkpoint with semiseg export")
-        return predictor, inference_options(cfg)
-    loaded = load_trained_model(checkpoint, device=torch.device("cpu"), precision="fp32", channels_last=False,
-                                overrides=inference_overrides, allow_code=allow_code)
-    height, width = loaded.cfg.data.crop_size
-    with tempfile.TemporaryDirectory() as folder:  # onnxruntime holds the graph in memory once loaded
-        path = export_onnx(loaded.model, os.path.join(folder, "model.onnx"), height=height, width=width, dynamic=True,
-                           metadata=checkpoint_metadata(loaded))
-        return OnnxPredictor(path, threads=threads), loaded.inference
-
-
-__all__ = ["OnnxPredictor", "open_for_predict"]
+__all__ = ["OnnxPredictor"]

@@ -17,7 +17,7 @@ from semiseg.engine.logger import read_metrics
 from semiseg.engine.methods.base import Method
 from semiseg.engine.trainer import Trainer
 
-from test_engine_fixtures import tiny_overrides
+from conftest import tiny_overrides
 
 
 class ToyAdversarial(Method):

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from semiseg.config import ConfigError, load_config
-from semiseg.engine import precision as P
-from semiseg.engine.commands_eval import evaluate_checkpoint
+from semiseg import runtime as P
+from semiseg.engine.evaluate import evaluate_checkpoint
 from semiseg.engine.logger import read_metrics
-from semiseg.engine.precision import MODES, Workload, autocast, choose_precision
+from semiseg.runtime import MODES, Workload, autocast, choose_precision
 from semiseg.engine.trainer import Trainer
 from semiseg.models import build_model
 
-from test_engine_fixtures import TinyNet, tiny_overrides
+from conftest import TinyNet, tiny_overrides
 
 CPU = torch.device("cpu")
 
@@ -53,6 +53,7 @@ def synthetic_batch(n=4, size=64):
 
 
 @pytest.mark.parametrize("name", ["fcn_resnet18", "deeplabv3plus_mobilenetv2"])
+@pytest.mark.slow
 def test_one_training_step_of_a_real_model_agrees(name):
     """Loss of one step agrees to 2%; for ResNet-18 the gradient direction too.
 

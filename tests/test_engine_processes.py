@@ -13,7 +13,7 @@ import torch
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.logger import read_metrics
 
-from test_engine_fixtures import PYTHON, subprocess_env, tiny_overrides
+from conftest import PYTHON, subprocess_env, tiny_overrides
 
 
 def checkpoint_iteration(path: str) -> int:

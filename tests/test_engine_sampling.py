@@ -7,7 +7,7 @@ import torch
 from semiseg.data.transforms import build_train_transform
 from semiseg.engine.sampling import EpochBatchSampler, ShardSampler, TrainStream
 
-from test_engine_fixtures import TinyShapes
+from conftest import TinyShapes
 
 
 def dataset(n=10):

@@ -7,10 +7,10 @@ import torch
 
 from semiseg.config import ConfigError, load_config
 from semiseg.engine import build
-from semiseg.engine.precision import resolve_channels_last, resolve_precision
+from semiseg.runtime import resolve_channels_last, resolve_precision
 from semiseg.engine.schedule import build_scheduler, poly_factor
 
-from test_engine_fixtures import TinyNet
+from conftest import TinyNet
 
 
 def test_poly_matches_advsemiseg_lr_poly():

@@ -13,12 +13,12 @@ from PIL import Image
 from semiseg.cli import main
 from semiseg.config import load_config
 from semiseg.engine.checkpoint import load_checkpoint
-from semiseg.engine.commands_eval import evaluate_checkpoint
+from semiseg.engine.evaluate import evaluate_checkpoint
 from semiseg.engine.logger import read_metrics
 from semiseg.engine.run_dir import RunDirError
 from semiseg.engine.trainer import Trainer, TrainingDiverged
 
-from test_engine_fixtures import PALETTE, tiny_overrides
+from conftest import PALETTE, tiny_overrides
 
 
 def config(tmp_path, name="run", **extra):

@@ -8,10 +8,10 @@ import torch
 from semiseg.cli import main
 from semiseg.config import ConfigError, dump_config, load_config
 from semiseg.engine.checkpoint import load_checkpoint
-from semiseg.engine.commands_eval import evaluate_checkpoint
+from semiseg.engine.evaluate import evaluate_checkpoint
 from semiseg.engine.trainer import Trainer
 
-from test_engine_fixtures import tiny_overrides
+from conftest import tiny_overrides
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""semiseg.export: ONNX export of every model family, onnxruntime parity, and the export/eval commands."""
+"""semiseg.export: ONNX export options, onnxruntime parity, and the export/eval commands (every model: test_models_registry)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from semiseg.cli import main
 from semiseg.config import load_config
 from semiseg.data.transforms import build_eval_transform, normalize
 from semiseg.engine import build
-from semiseg.engine.commands_eval import evaluate_checkpoint
+from semiseg.engine.evaluate import evaluate_checkpoint
 from semiseg.engine.evaluate import evaluate, make_eval_loader
 from semiseg.engine.predict import load_trained_model
 from semiseg.engine.trainer import Trainer
@@ -24,46 +24,17 @@ from semiseg.export import ExportError, check_onnx, export_onnx
 from semiseg.inference import InferenceOptions, infer
 from semiseg.models import build_model
 
-from test_engine_fixtures import TinyShapes, tiny_overrides
+from conftest import TinyShapes, tiny_overrides
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-
-
-def _nonzero_init(model):
-    # FCN score layers start at zero (as in the paper), which would make every logit 0 and hide a misaligned
-    # crop; give such weights small random values so the logits vary over the image.
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1 and not p.any():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
-    return model
 
 
 def _inputs(n, h, w, seed=0):
     return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-# deeplabv3plus_resnet101 and fcn16s/fcn32s_vgg16 share these families' code; they were checked the same way
-# by hand (see the module history) but would add ~30 s here.
-@pytest.mark.parametrize("name,size", [
-    ("fcn_resnet18", 64), ("deeplabv3plus_mobilenetv2", 64), ("deeplabv3plus_resnet50", 64),
-    ("deeplabv2_resnet101", 64), ("fcn8s_vgg16", 64),
-])
-def test_every_family_exports_and_matches_onnxruntime_at_other_sizes(tmp_path, name, size):
-    torch.manual_seed(0)
-    model = _nonzero_init(build_model(name, 3))
-    path = export_onnx(model, tmp_path / f"{name}.onnx", height=size, width=size, dynamic=True)
-    assert model.training  # the caller's model keeps its mode
-    for n, h, w in [(1, size, size), (2, 39, 53)]:  # the traced size, and another batch and odd size
-        x = _inputs(n, h, w)
-        with torch.no_grad():
-            ref = model.eval()(x)
-        model.train()
-        assert ref.std() > 0  # logits vary, so a misplaced crop or a wrong resize would show
-        diff = check_onnx(model, path, x)
-        assert diff <= 1e-4 * ref.abs().max().item(), (name, (n, h, w), diff)
+# Every registered model's export and onnxruntime parity: tests/test_models_registry.py.
 
 
 def test_static_export_fixes_the_input_shape(tmp_path):

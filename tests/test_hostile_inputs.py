@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from test_engine_fixtures import REPO
+from conftest import REPO
 
 _spec = importlib.util.spec_from_file_location("hostile_inputs", os.path.join(REPO, "benchmarks", "hostile_inputs.py"))
 hostile = importlib.util.module_from_spec(_spec)

@@ -9,12 +9,12 @@ from torch import nn
 
 import semiseg.engine.evaluate
 from semiseg.config import ConfigError, load_config
-from semiseg.engine.commands_eval import evaluate_checkpoint
+from semiseg.engine.evaluate import evaluate_checkpoint
 from semiseg.engine.evaluate import inference_options
 from semiseg.engine.trainer import Trainer
 from semiseg.inference import InferenceOptions, infer, window_spans
 
-from test_engine_fixtures import tiny_overrides
+from conftest import tiny_overrides
 
 
 class Pointwise(nn.Module):

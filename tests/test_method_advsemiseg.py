@@ -18,7 +18,7 @@ from semiseg.engine.methods import advsemiseg
 from semiseg.engine.methods.advsemiseg import AdvSemiSeg, d_target, one_hot_labels, pseudo_labels
 from semiseg.engine.trainer import Trainer
 
-from test_engine_fixtures import tiny_overrides
+from conftest import tiny_overrides
 
 torch.set_num_threads(1)
 

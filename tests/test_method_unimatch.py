@@ -24,7 +24,7 @@ from semiseg.engine.methods.unimatch import (
 from semiseg.engine.trainer import Trainer
 from semiseg.models import build_model
 
-from test_engine_fixtures import TinyNet, tiny_overrides
+from conftest import TinyNet, tiny_overrides
 
 METHOD = "semiseg.engine.methods.unimatch:UniMatch"
 FIXMATCH = {"strong_views": 1, "feature_perturbation": False}

@@ -237,6 +237,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, pred: torch.Tensor, targe
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_all_reduce_two_processes_equals_single_process(tmp_path):
     torch.manual_seed(0)
     target = torch.randint(0, 4, (6, 8, 8))

@@ -18,7 +18,8 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, VGG16_Weights
 
 from semiseg.models import build_model
-from semiseg.models import fcn_resnet, fcn_vgg
+from semiseg.models import fcn_vgg
+from semiseg.models import weights as layouts  # the layout conversions of the FCN families
 from semiseg.models.layers import bilinear_kernel, init_bilinear_
 from semiseg.models.pretrained import cache_path
 
@@ -112,6 +113,7 @@ def test_vgg_fcn_train_mode_shape_and_gradient(vgg_model, name):
 @pytest.mark.parametrize(
     "name, size", [("fcn32s_vgg16", (500, 375)), ("fcn16s_vgg16", (321, 321)), ("fcn8s_vgg16", (500, 375))]
 )
+@pytest.mark.slow
 def test_vgg_fcn_eval_shape_large_odd_input(vgg_model, name, size):
     model = vgg_model(name).eval()
     with torch.no_grad():
@@ -265,22 +267,22 @@ def test_pytorch_fcn_state_dict_loads_strictly_and_gives_same_logits(vgg_model, 
     model.load_state_dict(sd, strict=True)
     assert_same_logits(model, sd, name)
 
-    assert fcn_vgg.is_pytorch_fcn_state_dict(sd)
-    assert fcn_vgg.pytorch_fcn_model_name(sd) == name
+    assert layouts.is_pytorch_fcn_state_dict(sd)
+    assert layouts.pytorch_fcn_model_name(sd) == name
     # A checkpoint of pytorch-fcn's trainer (DataParallel prefixes inside "model_state_dict") converts too.
     wrapped = {"epoch": 3, "model_state_dict": {f"module.{k}": v for k, v in sd.items()}}
-    assert fcn_vgg.pytorch_fcn_model_name(wrapped) == name
-    converted = fcn_vgg.convert_pytorch_fcn(wrapped)
+    assert layouts.pytorch_fcn_model_name(wrapped) == name
+    converted = layouts.convert_pytorch_fcn(wrapped)
     assert converted.keys() == sd.keys() and all(converted[k] is sd[k] for k in sd)
 
 
 def test_pytorch_fcn_detection_rejects_other_layouts():
     tv_vgg = {"features.0.weight": torch.zeros(64, 3, 3, 3), "classifier.0.weight": torch.zeros(4096, 25088)}
-    assert not fcn_vgg.is_pytorch_fcn_state_dict(tv_vgg)
-    assert fcn_vgg.pytorch_fcn_model_name(tv_vgg) is None
+    assert not layouts.is_pytorch_fcn_state_dict(tv_vgg)
+    assert layouts.pytorch_fcn_model_name(tv_vgg) is None
     with pytest.raises(ValueError, match="not a pytorch-fcn"):
-        fcn_vgg.convert_pytorch_fcn(tv_vgg)
-    assert not fcn_vgg.is_pytorch_fcn_state_dict({k: torch.zeros(1) for k in ("conv1_1.weight", "fc6.weight")})
+        layouts.convert_pytorch_fcn(tv_vgg)
+    assert not layouts.is_pytorch_fcn_state_dict({k: torch.zeros(1) for k in ("conv1_1.weight", "fc6.weight")})
 
 
 def test_fcn8s_at_once_and_training_options(random_backbone):
@@ -304,6 +306,7 @@ def test_fcn8s_at_once_and_training_options(random_backbone):
 
 
 # -------------------------------------------------------------------------------------- VGG16 surgery
+@pytest.mark.slow
 def test_vgg16_surgery_from_file_and_from_torchvision_cache(tmp_path, monkeypatch):
     # A random torchvision vgg16 state dict (shapes from a meta-device model: no 138M-parameter init).
     with torch.device("meta"):
@@ -345,9 +348,9 @@ def test_vgg16_surgery_from_file_and_from_torchvision_cache(tmp_path, monkeypatc
 
 def test_vgg16_surgery_errors_name_the_problem():
     with pytest.raises(ValueError, match="vgg16_bn"):
-        fcn_vgg.vgg16_surgery({"features.0.weight": torch.zeros(1), "features.1.weight": torch.zeros(1)}, source="x.pth")
+        layouts.vgg16_surgery({"features.0.weight": torch.zeros(1), "features.1.weight": torch.zeros(1)}, source="x.pth")
     with pytest.raises(ValueError, match="x.pth is not a torchvision vgg16 state dict: missing features.0.weight"):
-        fcn_vgg.vgg16_surgery({"conv.weight": torch.zeros(1)}, source="x.pth")
+        layouts.vgg16_surgery({"conv.weight": torch.zeros(1)}, source="x.pth")
 
 
 # ----------------------------------------------------------------------------------------- FCN ResNet-18
@@ -383,9 +386,9 @@ def test_fcn_resnet18_equals_d2l_and_crops_odd_sizes_top_left(resnet_model):
             nn.init.normal_(m.bias, 0, 0.1)
     nn.init.normal_(d2l.transpose_conv.bias)
     sd = d2l.state_dict()
-    assert fcn_resnet.is_d2l_fcn_state_dict(sd)
+    assert layouts.is_d2l_fcn_state_dict(sd)
     model = resnet_model.eval()
-    model.load_state_dict(fcn_resnet.convert_d2l_fcn(sd), strict=True)
+    model.load_state_dict(layouts.convert_d2l_fcn(sd), strict=True)
     with torch.no_grad():
         x = torch.randn(1, 3, 64, 96)
         torch.testing.assert_close(model(x), d2l(x))  # multiples of 32: exactly d2l's output

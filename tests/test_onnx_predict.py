@@ -87,7 +87,7 @@ def test_predict_command_with_the_onnxruntime_backend_writes_the_torch_masks(tmp
     from semiseg.config import load_config
     from semiseg.engine.trainer import Trainer
 
-    from test_engine_fixtures import tiny_overrides
+    from conftest import tiny_overrides
 
     cfg = load_config(None, tiny_overrides(output_dir=str(tmp_path / "runs"), name="tiny"))
     Trainer(cfg, cfg.run_dir, progress=False).fit()

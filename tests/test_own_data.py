@@ -13,7 +13,7 @@ from PIL import Image
 
 from semiseg.cli import main
 
-from test_engine_fixtures import tiny_overrides
+from conftest import tiny_overrides
 
 
 def run_train(tmp_path, *overrides, name="run"):
@@ -87,7 +87,7 @@ def test_eval_batches_of_mixed_sizes_equal_per_image_evaluation(tmp_path):
     from semiseg.data import build_dataset
     from semiseg.data.transforms import build_eval_transform
     from semiseg.engine.evaluate import evaluate, make_eval_loader
-    from test_engine_fixtures import TinyNet
+    from conftest import TinyNet
 
     ds = build_dataset("folder", write_folder(tmp_path / "val", MIXED), classes="bg,red,green",
                        transform=build_eval_transform())

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from PIL import Image
 
 from semiseg.cli import main
@@ -18,6 +20,7 @@ from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.quickstart import QUICKSTART, quickstart_config, semi_options
 
 
+@pytest.mark.slow
 def test_quickstart_fast_trains_both_arms_on_one_split_and_reports_the_gain(tmp_path, capsys):
     run = str(tmp_path / "quickstart")
     assert main(["quickstart", "--fast", "--run-dir", run, "--predictions", "2"]) == 0

@@ -12,9 +12,10 @@ from PIL import Image
 from semiseg.cli import main
 from semiseg.config import load_config
 from semiseg.engine.trainer import Trainer
-from semiseg.report import build_report, overlay, sample_panel
+from semiseg.engine.report import build_report
+from semiseg.report import overlay, sample_panel
 
-from test_engine_fixtures import PALETTE, tiny_overrides
+from conftest import PALETTE, tiny_overrides
 
 
 def test_overlay_blends_colours_and_leaves_ignored_pixels():

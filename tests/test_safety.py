@@ -17,7 +17,7 @@ from semiseg.cli import main
 from semiseg.config import ALLOW_CODE_ENV, load_config
 from semiseg.engine.checkpoint import load_checkpoint
 
-from test_engine_fixtures import PYTHON, subprocess_env, tiny_overrides
+from conftest import PYTHON, subprocess_env, tiny_overrides
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
@@ -38,7 +38,7 @@ def plant_payload(folder, marker) -> None:
     code = f"open({str(marker)!r}, 'w').write('ran')\n"
     (folder / "payload_mod.py").write_text(
         "def build(*args, **kwargs):\n    " + code
-        + "    from test_engine_fixtures import tiny_model, tiny_dataset\n"
+        + "    from conftest import tiny_model, tiny_dataset\n"
         "    return (tiny_model if isinstance(args[0], int) else tiny_dataset)(*args, **kwargs)\n")
     (folder / "hubconf.py").write_text(code + "def val(*a, **k):\n    pass\n")
 
@@ -110,7 +110,7 @@ def test_eval_with_a_typed_data_kind_needs_no_opt_in(tmp_path, no_code, capsys):
     ckpt = os.path.join(run, "last.pt")
     rewrite_config(ckpt, data__kind="torch.hub:load")
     # the model is the fixtures' module:function too, so the refusal names model.name only
-    assert main(["eval", ckpt, "--device", "cpu", "--data", "kind=test_engine_fixtures:tiny_dataset"]) == 2
+    assert main(["eval", ckpt, "--device", "cpu", "--data", "kind=conftest:tiny_dataset"]) == 2
     err = capsys.readouterr().err
     assert "model.name=" in err and "data.kind" not in err
 
@@ -145,7 +145,7 @@ def test_resume_of_a_run_whose_config_names_code_needs_the_opt_in(tmp_path, no_c
     sys.path.insert(0, str(tmp_path / "evil"))
     try:
         cfg_path = os.path.join(run, "config.yaml")
-        text = open(cfg_path).read().replace("test_engine_fixtures:tiny_dataset", "payload_mod:build")
+        text = open(cfg_path).read().replace("conftest:tiny_dataset", "payload_mod:build")
         open(cfg_path, "w").write(text)
         assert main(["train", "--no-progress", "--resume", run, "train.iterations=3"]) == 2
         err = capsys.readouterr().err
@@ -154,7 +154,7 @@ def test_resume_of_a_run_whose_config_names_code_needs_the_opt_in(tmp_path, no_c
         # typed on the command line = trusted; the model is still the fixtures' module:function
         assert main(["train", "--no-progress", "--resume", run, "data.kind=payload_mod:build"]) == 2
         err = capsys.readouterr().err
-        assert "model.name='test_engine_fixtures:tiny_model'" in err and "data.kind=" not in err
+        assert "model.name='conftest:tiny_model'" in err and "data.kind=" not in err
         assert not marker.exists()
         assert main(["train", "--no-progress", "--resume", run, "train.iterations=3", "--allow-code"]) == 0
         assert marker.exists()
@@ -165,7 +165,7 @@ def test_resume_of_a_run_whose_config_names_code_needs_the_opt_in(tmp_path, no_c
 def test_a_recipe_the_user_passes_may_name_code(tmp_path, no_code):
     # --config and key=value are the user's own words: module:function there needs no flag
     cfg = load_config(None, tiny_overrides(output_dir=str(tmp_path), name="r"))
-    assert cfg.model.name == "test_engine_fixtures:tiny_model"
+    assert cfg.model.name == "conftest:tiny_model"
     assert main(["train", "--no-progress", *tiny_overrides(output_dir=str(tmp_path), name="r",
                                                              **{"train.iterations": 1, "train.eval_interval": 0})]) == 0
     assert load_checkpoint(os.path.join(str(tmp_path), "r", "last.pt"))["iteration"] == 1

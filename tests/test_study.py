@@ -359,6 +359,7 @@ def test_children_die_with_the_study():
     assert not alive
 
 
+@pytest.mark.slow
 def test_study_stopped_midway_finishes_only_missing_runs(tmp_path):
     """A study run partly (--only), a run killed after its first checkpoint and one killed before it; running
     the study again skips the finished run, resumes the checkpointed one and restarts the other."""

@@ -1,3 +1,3 @@
-"""Command-line modules, one per command (argparse lives here); each exposes ``configure(parser)`` and
-``run(args) -> int`` for semiseg/cli.py. (Older commands still live beside the code they drive, e.g.
-semiseg/engine/commands_train.py.)"""
+"""Command-line modules, one per command (argparse lives here and nowhere else in semiseg); each exposes
+``configure(parser)`` and ``run(args) -> int`` for semiseg/cli.py. ``flags.py`` holds the flags several commands
+share (the inference mode, ``--allow-code``)."""

@@ -16,6 +16,7 @@ import importlib
 from collections.abc import Callable
 
 from .errors import DataError
+from .info import DatasetInfo
 from .loaders import InfiniteLoader
 
 # kind -> "module:builder"; builders take (root, split, *, transform, **options). Imported on use.
@@ -63,4 +64,4 @@ def build_dataset(kind: str, root=None, split: str = "train", *, transform: Call
         raise
 
 
-__all__ = ["DATASETS", "DataError", "InfiniteLoader", "build_dataset"]
+__all__ = ["DATASETS", "DataError", "DatasetInfo", "InfiniteLoader", "build_dataset"]

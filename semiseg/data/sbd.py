@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from semiseg.atomic import atomic_write_text
+
 from .errors import DataError
 from .io import check_mask_values, read_mask
 from .palettes import VOC_CLASSES, VOC_IGNORE_COLOR, VOC_PALETTE
@@ -166,10 +168,7 @@ def convert_sbd(sbd_root: str, voc_root: str, *, overwrite: bool = False, worker
     shutil.rmtree(old_dir, ignore_errors=True)
 
     os.makedirs(os.path.dirname(list_path), exist_ok=True)
-    tmp_list = list_path + ".partial"
-    with open(tmp_list, "w", encoding="utf-8") as f:
-        f.write("\n".join(train_aug) + "\n")
-    os.replace(tmp_list, list_path)
+    atomic_write_text(list_path, "\n".join(train_aug) + "\n")
     return SBDConversion(mask_dir=final_dir, list_path=list_path, from_sbd=len(sbd_only), from_voc=len(voc_names),
                          train_aug=len(train_aug))
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from semiseg.atomic import atomic_write_text
+
 from .errors import DataError
 
 HEADER = "# semiseg split v1"
@@ -66,11 +68,7 @@ class Split:
         header = [HEADER, f"# seed: {self.seed}", f"# labeled: {len(self.labeled)}", f"# unlabeled: {len(self.unlabeled)}"]
         header += [f"# {k}: {v}" for k, v in self.info.items()]
         text = "\n".join(header + ["[labeled]", *self.labeled, "[unlabeled]", *self.unlabeled]) + "\n"
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, text)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Split:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -79,30 +77,6 @@ def make_or_load_split(cfg: Config, names: list[str], path: str | None):
     return make_split(names, fraction=lab.fraction, count=lab.count, id_file=lab.id_file, seed=lab.seed)
 
 
-@dataclass
-class DatasetInfo:
-    """What eval, predict and the checkpoint need to know about the data, as plain values."""
-
-    classes: list[str]
-    palette: list[list[int]]
-    num_classes: int
-    ignore_index: int
-    normalization: str
-
-    @classmethod
-    def of(cls, dataset, normalization: str) -> DatasetInfo:
-        palette = getattr(dataset, "palette", None)
-        if palette is None:
-            from semiseg.data.palettes import default_palette
-
-            palette = default_palette(dataset.num_classes)
-        return cls(list(dataset.classes), np.asarray(palette, dtype=np.uint8).tolist(), int(dataset.num_classes),
-                   int(getattr(dataset, "ignore_index", 255)), normalization)
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
 # ---------------------------------------------------------------------------------------------------
 # model
 
@@ -139,9 +113,9 @@ def precision_choice(cfg: Config, model: nn.Module, num_classes: int, device: to
     """``train.precision`` / ``train.channels_last`` (or the given values) made concrete for this model on ``device``.
 
     ``"auto"`` on a CPU times ``model`` (a copy of it) at the run's crop -- a training step for ``task="train"``,
-    a forward for ``task="infer"`` (at the sliding window when evaluation slides) -- see engine/precision.py.
+    a forward for ``task="infer"`` (at the sliding window when evaluation slides) -- see semiseg/runtime.py.
     """
-    from semiseg.engine.precision import Workload, choose_precision
+    from semiseg.runtime import Workload, choose_precision
 
     size = cfg.data.crop_size
     if task == "infer" and cfg.eval.mode == "slide" and cfg.eval.crop_size:
@@ -214,6 +188,6 @@ def build_criterion(cfg: Config, num_classes: int, ignore_index: int) -> nn.Modu
                       label_smoothing=cfg.loss.label_smoothing, dice_factor=cfg.loss.dice_factor)
 
 
-__all__ = ["build_dataset", "train_transform", "eval_transform", "make_or_load_split", "DatasetInfo",
+__all__ = ["build_dataset", "train_transform", "eval_transform", "make_or_load_split",
            "build_model", "precision_choice", "model_normalization", "param_groups", "build_optimizer", "resolve_fused",
            "build_criterion"]

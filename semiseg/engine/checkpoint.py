@@ -4,21 +4,21 @@ A checkpoint is a dict of tensors and plain Python values only, so it loads with
 ``torch.load(weights_only=True)`` (no pickled code runs when opening a file someone sent you). The RNG
 states of torch, numpy and ``random`` are converted to tensors and ints for that reason.
 
-Writes go to a temporary file in the same directory, are fsynced, then renamed over the target with
-``os.replace`` (atomic on POSIX and Windows): a run killed at any moment leaves either the old or the new
-checkpoint, never half of one. A stale temporary file from a killed write is harmless and is removed
-on the next write.
+Writes go through :mod:`semiseg.atomic` (a temporary file in the same directory, fsynced, renamed over the
+target with ``os.replace``): a run killed at any moment leaves either the old or the new checkpoint, never half
+of one. A stale temporary file from a killed write is harmless and is removed on the next write.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import random
-from typing import IO, Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
+
+from semiseg.atomic import atomic_write, atomic_write_text  # noqa: F401 (re-exported: the run files use them)
 
 FORMAT = "semiseg-checkpoint/1"
 LAST = "last.pt"
@@ -29,54 +29,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or not a semiseg checkpoint."""
 
 
-def _fsync_dir(path: str) -> None:
-    # The rename itself is only durable once the directory entry is on disk (POSIX; a no-op elsewhere).
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = True) -> str:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``: readers see the
-    old file or the new one, never half of one, and a killed writer leaves no partial ``path``."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    for stale in glob.glob(os.path.join(directory, f".{os.path.basename(path)}.tmp-*")):
-        try:
-            os.remove(stale)
-        except OSError:
-            pass
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
-    return path
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> str:
     """``torch.save(obj, path)`` so that ``path`` is never observed half-written."""
     return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> str:
-    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def resolve_checkpoint(path: str | os.PathLike, prefer: str = LAST) -> str:

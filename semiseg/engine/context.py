@@ -16,9 +16,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from semiseg.config import Config
-from semiseg.engine.precision import autocast
+from semiseg.runtime import autocast
 from semiseg.engine.sampling import TrainStream
-from semiseg.engine.schedule import build_scheduler
+from semiseg.engine.schedule import poly_schedule
 
 
 class TrainContext:
@@ -111,8 +111,8 @@ class TrainContext:
     def add_optimizer(self, name: str, optimizer: torch.optim.Optimizer, scheduler: Any = "poly") -> None:
         """Register an optimizer the loop zeroes, steps (through the grad scaler) and checkpoints.
 
-        ``scheduler``: "poly" (the run's poly schedule on this optimizer's own learning rates), None, or
-        any object with ``step()`` and ``state_dict()``.
+        ``scheduler``: "poly" (the run's poly schedule on this optimizer's own learning rates, without the
+        ``optim.min_lr`` floor: see :meth:`poly_scheduler`), None, or any object with ``step()`` and ``state_dict()``.
         """
         if name in self.optimizers:
             raise ValueError(f"an optimizer named {name!r} is already registered")
@@ -122,10 +122,16 @@ class TrainContext:
         if scheduler is not None:
             self.schedulers[name] = scheduler
 
-    def poly_scheduler(self, optimizer: torch.optim.Optimizer):
-        o = self.cfg.optim
-        return build_scheduler(optimizer, max_iters=self.cfg.train.iterations, power=o.power,
-                               warmup_iters=o.warmup_iters, warmup_factor=o.warmup_factor)
+    def poly_scheduler(self, optimizer: torch.optim.Optimizer, *, min_lr: float = 0.0, base_lr: float | None = None):
+        """The run's poly schedule (``optim.power``, ``optim.warmup_*`` over ``train.iterations``) on ``optimizer``:
+        :func:`~semiseg.engine.schedule.poly_schedule`, the one builder for the model's optimizer and any other.
+
+        ``optim.min_lr`` is not applied here by default: it is an absolute learning rate in the units of ``optim.lr``
+        (the model's optimizer), and a floor of, say, 1e-4 meant for SGD at 2.5e-4 would stop an Adam discriminator
+        at 1e-4 from decaying at all. The trainer passes it for the model's optimizer only; a method that wants a
+        floor for its own optimizer passes its own ``min_lr``.
+        """
+        return poly_schedule(optimizer, self.cfg, min_lr=min_lr, base_lr=base_lr)
 
     def add_stream(self, name: str, dataset: Dataset, *, batch_size: int | None = None) -> TrainStream:
         """Register another endless, resumable, seeded batch stream (e.g. a second pass over labels)."""

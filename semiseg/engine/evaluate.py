@@ -103,4 +103,77 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, *, device: 
     return cm
 
 
-__all__ = ["collate_eval", "same_size_groups", "make_eval_loader", "inference_options", "predict_logits", "evaluate"]
+def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = None, device: str = "auto",
+                        precision: str | None = None, batch_size: int | None = None,
+                        num_workers: int | None = None, inference_overrides=(), recipe: str | None = None,
+                        recipe_overrides=(), allow_code: bool | None = None) -> dict:
+    """Evaluate a checkpoint; returns {"metrics", "table", "classes", ...} (the JSON written by the command).
+
+    ``inference_overrides``: dotted ``eval.*`` overrides of the run's inference settings (``eval.mode=slide``).
+    ``recipe``: ``path`` holds plain weights for the model of this recipe (``recipe_overrides`` apply to it).
+    ``allow_code``: let the checkpoint's config import ``module:function`` names (see ``load_trained_model``).
+    """
+    import dataclasses
+    import os
+
+    from semiseg.config import override_config
+    from semiseg.data.info import DatasetInfo
+    from semiseg.engine import build
+    from semiseg.engine.predict import load_trained_model, load_weights_with_recipe
+    from semiseg.runtime import resolve_device
+    from semiseg.metrics import to_json_dict
+
+    data_overrides = [o if o.startswith("data.") else f"data.{o}" for o in data_overrides]
+    dev = dist.init_distributed(resolve_device(device))
+    if recipe:
+        loaded = load_weights_with_recipe(path, recipe, device=dev, precision=precision,
+                                          overrides=[*recipe_overrides, *inference_overrides])
+    else:
+        if recipe_overrides:
+            from semiseg.config import ConfigError
+
+            raise ConfigError("--set changes a recipe: use it with --config (a run's own settings are fixed; "
+                              "--data and the inference flags change what evaluation reads)")
+        # --data goes in with the other overrides: a data.kind typed here replaces the checkpoint's own
+        loaded = load_trained_model(path, device=dev, precision=precision, allow_code=allow_code,
+                                    overrides=[*inference_overrides, *data_overrides])
+    cfg = override_config(loaded.cfg, data_overrides)
+    split = split or cfg.data.val_split
+    # the run's validation options apply when evaluating its validation split
+    validation = split == cfg.data.val_split
+    dataset = build.build_dataset(cfg, split, validation=validation)
+    options = {**cfg.data.options, **(cfg.data.val_options if validation else {})}
+    data_info = DatasetInfo.of(dataset, loaded.info.normalization)  # the evaluated data's facts (its ignore label)
+    if data_info.num_classes != loaded.info.num_classes:
+        from semiseg.config import ConfigError
+
+        raise ConfigError(f"the dataset has {data_info.num_classes} classes but the model was trained for "
+                          f"{loaded.info.num_classes} ({', '.join(loaded.info.classes)})")
+    dataset.transform = build.eval_transform(loaded.info.normalization)
+    loader = make_eval_loader(dataset, batch_size=batch_size or cfg.eval.batch_size,
+                              num_workers=cfg.data.num_workers if num_workers is None else num_workers,
+                              pin_memory=dev.type == "cuda")
+    cm = evaluate(loaded.model, loader, loaded.info.num_classes, device=dev, precision=loaded.precision,
+                  channels_last=loaded.channels_last, ignore_index=data_info.ignore_index,
+                  progress=True, inference=loaded.inference)
+    classes = data_info.classes
+    return {
+        "checkpoint": os.path.abspath(loaded.checkpoint_path),
+        "iteration": loaded.iteration,
+        "data": {"kind": cfg.data.kind, "root": cfg.data.root, "split": split, "options": options,
+                 "samples": len(dataset)},
+        "precision": loaded.precision,
+        "normalization": loaded.info.normalization,  # the input convention (the recipe's, or the run's)
+        "channels_last": loaded.channels_last,
+        "precision_reason": loaded.precision_reason,
+        "inference": dataclasses.asdict(loaded.inference),
+        "classes": classes,
+        "metrics": to_json_dict(cm.compute()),
+        "confusion_matrix": cm.mat.cpu().tolist(),
+        "table": cm.table(classes),
+        "torch_version": str(torch.__version__),
+    }
+
+
+__all__ = ["collate_eval", "same_size_groups", "make_eval_loader", "inference_options", "predict_logits", "evaluate",
+           "evaluate_checkpoint"]

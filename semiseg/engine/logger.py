@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-from semiseg.engine.checkpoint import atomic_write_text
+from semiseg.atomic import atomic_write_text
 from semiseg.engine.run_dir import METRICS, TENSORBOARD
 from semiseg.metrics import to_json_dict
 

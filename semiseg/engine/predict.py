@@ -1,13 +1,12 @@
 """Loading a trained model from a checkpoint, predicting images, writing palette PNG masks.
 
-Shared by ``semiseg eval``, ``semiseg predict``, ``semiseg export`` and the quickstart, with the command-line
-flags that choose the inference mode (``--mode slide --crop H W --stride H W --scales ... --flip``): they
-override the ``eval`` section of the checkpoint's config, and semiseg.inference does the work.
+Shared by ``semiseg eval``, ``semiseg predict``, ``semiseg export``, the report and the quickstart; the
+command-line flags that choose the inference mode are in semiseg/commands/flags.py. :func:`predict_folder` is the
+image loop of ``semiseg predict``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +16,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from semiseg.config import ALLOW_CODE_ENV, Config, ConfigError, check_code_names, config_from_dict, override_config
+from semiseg.config import Config, ConfigError, check_code_names, config_from_dict, override_config
+from semiseg.data.info import IGNORE_INDEX, DatasetInfo
 from semiseg.engine import build
 from semiseg.engine.checkpoint import CheckpointError, describe_names, load_checkpoint, nonfinite_tensors, resolve_checkpoint
 from semiseg.engine.evaluate import inference_options, predict_logits
-from semiseg.engine.precision import resolve_channels_last, resolve_precision
+from semiseg.runtime import resolve_channels_last, resolve_precision
 from semiseg.inference import InferenceOptions
 
 
@@ -29,7 +29,7 @@ from semiseg.inference import InferenceOptions
 class LoadedModel:
     model: nn.Module
     cfg: Config
-    info: build.DatasetInfo
+    info: DatasetInfo
     checkpoint_path: str
     iteration: int
     device: torch.device
@@ -69,13 +69,13 @@ def load_trained_model(path: str, *, device: torch.device, precision: str | None
             f"{ckpt_path} holds non-finite weights or statistics in {len(bad)} tensor(s) ({describe_names(bad)}): it "
             "was saved after its run diverged, and its predictions would be meaningless; use an earlier checkpoint "
             "or retrain with a lower optim.lr")
-    info = build.DatasetInfo(**ckpt["dataset"])
+    info = DatasetInfo(**ckpt["dataset"])
     model = build.build_model(cfg, info.num_classes, pretrained=False)
     model.load_state_dict(ckpt["model"])
     return _for_inference(model, cfg, info, ckpt_path, int(ckpt["iteration"]), device, precision, channels_last)
 
 
-def _for_inference(model: nn.Module, cfg: Config, info: build.DatasetInfo, path: str, iteration: int,
+def _for_inference(model: nn.Module, cfg: Config, info: DatasetInfo, path: str, iteration: int,
                    device: torch.device, precision: str | None, channels_last: bool | str | None) -> LoadedModel:
     """The model in eval mode on ``device``, with the run's precision and memory format unless given."""
     from semiseg.engine import distributed as dist
@@ -118,7 +118,7 @@ def load_weights_with_recipe(weights: str, recipe: str, *, device: torch.device,
         raise ConfigError(f"{weights} does not fit the model of {recipe} ({cfg.model.name}, {dataset.num_classes} "
                           f"classes): {e}") from None
     print(report)
-    info = build.DatasetInfo.of(dataset, build.model_normalization(cfg, model))
+    info = DatasetInfo.of(dataset, build.model_normalization(cfg, model))
     return _for_inference(model, cfg, info, os.fspath(weights), 0, device, precision, channels_last)
 
 
@@ -158,70 +158,145 @@ def predict_mask(loaded: LoadedModel, image: np.ndarray | torch.Tensor, name: st
     return logits.argmax(1)[0].to("cpu", torch.uint8).numpy()
 
 
-def palette_image(mask: np.ndarray, palette: Any) -> Image.Image:
-    """A PIL "P" image of class indices with the dataset palette (index 255 = ignore shows white)."""
+def palette_image(mask: np.ndarray, palette: Any, ignore_index: int = IGNORE_INDEX) -> Image.Image:
+    """A PIL "P" image of class indices with the dataset palette (``ignore_index``, a ``DatasetInfo``'s, shows white
+    when it is not a class)."""
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     img = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
     flat = np.zeros((256, 3), dtype=np.uint8)
     pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:255]
     flat[: len(pal)] = pal
-    flat[255] = 255
+    if len(pal) <= ignore_index < 256:
+        flat[ignore_index] = 255
     img.putpalette(flat.reshape(-1).tolist())
     return img
 
 
-def save_mask_png(mask: np.ndarray, palette: Any, path: str) -> str:
+def save_mask_png(mask: np.ndarray, palette: Any, path: str, ignore_index: int = IGNORE_INDEX) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    palette_image(mask, palette).save(path)
+    palette_image(mask, palette, ignore_index).save(path)
     return path
 
 
 # ---------------------------------------------------------------------------------------------------
-# command-line flags of the inference mode (semiseg eval, semiseg predict)
+# a folder of images -> a folder of palette masks (semiseg predict)
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("inference (default: the run's eval settings; see semiseg.inference)")
-    group.add_argument("--mode", choices=["whole", "slide"], help="whole image at once, or sliding windows")
-    group.add_argument("--crop", nargs=2, type=int, metavar=("H", "W"),
-                       help="sliding window size (implies --mode slide; default: the training crop)")
-    group.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"),
-                       help="sliding window step (implies --mode slide; default: 2/3 of the window)")
-    group.add_argument("--scales", nargs="+", type=float, metavar="S",
-                       help="multi-scale test: resize ratios, e.g. 0.5 0.75 1 1.25 1.5 1.75 (softmax averaged)")
-    group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                       help="also run the mirror image of every scale and average it in")
+class PredictResult(list):
+    """The written mask paths (a list), and ``failed``: (image path, reason) for each image that could not be read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: list[tuple[str, str]] = []
 
 
-def add_allow_code_argument(parser: argparse.ArgumentParser) -> None:
-    """``--allow-code``: the one opt-in for a checkpoint or run folder whose config names code to import."""
-    parser.add_argument("--allow-code", action="store_true", default=None,
-                        help="trust the checkpoint / run folder: import the 'package.module:function' names its "
-                             "config holds (model.name, data.kind, method.name), which runs that code. Without it "
-                             f"such a config is refused (also allowed by {ALLOW_CODE_ENV}=1)")
+def mask_names(images: list[str]) -> dict[str, str]:
+    """The mask file name of each image: ``stem.png``, or ``name.ext.png`` when stems collide (``x.jpg``, ``x.png``;
+    compared without case, for case-insensitive file systems)."""
+    from collections import Counter
+
+    from semiseg.data.errors import DataError
+
+    stems = Counter(os.path.splitext(os.path.basename(p))[0].lower() for p in images)
+    names = {}
+    for p in images:
+        base = os.path.basename(p)
+        stem = os.path.splitext(base)[0]
+        names[p] = (base if stems[stem.lower()] > 1 else stem) + ".png"
+    clashes = Counter(n.lower() for n in names.values())
+    same = sorted(os.path.basename(p) for p, n in names.items() if clashes[n.lower()] > 1)
+    if same:
+        raise DataError(f"these images would write the same mask file: {', '.join(same)}", os.path.dirname(images[0]),
+                        "rename one of them")
+    return names
 
 
-def inference_overrides(args: argparse.Namespace) -> list[str]:
-    """The flags of :func:`add_inference_arguments` as dotted config overrides (``eval.mode=slide`` ...)."""
-    mode = args.mode
-    if args.crop or args.stride:
-        if mode == "whole":
-            raise ConfigError("--crop and --stride set the sliding window; use them with --mode slide")
-        mode = "slide"
-    out = [f"eval.mode={mode}"] if mode else []
-    if args.crop:
-        out.append(f"eval.crop_size=[{args.crop[0]},{args.crop[1]}]")
-    if args.stride:
-        out.append(f"eval.stride=[{args.stride[0]},{args.stride[1]}]")
-    if args.scales:
-        out.append(f"eval.scales=[{','.join(repr(float(s)) for s in args.scales)}]")
-    if args.flip is not None:
-        out.append(f"eval.flip={str(args.flip).lower()}")
-    return out
+def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: str = "auto",
+                   precision: str | None = None, progress: bool = True, inference_overrides=(),
+                   allow_code: bool | None = None, backend: str = "torch") -> list[str]:
+    """Write one palette PNG per image of ``input_dir``; returns the written paths (a :class:`PredictResult`, whose
+    ``failed`` lists the images that could not be read: they are skipped, the others written).
+
+    ``inference_overrides``: dotted ``eval.*`` overrides of the run's inference settings (``eval.mode=slide``).
+    ``backend``: "torch", or "onnxruntime" (the model exported to ONNX, on the CPU; see :func:`open_for_predict`).
+    """
+    import sys
+
+    from semiseg.data.base import list_images
+    from semiseg.data.errors import DataError
+    from semiseg.data.io import read_image
+    from semiseg.runtime import resolve_device
+
+    if not os.path.isdir(input_dir):
+        raise DataError("input folder not found", input_dir, "pass a folder of images")
+    images = list_images(input_dir)
+    if not images:
+        raise DataError("no images in the input folder", input_dir, "put .jpg/.png files there")
+    names = mask_names(images)
+    if backend == "onnxruntime":  # whole image or the run's/flags' inference mode, through onnxruntime
+        predictor, options = open_for_predict(checkpoint, inference_overrides=inference_overrides, allow_code=allow_code)
+        palette, ignore_index = predictor.palette, IGNORE_INDEX  # an .onnx file does not carry it
+        predict = lambda image, name: predictor.predict_mask(image, options)  # noqa: E731
+    else:
+        loaded = load_trained_model(checkpoint, device=resolve_device(device), precision=precision,
+                                    overrides=inference_overrides, allow_code=allow_code)
+        palette, ignore_index = loaded.info.palette, loaded.info.ignore_index
+        predict = lambda image, name: predict_mask(loaded, image, name)  # noqa: E731
+    if os.path.abspath(output_dir) == os.path.abspath(input_dir):
+        raise DataError("the output folder is the input folder", output_dir, "masks would overwrite PNG inputs; choose another")
+    os.makedirs(output_dir, exist_ok=True)
+    report = print
+    if progress:
+        from tqdm import tqdm
+
+        images = tqdm(images, desc="predict", dynamic_ncols=True)
+        report = tqdm.write
+    written = PredictResult()
+    for path in images:
+        try:
+            image = read_image(path)
+        except DataError as e:  # one unreadable file does not stop the batch
+            written.failed.append((path, str(e)))
+            report(f"skipped: {e}", file=sys.stderr)
+            continue
+        mask = predict(image, os.path.basename(path))
+        written.append(save_mask_png(mask, palette, os.path.join(output_dir, names[path]), ignore_index))
+    return written
+
+
+def open_for_predict(checkpoint: str, *, inference_overrides=(), allow_code: bool | None = None,
+                     threads: int | None = None) -> tuple["OnnxPredictor", "InferenceOptions"]:
+    """The predictor and inference options of ``semiseg predict --backend onnxruntime``.
+
+    ``checkpoint``: an ``.onnx`` file from ``semiseg export --dynamic`` (the inference flags alone choose the mode;
+    ``--mode slide`` then needs ``--crop``), or a checkpoint / run folder, exported here to a temporary file
+    (dynamic axes, float32) with the run's ``eval`` settings (after the flags).
+    """
+    import tempfile
+
+    from semiseg.config import load_config
+    from semiseg.export import ExportError, checkpoint_metadata, export_onnx
+    from semiseg.onnx_predict import OnnxPredictor
+
+    if os.fspath(checkpoint).lower().endswith(".onnx"):
+        cfg = load_config(None, list(inference_overrides))
+        if cfg.eval.mode == "slide" and not cfg.eval.crop_size:
+            raise ConfigError("--mode slide with an .onnx file needs --crop H W (it has no training crop to default to)")
+        predictor = OnnxPredictor(checkpoint, threads=threads)
+        if predictor.palette is None:
+            raise ExportError(f"{checkpoint} has no semiseg.palette metadata for the masks' colours; export the "
+                              "checkpoint with semiseg export")
+        return predictor, inference_options(cfg)
+    loaded = load_trained_model(checkpoint, device=torch.device("cpu"), precision="fp32", channels_last=False,
+                                overrides=inference_overrides, allow_code=allow_code)
+    height, width = loaded.cfg.data.crop_size
+    with tempfile.TemporaryDirectory() as folder:  # onnxruntime holds the graph in memory once loaded
+        path = export_onnx(loaded.model, os.path.join(folder, "model.onnx"), height=height, width=width, dynamic=True,
+                           metadata=checkpoint_metadata(loaded))
+        return OnnxPredictor(path, threads=threads), loaded.inference
 
 
 __all__ = [
     "LoadedModel", "load_trained_model", "load_weights_with_recipe", "predict_mask", "large_image_hint", "palette_image",
-    "save_mask_png",
-    "add_inference_arguments", "add_allow_code_argument", "inference_overrides",
+    "save_mask_png", "PredictResult", "mask_names", "predict_folder", "open_for_predict",
 ]

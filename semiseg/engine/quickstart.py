@@ -1,25 +1,11 @@
-"""``semiseg quickstart``: do unlabeled images help? Supervised vs semi-supervised on one seeded split, on a CPU.
+"""The quickstart's recipe and run logic (``semiseg quickstart``; its command line is semiseg/commands/quickstart.py).
 
-Trains DeepLabV3+ (MobileNetV2 backbone, from scratch: no download) twice on the built-in synthetic scenes of
-7 shape classes, on the same seeded split of 256 training scenes where 1/8 (32) keep their labels:
-supervised on the 32 labeled scenes only, and semi-supervised (consistency training with a moving-average
-teacher) on the 32 labeled plus the 224 unlabeled ones. Both runs go side by side (one per core), with the
-same seed, data order and number of steps; each is then scored on 200 held-out test scenes with its last
-checkpoint. It prints both mIoUs and the gain, and leaves a study folder:
-
-    runs/quickstart/study.md, study.json   the table: mIoU per run, the gain (`semiseg study` made it)
-    runs/quickstart/study.yaml, recipe.yaml the study and its base recipe: `semiseg study runs/quickstart/study.yaml`
-    runs/quickstart/runs/<arm>_1-8_s0/     each run: config, split, checkpoints, metrics (`semiseg report` it)
-    runs/quickstart/predictions/           a few test scenes: image | truth | supervised | semi-supervised
-
-One seed is a demonstration, not a result: BENCHMARKS.md has the same comparison over seeds and label fractions
-(`configs/synthetic/study_payoff.yaml`). An existing runs/quickstart is kept: the next run goes to
-runs/quickstart-2 and so on.
+Two runs of one base recipe (supervised, and semi-supervised with a moving-average teacher) on one seeded split
+of the built-in synthetic scenes, as a two-arm study (semiseg/engine/study.py), then a few prediction panels.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -63,19 +49,7 @@ SEMI_OPTIONS = {"strong_views": 1, "feature_perturbation": False, "teacher": "em
 WARMUP_SHARE, RAMPUP_SHARE = 2 / 7, 1 / 7  # 200 and 100 of the recipe's 700 iterations
 FAST_ITERATIONS = 20  # `--fast`: a smoke test of the whole pipeline (CI), small images, not a model
 ARMS = ("supervised", "semi-supervised")
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0].replace("``", "")
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="change both runs' config, e.g. train.precision=fp32")
-    parser.add_argument("--run-dir", default=os.path.join("runs", "quickstart"), help="where to write (default: runs/quickstart)")
-    parser.add_argument("--iters", type=int, help=f"training iterations of each run (default {QUICKSTART['train.iterations']})")
-    parser.add_argument("--fast", action="store_true", help=f"{FAST_ITERATIONS} iterations on less data: checks the pipeline, not the model")
-    parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: 2 when there are 2+ cores)")
-    parser.add_argument("--predictions", type=int, default=4, help="test scenes to render into predictions/")
-    parser.add_argument("--no-progress", action="store_true", help="accepted for compatibility; the runs log to files")
+DEFAULT_RUN_DIR = os.path.join("runs", "quickstart")
 
 
 def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool = False):
@@ -106,6 +80,7 @@ def semi_options(iterations: int) -> dict:
 
 def write_study(run_dir: str, cfg) -> str:
     """recipe.yaml (the shared base) and study.yaml (two arms, one split, one seed) in ``run_dir``."""
+    from semiseg.atomic import atomic_write_text
     from semiseg.config import dump_config
 
     dump_config(cfg, os.path.join(run_dir, "recipe.yaml"))
@@ -121,10 +96,8 @@ def write_study(run_dir: str, cfg) -> str:
         "eval_split": "test",
     }
     path = os.path.join(run_dir, "study.yaml")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("# written by `semiseg quickstart`; rerun (or finish) it with `semiseg study " + path + f" --out {run_dir}`\n")
-        yaml.safe_dump(study, f, sort_keys=False)
-    return path
+    header = "# written by `semiseg quickstart`; rerun (or finish) it with `semiseg study " + path + f" --out {run_dir}`\n"
+    return atomic_write_text(path, header + yaml.safe_dump(study, sort_keys=False))
 
 
 def write_predictions(run_dirs: dict[str, str], cfg, out: str, count: int) -> str:
@@ -145,19 +118,19 @@ def write_predictions(run_dirs: dict[str, str], cfg, out: str, count: int) -> st
     models = {arm: load_trained_model(os.path.join(d, "last.pt"), device=device, precision="fp32", channels_last=False)
               for arm, d in run_dirs.items()}
     first = next(iter(models.values()))
-    palette, norm = first.info.palette, first.info.normalization
+    palette, norm, ignore = first.info.palette, first.info.normalization, first.info.ignore_index
     scenes = build.build_dataset(cfg, "test", build.eval_transform(norm), validation=True)
     for i in range(min(count, len(scenes))):
         sample = scenes[i]
         x = sample["image"].unsqueeze(0)
         image = Image.fromarray(denormalize(sample["image"], norm).permute(1, 2, 0).numpy())
-        parts = [image, palette_image(sample["mask"].clamp(max=255).numpy().astype(np.uint8), palette).convert("RGB")]
+        parts = [image, palette_image(sample["mask"].clamp(max=255).numpy().astype(np.uint8), palette, ignore).convert("RGB")]
         for arm, loaded in models.items():
             with torch.no_grad():
                 logits = predict_logits(loaded.model, x, precision=loaded.precision, channels_last=loaded.channels_last)
             pred = logits.argmax(1)[0].to("cpu", torch.uint8).numpy()
-            save_mask_png(pred, palette, os.path.join(out, f"{sample['name']}_{arm}.png"))
-            parts.append(palette_image(pred, palette).convert("RGB"))
+            save_mask_png(pred, palette, os.path.join(out, f"{sample['name']}_{arm}.png"), ignore)
+            parts.append(palette_image(pred, palette, ignore).convert("RGB"))
         zoom = max(1, 256 // image.height)  # small scenes are shown enlarged (nearest: crisp label edges)
         h, w = image.height * zoom, image.width * zoom
         panel = Image.new("RGB", (len(parts) * (w + 4) - 4, h), (255, 255, 255))
@@ -167,20 +140,23 @@ def write_predictions(run_dirs: dict[str, str], cfg, out: str, count: int) -> st
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def run_quickstart(overrides=(), *, run_dir: str = DEFAULT_RUN_DIR, iterations: int | None = None, fast: bool = False,
+                   jobs: int | None = None, predictions: int = 4) -> int:
+    """Train and score both arms into a new study folder (``run_dir``, or ``run_dir-2`` ... when it exists), print
+    the table; returns the exit code."""
     from semiseg.config import ConfigError
     from semiseg.engine.run_dir import unique_run_dir
     from semiseg.engine.study import StudyError, cpu_count, load_study, run_study
 
     start = time.perf_counter()
     try:
-        cfg = quickstart_config(args.overrides, iterations=args.iters, fast=args.fast)
+        cfg = quickstart_config(overrides, iterations=iterations, fast=fast)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run_dir = os.path.abspath(unique_run_dir(args.run_dir))
+    run_dir = os.path.abspath(unique_run_dir(run_dir))
     os.makedirs(run_dir)
-    jobs = args.jobs or min(2, cpu_count())
+    jobs = jobs or min(2, cpu_count())
     n_train = cfg.data.options.get("length", 1000)
     n_labeled = round(LABELED_FRACTION * n_train)
     print(f"semiseg quickstart: do {n_train - n_labeled} unlabeled scenes help a model that has {n_labeled} labeled "
@@ -201,8 +177,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: a run did not finish; its log is in {run_dir}/logs/", file=sys.stderr)
         return 1
     run_dirs = {arm: runs[arm]["run_dir"] for arm in ARMS}
-    if args.predictions:
-        write_predictions(run_dirs, cfg, os.path.join(run_dir, "predictions"), args.predictions)
+    if predictions:
+        write_predictions(run_dirs, cfg, os.path.join(run_dir, "predictions"), predictions)
     sup, semi = (100 * runs[a]["miou"] for a in ARMS)
     minutes = (time.perf_counter() - start) / 60
     rows = [f"supervised on {n_labeled} labeled scenes", f"semi-supervised, + {n_train - n_labeled} unlabeled scenes"]
@@ -214,5 +190,5 @@ def run(args: argparse.Namespace) -> int:
           f"study folder {run_dir}:\n"
           f"  study.md           the table; study.yaml + recipe.yaml rerun it: semiseg study {run_dir}/study.yaml --out {run_dir}\n"
           f"  runs/*/            each run: checkpoints, metrics.jsonl, split.txt (semiseg report {run_dirs['semi-supervised']})\n"
-          f"  predictions/       {args.predictions} test scenes: image | truth | supervised | semi-supervised")
+          f"  predictions/       {predictions} test scenes: image | truth | supervised | semi-supervised")
     return 0

@@ -37,4 +37,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, max_iters: int, power: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
 
-__all__ = ["poly_factor", "build_scheduler"]
+def poly_schedule(optimizer: torch.optim.Optimizer, cfg, *, min_lr: float = 0.0,
+                  base_lr: float | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """The run's poly schedule for ``optimizer``: ``optim.power``, ``optim.warmup_iters`` / ``warmup_factor`` over
+    ``train.iterations`` of the config ``cfg``. Every optimizer of a run (the model's, a method's discriminator) gets
+    its schedule here. ``min_lr`` (an absolute floor) is the caller's: the trainer passes ``optim.min_lr`` for the
+    model's optimizer only, whose ``optim.lr`` it is measured against (``base_lr``)."""
+    o = cfg.optim
+    return build_scheduler(optimizer, max_iters=cfg.train.iterations, power=o.power, warmup_iters=o.warmup_iters,
+                           warmup_factor=o.warmup_factor, min_lr=min_lr, base_lr=base_lr)
+
+
+__all__ = ["poly_factor", "build_scheduler", "poly_schedule"]

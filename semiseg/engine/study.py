@@ -22,7 +22,7 @@ Each run is one subprocess that runs ``semiseg train`` into ``OUT/runs/<arm>_<la
 ``OUT/logs/<run>.log``. Running the study
 again skips finished runs, resumes runs that have a ``last.pt`` and restarts the others (moving what is there
 aside to ``<run>.failed-N``; nothing is deleted). The results go to ``OUT/study.md``, ``OUT/study.json`` and
-``OUT/study.png``. This module has no argparse: the command line is ``semiseg/commands/study.py``.
+``OUT/study.png``. This module parses no command line: that is ``semiseg/commands/study.py``.
 """
 
 from __future__ import annotations
@@ -778,7 +778,7 @@ def plot(rows: list[dict], path: str, *, title: str, eval_split: str, baseline: 
 
 def write_results(study: Study, specs: list[RunSpec], out_dir: str, echo: Callable[[str], None] = print) -> dict:
     """study.md, study.json and study.png from the run folders; returns the JSON record."""
-    from semiseg.engine.checkpoint import atomic_write_text
+    from semiseg.atomic import atomic_write_text
 
     results = [collect(s) for s in specs]
     tags = list(dict.fromkeys(s.labels.tag for s in sorted(specs, key=lambda s: s.labels.sort_key())))
@@ -885,7 +885,7 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
                     echo(shlex.join(["semiseg", *cmd]))
             return 0
 
-        from semiseg.engine.checkpoint import atomic_write_text
+        from semiseg.atomic import atomic_write_text
 
         with open(study.path, encoding="utf-8") as f:
             atomic_write_text(os.path.join(out_dir, "study.yaml"), f.read())

@@ -24,6 +24,7 @@ from torch.utils.data import Subset
 
 from semiseg import __version__
 from semiseg.config import Config, ConfigError, config_to_dict, dump_config
+from semiseg.data.info import DatasetInfo
 from semiseg.engine import build, distributed as dist, preflight
 from semiseg.engine.checkpoint import (BEST, FORMAT, LAST, CheckpointError, atomic_save, capture_rng_state, describe_names,
                                       load_checkpoint, nonfinite_tensors, restore_rng_state)
@@ -31,9 +32,8 @@ from semiseg.engine.context import TrainContext
 from semiseg.engine.evaluate import evaluate, inference_options, make_eval_loader
 from semiseg.engine.logger import MetricsLog
 from semiseg.engine.methods import build_method
-from semiseg.engine.precision import make_grad_scaler, resolve_channels_last, resolve_device, resolve_precision
+from semiseg.runtime import make_grad_scaler, resolve_channels_last, resolve_device, resolve_precision
 from semiseg.engine.run_dir import CONFIG, SPLIT, RunDirError, RunLock, prepare_run_dir, remove_if_unused
-from semiseg.engine.schedule import build_scheduler
 from semiseg.engine.threads import ThreadTuner
 
 
@@ -128,21 +128,38 @@ class Trainer:
             raise
 
     def _build(self, ckpt: dict[str, Any] | None) -> None:
-        """Everything between the run folder and the first step; files are written only at the end."""
-        cfg, t, run_dir = self.cfg, self.cfg.train, self.run_dir
-        preflight.check_config(cfg)  # names and options the recipe gives, before anything is built
+        """Everything between the run folder and the first step, one named step after another (the order matters:
+        the random streams, rank 0's measured choices and the files written last depend on it)."""
+        self._check_config(ckpt)
+        self._set_up_runtime()
+        train_set, val_set = self._build_datasets()
+        model = self._build_model(train_set, val_set, pretrained=ckpt is None)
+        split, labeled, unlabeled = self._build_split(train_set, ckpt)
+        model = self._place_model(model)
+        train_model = self._build_optimizer(model)
+        self._build_method(train_model, labeled, unlabeled)
+        self._build_validation(val_set)
+        self._restore_or_start(ckpt, split)
+
+    def _check_config(self, ckpt: dict[str, Any] | None) -> None:
+        """Names and options the recipe gives, the keys a resume may not change, the batch split over processes."""
+        cfg, t = self.cfg, self.cfg.train
+        preflight.check_config(cfg)  # before anything is built
         if ckpt is not None:
             check_resume_changes(ckpt.get("config") or {}, cfg)
-
-        micro = t.accum_steps * self.world_size
+        self.micro_steps = micro = t.accum_steps * self.world_size
         if cfg.data.batch_size % micro:
             raise ConfigError(
                 f"data.batch_size={cfg.data.batch_size} cannot be split into {self.world_size} process(es) x "
                 f"{t.accum_steps} accumulation step(s); make it a multiple of {micro}"
             )
         self.per_rank_batch = cfg.data.batch_size // micro
+
+    def _set_up_runtime(self) -> None:
+        """Precision and layout checked, threads, determinism, the seed (the same on every rank)."""
+        t = self.cfg.train
         # checked on every rank now (a bad value must not leave the other ranks waiting for rank 0's choice);
-        # "auto" is decided once the model exists (below)
+        # "auto" is decided once the model exists (_place_model)
         resolve_precision(t.precision, self.device)
         resolve_channels_last(t.channels_last, self.device)
         self.tuner = None
@@ -155,29 +172,47 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(t.seed)  # same on every rank: identical initial weights
 
-        # ---- data
+    def _build_datasets(self):
+        """The training and validation datasets, their files checked (preflight) before the model is built."""
+        cfg = self.cfg
         train_set = build.build_dataset(cfg, cfg.data.train_split)
         val_set = build.build_dataset(cfg, cfg.data.val_split, validation=True)
-        num_classes, ignore_index = int(train_set.num_classes), int(getattr(train_set, "ignore_index", 255))
+        # the dataset's facts, read once; the normalisation is filled in when the model is known (_build_model)
+        self.dataset_info = DatasetInfo.of(train_set)
+        self.num_classes, self.ignore_index = self.dataset_info.num_classes, self.dataset_info.ignore_index
         self._preflight_data(train_set, val_set)
+        return train_set, val_set
 
-        # ---- model (pretrained weights only for a fresh run: a resume loads its own)
-        model = build.build_model(cfg, num_classes, pretrained=ckpt is None, verbose=self.is_main)
+    def _build_model(self, train_set, val_set, *, pretrained: bool) -> nn.Module:
+        """The model (pretrained weights only for a fresh run: a resume loads its own), its input normalisation
+        and the transforms that follow from it."""
+        cfg, t = self.cfg, self.cfg.train
+        model = build.build_model(cfg, self.num_classes, pretrained=pretrained, verbose=self.is_main)
         need = int(getattr(model, "min_train_batch", 1))
         if self.per_rank_batch < need:
             raise ConfigError(
                 f"{cfg.model.name} needs at least {need} images per training forward pass ({type(model).__name__}."
                 f"min_train_batch, e.g. a BatchNorm on 1x1 pooled features), but data.batch_size={cfg.data.batch_size} "
                 f"over {self.world_size} process(es) x train.accum_steps={t.accum_steps} gives {self.per_rank_batch}; "
-                f"set data.batch_size to at least {need * micro}")
-        normalization = build.model_normalization(cfg, model)
-        self.dataset_info = build.DatasetInfo.of(train_set, normalization)
-        train_set.transform = build.train_transform(cfg, normalization, ignore_index)
+                f"set data.batch_size to at least {need * self.micro_steps}")
+        self.normalization = normalization = build.model_normalization(cfg, model)
+        self.dataset_info.normalization = normalization
+        train_set.transform = build.train_transform(cfg, normalization, self.ignore_index)
         val_set.transform = build.eval_transform(normalization)
+        return model
 
-        split = build.make_or_load_split(cfg, list(train_set.names), os.path.join(run_dir, SPLIT) if ckpt else None)
-        labeled_idx, unlabeled_idx = split.indices(list(train_set.names))
+    def _build_split(self, train_set, ckpt: dict[str, Any] | None):
+        """The labeled / unlabeled split (a resume reads its split.txt) and the two subsets of the training set."""
+        names = list(train_set.names)
+        split = build.make_or_load_split(self.cfg, names, os.path.join(self.run_dir, SPLIT) if ckpt else None)
+        labeled_idx, unlabeled_idx = split.indices(names)
+        labeled = Subset(train_set, labeled_idx)
+        unlabeled = Subset(train_set, unlabeled_idx) if unlabeled_idx else None
+        return split, labeled, unlabeled
 
+    def _place_model(self, model: nn.Module) -> nn.Module:
+        """SyncBatchNorm under DDP, the precision and memory format ("auto": measured by rank 0), the device."""
+        cfg = self.cfg
         if cfg.model.sync_bn and self.world_size > 1:
             if self.device.type != "cuda":
                 raise ConfigError("model.sync_bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
@@ -188,7 +223,7 @@ class Trainer:
         # weights the optimizer holds for a few evaluations is not worth it (semiseg eval measures its own).
         choice = None
         if self.is_main:
-            choice = build.precision_choice(cfg, model, num_classes, self.device, task="train",
+            choice = build.precision_choice(cfg, model, self.num_classes, self.device, task="train",
                                             batch=min(2, self.per_rank_batch))
             print(choice.line, flush=True)
         self.precision_choice = choice = dist.broadcast_object(choice)
@@ -197,7 +232,12 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
-        self.optimizer = build.build_optimizer(cfg, model)
+        return model
+
+    def _build_optimizer(self, model: nn.Module) -> nn.Module:
+        """The model's optimizer (param groups with their lr_mult), then the DDP / compiled wrapper it trains through."""
+        t = self.cfg.train
+        self.optimizer = build.build_optimizer(self.cfg, model)
         train_model: nn.Module = model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -206,21 +246,21 @@ class Trainer:
             train_model = torch.compile(train_model)
         if self.rank > 0:
             seed_everything(t.seed + self.rank)  # different dropout per process from here on
+        return train_model
 
-        criterion = build.build_criterion(cfg, num_classes, ignore_index).to(self.device)
-        labeled = Subset(train_set, labeled_idx)
-        unlabeled = Subset(train_set, unlabeled_idx) if unlabeled_idx else None
-        ctx = TrainContext(cfg=cfg, model=train_model, raw_model=model, criterion=criterion, device=self.device,
+    def _build_method(self, train_model: nn.Module, labeled: Subset, unlabeled: Subset | None) -> None:
+        """The loss, the TrainContext with the model's optimizer and poly schedule and the batch streams, and the
+        method, which registers its own modules, optimizers and streams on it."""
+        cfg, o = self.cfg, self.cfg.optim
+        criterion = build.build_criterion(cfg, self.num_classes, self.ignore_index).to(self.device)
+        ctx = TrainContext(cfg=cfg, model=train_model, raw_model=self.model, criterion=criterion, device=self.device,
                            precision=self.precision, channels_last=self.channels_last,
                            scaler=make_grad_scaler(self.precision, self.device), rank=self.rank,
-                           world_size=self.world_size, per_rank_batch=self.per_rank_batch, num_classes=num_classes,
-                           ignore_index=ignore_index, normalization=normalization, labeled_dataset=labeled,
+                           world_size=self.world_size, per_rank_batch=self.per_rank_batch, num_classes=self.num_classes,
+                           ignore_index=self.ignore_index, normalization=self.normalization, labeled_dataset=labeled,
                            unlabeled_dataset=unlabeled)
-        o = cfg.optim
-        ctx.add_optimizer("model", self.optimizer,
-                          scheduler=build_scheduler(self.optimizer, max_iters=t.iterations, power=o.power,
-                                                    warmup_iters=o.warmup_iters, warmup_factor=o.warmup_factor,
-                                                    min_lr=o.min_lr, base_lr=o.lr))
+        # optim.min_lr floors the model's schedule only (an lr in the units of optim.lr; see poly_schedule)
+        ctx.add_optimizer("model", self.optimizer, scheduler=ctx.poly_scheduler(self.optimizer, min_lr=o.min_lr, base_lr=o.lr))
         ctx.add_stream("labeled", labeled)
         self.method = build_method(cfg.method)
         if self.method.needs_unlabeled:
@@ -231,11 +271,15 @@ class Trainer:
         self.method.setup(ctx)
         self.ctx = ctx
 
+    def _build_validation(self, val_set) -> None:
         self.val_set = val_set
-        self.val_loader = make_eval_loader(val_set, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
-                                           pin_memory=self.device.type == "cuda")
-        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.val_loader = make_eval_loader(val_set, batch_size=self.cfg.eval.batch_size,
+                                           num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
 
+    def _restore_or_start(self, ckpt: dict[str, Any] | None, split) -> None:
+        """The loop's counters, the checkpoint's state on a resume; then the run's files (split.txt, config.yaml)
+        and the start / resume event of the log."""
+        cfg, t, run_dir = self.cfg, self.cfg.train, self.run_dir
         self.iteration = 0
         self.best = {"miou": None, "iteration": None}
         self.last_eval: dict[str, Any] | None = None

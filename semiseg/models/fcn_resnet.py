@@ -18,25 +18,24 @@ only the values next to the padded edge.
 Options: ``learn_upsampling`` (True, as d2l trains every parameter; False keeps the bilinear kernel fixed),
 ``head_lr_mult`` (10.0). ``param_groups()``: ``backbone`` = the ResNet body (lr x1), ``head`` = final_conv +
 transpose_conv (lr x ``head_lr_mult``). ``normalization = "imagenet"`` (torchvision's ResNet-18 weights).
-:func:`convert_d2l_fcn` maps a state dict of d2l's ``nn.Sequential`` model to this layout.
+``semiseg.models.weights.convert_d2l_fcn`` maps a state dict of d2l's ``nn.Sequential`` model to this layout.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from semiseg.models.layers import init_bilinear_
-from semiseg.models.pretrained import backbone_state_dict
 
-# d2l builds its net as nn.Sequential(*list(resnet18().children())[:-2]) and then adds final_conv and
-# transpose_conv, so its ResNet layers are numbered; these are their torchvision names.
-D2L_BACKBONE_INDEX = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+
+# Key prefixes of the classifier; everything else is the ResNet body (what pretrained_backbone loads).
+HEAD_PREFIXES = ("final_conv.", "transpose_conv.")
 
 
 class FCNResNet18(nn.Module):
@@ -80,39 +79,6 @@ class FCNResNet18(nn.Module):
             {"name": "head", "params": head, "lr_mult": self.head_lr_mult},
         ]
 
-    def load_resnet18_backbone(self, state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
-        """Load a torchvision resnet18 state dict (its ``fc.*`` is ignored) into the body."""
-        body = {k: v for k, v in _strip_module_prefix(state_dict).items() if not k.startswith("fc.")}
-        missing, unexpected = self.backbone.load_state_dict(body, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{source} is not a torchvision resnet18 state dict: missing {missing[:4]}, unexpected "
-                f"{unexpected[:4]} (expected keys conv1.weight, bn1.*, layer1.0.conv1.weight ...)"
-            )
-
-
-def _strip_module_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module."):]: v for k, v in state_dict.items()}
-    return dict(state_dict)
-
-
-def is_d2l_fcn_state_dict(state_dict: Mapping[str, Any]) -> bool:
-    """True for the state dict of d2l's FCN (``nn.Sequential`` with keys ``0.weight`` ... ``7.1.bn2.bias``,
-    ``final_conv.*``, ``transpose_conv.*``)."""
-    return all(k in state_dict for k in ("0.weight", "7.1.conv2.weight", "final_conv.weight", "transpose_conv.weight"))
-
-
-def convert_d2l_fcn(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Rename a d2l FCN state dict to :class:`FCNResNet18`'s keys (``0.weight`` -> ``backbone.conv1.weight``)."""
-    if not is_d2l_fcn_state_dict(state_dict):
-        raise ValueError("not a d2l FCN state dict (expected keys 0.weight, 7.1.conv2.weight, final_conv.*, transpose_conv.*)")
-    out = {}
-    for key, value in state_dict.items():
-        index, _, rest = key.partition(".")
-        out[f"backbone.{D2L_BACKBONE_INDEX[index]}.{rest}" if index in D2L_BACKBONE_INDEX else key] = value
-    return out
-
 
 def fcn_resnet18(num_classes: int, *, pretrained_backbone: bool | str | os.PathLike = False, **options: Any) -> FCNResNet18:
     """FCN on ResNet-18 (d2l). ``pretrained_backbone``: True for torchvision's ResNet18_Weights.IMAGENET1K_V1
@@ -120,10 +86,12 @@ def fcn_resnet18(num_classes: int, *, pretrained_backbone: bool | str | os.PathL
     ``head_lr_mult`` (10.0)."""
     model = FCNResNet18(num_classes, **options)
     if pretrained_backbone:
-        state_dict = backbone_state_dict(pretrained_backbone, ResNet18_Weights.IMAGENET1K_V1)
-        source = "torchvision ResNet18_Weights.IMAGENET1K_V1" if pretrained_backbone is True else str(pretrained_backbone)
-        model.load_resnet18_backbone(state_dict, source=source)
+        from semiseg.models.weights import load_pretrained_backbone
+
+        # a torchvision resnet18 state dict (its fc.* is ignored) into the body
+        load_pretrained_backbone(model, pretrained_backbone, ResNet18_Weights.IMAGENET1K_V1, HEAD_PREFIXES,
+                                 layout="torchvision_resnet", expected="torchvision resnet18")
     return model
 
 
-__all__ = ["FCNResNet18", "fcn_resnet18", "is_d2l_fcn_state_dict", "convert_d2l_fcn"]
+__all__ = ["FCNResNet18", "fcn_resnet18", "HEAD_PREFIXES"]

@@ -31,8 +31,8 @@ Layout, as in shelhamer/fcn.berkeleyvision.org and its PyTorch port wkentaro/pyt
 Weights: the module's own state-dict keys are pytorch-fcn's (``conv1_1.weight`` ... ``upscore8.weight``),
 so its released, caffe-converted FCN-32s/16s/8s checkpoints load with ``load_state_dict(strict=True)`` and
 give the same logits (FCN8sAtOnce: build ``fcn8s_vgg16(..., at_once=True)``). Those weights expect caffe
-input: BGR, 0..255, mean subtracted (``normalization = "caffe"``). :func:`is_pytorch_fcn_state_dict`,
-:func:`pytorch_fcn_model_name` and :func:`convert_pytorch_fcn` are the hooks for ``semiseg.models.weights``.
+input: BGR, 0..255, mean subtracted (``normalization = "caffe"``). Recognising pytorch-fcn's files and the VGG16
+surgery (torchvision's ``vgg16`` -> ``conv1_1`` .. ``fc7``) are layout conversions: ``semiseg.models.weights``.
 
 Choices (see the builders' docstrings for the options):
 
@@ -51,7 +51,7 @@ Choices (see the builders' docstrings for the options):
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,6 @@ from torch import nn
 from torchvision.models import VGG16_Weights
 
 from semiseg.models.layers import init_bilinear_
-from semiseg.models.pretrained import backbone_state_dict
 
 # (name, in_channels, out_channels) of the VGG16 convolutions, one list per block; a ceil-mode 2x2 max pool
 # follows each block.
@@ -71,16 +70,9 @@ VGG16_BLOCKS: list[list[tuple[str, int, int]]] = [
     [("conv5_1", 512, 512), ("conv5_2", 512, 512), ("conv5_3", 512, 512)],
 ]
 VGG16_CONVS: list[str] = [name for block in VGG16_BLOCKS for name, _, _ in block]
-# Indices of the convolutions in torchvision's vgg16().features (ReLUs and pools sit in between).
-TORCHVISION_FEATURE_INDEX: dict[str, int] = dict(
-    zip(VGG16_CONVS, [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28])
-)
 BACKBONE_LAYERS: list[str] = VGG16_CONVS + ["fc6", "fc7"]
-# VGG16's fully connected layers as convolutions: fc6 sees pool5's 7x7x512 window, fc7 is 1x1.
-FC_SHAPES: dict[str, tuple[int, ...]] = {
-    "fc6.weight": (4096, 512, 7, 7), "fc6.bias": (4096,), "fc7.weight": (4096, 4096, 1, 1), "fc7.bias": (4096,)
-}
-
+# Key prefixes of the layers a pretrained backbone does not provide (scores and upsampling).
+HEAD_PREFIXES = ("score_", "upscore")
 # Crop offsets derived in the module docstring.
 OUTPUT_OFFSET = {32: 19, 16: 27, 8: 31}
 POOL4_OFFSET = 5
@@ -238,131 +230,31 @@ class FCNVGG16(nn.Module):
                 groups.append({"name": f"{name}_bias", "params": biases, "lr_mult": lr_mult * self.bias_lr_mult})
         return [g for g in groups if g["params"]]
 
-    # ------------------------------------------------------------------------------------ pretrained VGG16
-    def load_vgg16_backbone(self, state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
-        """Copy VGG16 weights into conv1_1 .. conv5_3, fc6, fc7 ("surgery"); see :func:`vgg16_surgery`."""
-        backbone = vgg16_surgery(state_dict, source=source)
-        missing, unexpected = self.load_state_dict(backbone, strict=False)
-        assert not unexpected, unexpected  # vgg16_surgery only emits backbone keys
-        assert all(not k.startswith(tuple(f"{n}." for n in BACKBONE_LAYERS)) for k in missing), missing
-
 
 def _crop(t: torch.Tensor, offset: int, height: int, width: int) -> torch.Tensor:
     # No .contiguous(): the result feeds an addition or the loss, and a view keeps channels_last intact.
     return t[:, :, offset : offset + height, offset : offset + width]
 
 
-# ------------------------------------------------------------------------------------------------ surgery
-def vgg16_surgery(state_dict: Mapping[str, torch.Tensor], *, source: str = "state dict") -> dict[str, torch.Tensor]:
-    """Backbone weights in this module's key names from a torchvision ``vgg16`` state dict.
-
-    ``features.<i>.{weight,bias}`` -> ``conv*_*``; ``classifier.0`` (4096 x 25088) -> ``fc6`` reshaped to
-    4096 x 512 x 7 x 7 (torchvision flattens pool5 as C, H, W, the order of a conv weight's in, kh, kw);
-    ``classifier.3`` (4096 x 4096) -> ``fc7`` as 4096 x 4096 x 1 x 1; ``classifier.6`` (ImageNet classes) is
-    dropped. A state dict already in FCN key names (``conv1_1.weight`` ...) passes through.
-    """
-    state_dict = _unwrap(state_dict)
-    if "conv1_1.weight" in state_dict and "fc6.weight" in state_dict:
-        return {f"{layer}.{p}": state_dict[f"{layer}.{p}"] for layer in BACKBONE_LAYERS for p in ("weight", "bias")}
-    if "features.1.weight" in state_dict:
-        raise ValueError(
-            f"{source} looks like torchvision's vgg16_bn (BatchNorm at features.1); FCN uses plain VGG16: "
-            "pass torchvision's vgg16 weights (VGG16_Weights.IMAGENET1K_V1)"
-        )
-    needed = [f"features.{i}.{p}" for i in TORCHVISION_FEATURE_INDEX.values() for p in ("weight", "bias")]
-    needed += [f"classifier.{i}.{p}" for i in (0, 3) for p in ("weight", "bias")]
-    missing = [k for k in needed if k not in state_dict]
-    if missing:
-        raise ValueError(
-            f"{source} is not a torchvision vgg16 state dict: missing {', '.join(missing[:4])}"
-            f"{' ...' if len(missing) > 4 else ''} (expected keys features.<i>.weight and classifier.0/3.weight)"
-        )
-    out: dict[str, torch.Tensor] = {}
-    for layer, index in TORCHVISION_FEATURE_INDEX.items():
-        for p in ("weight", "bias"):
-            out[f"{layer}.{p}"] = state_dict[f"features.{index}.{p}"]
-    for layer, index in (("fc6", 0), ("fc7", 3)):
-        for p in ("weight", "bias"):
-            tensor = state_dict[f"classifier.{index}.{p}"]
-            shape = FC_SHAPES[f"{layer}.{p}"]
-            if tensor.numel() != torch.Size(shape).numel():
-                raise ValueError(
-                    f"{source}: classifier.{index}.{p} has shape {tuple(tensor.shape)}, cannot become {layer}.{p} "
-                    f"of shape {shape} (is this VGG16 at 224x224?)"
-                )
-            out[f"{layer}.{p}"] = tensor.reshape(shape)  # a view: load_state_dict copies it
-    return out
-
-
-# ------------------------------------------------------------------------------- pytorch-fcn compatibility
-_PYTORCH_FCN_UPSCORE = {"upscore8.weight": "fcn8s_vgg16", "upscore16.weight": "fcn16s_vgg16", "upscore.weight": "fcn32s_vgg16"}
-
-
-def _strip_module_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    # Checkpoints saved from nn.DataParallel / DDP prefix every key with "module.".
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module."):]: v for k, v in state_dict.items()}
-    return dict(state_dict)
-
-
-def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    # pytorch-fcn's trainer saves {"epoch", "iteration", "arch", "optim_state_dict", "model_state_dict", ...}.
-    if "model_state_dict" in state_dict and isinstance(state_dict["model_state_dict"], Mapping):
-        state_dict = state_dict["model_state_dict"]
-    return _strip_module_prefix(state_dict)
-
-
-def is_pytorch_fcn_state_dict(state_dict: Mapping[str, Any]) -> bool:
-    """True for a wkentaro/pytorch-fcn FCN-32s/16s/8s(AtOnce) state dict (released or trained with its
-    trainer; a ``model_state_dict`` wrapper and ``module.`` prefixes are accepted) and for this module's own
-    state dicts, which use the same keys."""
-    sd = _unwrap(state_dict)
-    keys = ("conv1_1.weight", "conv5_3.weight", "fc6.weight", "fc7.weight", "score_fr.weight")
-    if not all(k in sd for k in keys):
-        return False
-    fc6 = sd["fc6.weight"]  # 4-D: fc6 is a 7x7 convolution, not torchvision's Linear
-    return isinstance(fc6, torch.Tensor) and fc6.dim() == 4 and any(k in sd for k in _PYTORCH_FCN_UPSCORE)
-
-
-def pytorch_fcn_model_name(state_dict: Mapping[str, Any]) -> str | None:
-    """semiseg model name (``fcn8s_vgg16`` ...) for a pytorch-fcn state dict, None if it is not one.
-
-    FCN8s and FCN8sAtOnce share keys; the at-once weights need ``build_model("fcn8s_vgg16", n, at_once=True)``.
-    """
-    if not is_pytorch_fcn_state_dict(state_dict):
-        return None
-    sd = _unwrap(state_dict)
-    return next(name for key, name in _PYTORCH_FCN_UPSCORE.items() if key in sd)
-
-
-def convert_pytorch_fcn(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """A pytorch-fcn state dict in this module's key names: the keys are already the same, so this only
-    unwraps the trainer's ``model_state_dict`` container and drops ``module.`` prefixes."""
-    if not is_pytorch_fcn_state_dict(state_dict):
-        raise ValueError("not a pytorch-fcn FCN state dict (expected conv1_1.weight, fc6.weight as 4-D, score_fr.weight, upscore*)")
-    return _unwrap(state_dict)
-
-
 # ------------------------------------------------------------------------------------------------ builders
 def _build(
     num_classes: int, output_stride: int, pretrained_backbone: bool | str | os.PathLike, options: dict[str, Any]
 ) -> FCNVGG16:
-    state_dict = None
-    if pretrained_backbone:
-        state_dict = backbone_state_dict(pretrained_backbone, VGG16_Weights.IMAGENET1K_V1)
-    # Default normalisation follows the weights the model will hold: torchvision's VGG16 was trained on RGB
-    # inputs normalised with the ImageNet mean/std; pytorch-fcn's FCN weights (what a randomly initialised
-    # model is usually loaded with, or a pytorch-fcn checkpoint given as backbone) expect caffe input: BGR,
-    # 0..255, mean-subtracted. A caffe-converted VGG16 in torchvision layout cannot be told apart: pass
-    # normalization="caffe" explicitly for it.
-    if state_dict is None or is_pytorch_fcn_state_dict(state_dict):
-        options.setdefault("normalization", "caffe")
-    else:
-        options.setdefault("normalization", "imagenet")
     model = FCNVGG16(num_classes, output_stride, **options)
-    if state_dict is not None:
-        source = "torchvision VGG16_Weights.IMAGENET1K_V1" if pretrained_backbone is True else str(pretrained_backbone)
-        model.load_vgg16_backbone(state_dict, source=source)
+    if pretrained_backbone:
+        from semiseg.models.weights import load_pretrained_backbone
+
+        # VGG16 weights into conv1_1 .. fc7 ("surgery", semiseg.models.weights.vgg16_surgery), or the backbone of a
+        # pytorch-fcn checkpoint; the score and upsampling layers keep their initialisation.
+        report = load_pretrained_backbone(model, pretrained_backbone, VGG16_Weights.IMAGENET1K_V1, HEAD_PREFIXES,
+                                          expected="torchvision vgg16")
+        # Default normalisation follows the weights the model holds: torchvision's VGG16 was trained on RGB
+        # inputs normalised with the ImageNet mean/std; pytorch-fcn's FCN weights (what a randomly initialised
+        # model is usually loaded with, or a pytorch-fcn checkpoint given as backbone) expect caffe input: BGR,
+        # 0..255, mean-subtracted. A caffe-converted VGG16 in torchvision layout cannot be told apart: pass
+        # normalization="caffe" explicitly for it.
+        if "normalization" not in options and report.layout != "pytorch_fcn":
+            model.normalization = "imagenet"
     return model
 
 
@@ -403,8 +295,4 @@ __all__ = [
     "fcn32s_vgg16",
     "fcn16s_vgg16",
     "fcn8s_vgg16",
-    "vgg16_surgery",
-    "is_pytorch_fcn_state_dict",
-    "pytorch_fcn_model_name",
-    "convert_pytorch_fcn",
 ]

@@ -15,7 +15,7 @@ layout                      what is converted
 ``bubbliiiing_deeplabv3plus`` bubbliiiing DeepLabV3+ MobileNetV2 (and its CSAIL ``mobilenet_v2.pth.tar``
                             backbone): MobileNetV2 block indices renamed to torchvision's nesting
 ``pytorch_fcn``             wkentaro/pytorch-fcn FCN-32s/16s/8s: same keys (semiseg.models.fcn_vgg)
-``torchvision_vgg16``       torchvision VGG16 into an FCN: ``fcn_vgg.vgg16_surgery`` (fc6/fc7 as convs)
+``torchvision_vgg16``       torchvision VGG16 into an FCN: :func:`vgg16_surgery` (fc6/fc7 as convs)
 ``identity``                anything else, e.g. semiseg's own checkpoints: no renaming
 ==========================  ================================================================================
 
@@ -29,6 +29,11 @@ Then every checkpoint tensor whose (converted) name and shape match the model is
 
 ``strict=True`` additionally requires that nothing is missing or unexpected. Things that change outputs
 (torchvision's stride placement in DeepLab-v2, bubbliiiing's input scaling) are reported and warned about.
+
+Every key-layout conversion lives in this module (the model files hold architecture only): the converters above,
+the FCN-VGG16 surgery and pytorch-fcn recognition, d2l's FCN-ResNet18 numbering (:func:`convert_d2l_fcn`). Every
+builder's ``pretrained_backbone`` goes through :func:`load_pretrained_backbone` (torchvision weight enum or file,
+via ``semiseg.models.pretrained.backbone_state_dict``, then the same conversion and checks).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from semiseg.models.fcn_vgg import BACKBONE_LAYERS, VGG16_CONVS
 from semiseg.models.pretrained import backbone_state_dict, load_checkpoint_file
 
 MODES = ("convert", "same_shape")
@@ -168,6 +174,7 @@ class _Conversion:
     dropped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    description: str = "state dict"  # the source, for converters' error messages
 
     def drop(self, predicate: Callable[[str], bool]) -> None:
         for key in [k for k in self.state if predicate(k)]:
@@ -178,6 +185,129 @@ class _Conversion:
         """Prefix every key with ``prefix`` if the model holds ``prefix + probe`` (e.g. DeepLabV3+'s backbone)."""
         if prefix + probe in self.model_keys:
             self.state = {prefix + k: v for k, v in self.state.items()}
+
+
+# ------------------------------------------------------------------------ FCN layouts (seeds 002 and 004)
+# FCN-VGG16 (semiseg.models.fcn_vgg) uses pytorch-fcn's key names; torchvision's vgg16 needs the "surgery" below.
+# Indices of the convolutions in torchvision's vgg16().features (ReLUs and pools sit in between).
+TORCHVISION_FEATURE_INDEX: dict[str, int] = dict(
+    zip(VGG16_CONVS, [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28])
+)
+
+# VGG16's fully connected layers as convolutions: fc6 sees pool5's 7x7x512 window, fc7 is 1x1.
+FC_SHAPES: dict[str, tuple[int, ...]] = {
+    "fc6.weight": (4096, 512, 7, 7), "fc6.bias": (4096,), "fc7.weight": (4096, 4096, 1, 1), "fc7.bias": (4096,)
+}
+
+def vgg16_surgery(state_dict: Mapping[str, torch.Tensor], *, source: str = "state dict") -> dict[str, torch.Tensor]:
+    """Backbone weights in FCN-VGG16's key names (semiseg.models.fcn_vgg) from a torchvision ``vgg16`` state dict.
+
+    ``features.<i>.{weight,bias}`` -> ``conv*_*``; ``classifier.0`` (4096 x 25088) -> ``fc6`` reshaped to
+    4096 x 512 x 7 x 7 (torchvision flattens pool5 as C, H, W, the order of a conv weight's in, kh, kw);
+    ``classifier.3`` (4096 x 4096) -> ``fc7`` as 4096 x 4096 x 1 x 1; ``classifier.6`` (ImageNet classes) is
+    dropped. A state dict already in FCN key names (``conv1_1.weight`` ...) passes through.
+    """
+    state_dict = _pytorch_fcn_unwrap(state_dict)
+    if "conv1_1.weight" in state_dict and "fc6.weight" in state_dict:
+        return {f"{layer}.{p}": state_dict[f"{layer}.{p}"] for layer in BACKBONE_LAYERS for p in ("weight", "bias")}
+    if "features.1.weight" in state_dict:
+        raise ValueError(
+            f"{source} looks like torchvision's vgg16_bn (BatchNorm at features.1); FCN uses plain VGG16: "
+            "pass torchvision's vgg16 weights (VGG16_Weights.IMAGENET1K_V1)"
+        )
+    needed = [f"features.{i}.{p}" for i in TORCHVISION_FEATURE_INDEX.values() for p in ("weight", "bias")]
+    needed += [f"classifier.{i}.{p}" for i in (0, 3) for p in ("weight", "bias")]
+    missing = [k for k in needed if k not in state_dict]
+    if missing:
+        raise ValueError(
+            f"{source} is not a torchvision vgg16 state dict: missing {', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''} (expected keys features.<i>.weight and classifier.0/3.weight)"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for layer, index in TORCHVISION_FEATURE_INDEX.items():
+        for p in ("weight", "bias"):
+            out[f"{layer}.{p}"] = state_dict[f"features.{index}.{p}"]
+    for layer, index in (("fc6", 0), ("fc7", 3)):
+        for p in ("weight", "bias"):
+            tensor = state_dict[f"classifier.{index}.{p}"]
+            shape = FC_SHAPES[f"{layer}.{p}"]
+            if tensor.numel() != torch.Size(shape).numel():
+                raise ValueError(
+                    f"{source}: classifier.{index}.{p} has shape {tuple(tensor.shape)}, cannot become {layer}.{p} "
+                    f"of shape {shape} (is this VGG16 at 224x224?)"
+                )
+            out[f"{layer}.{p}"] = tensor.reshape(shape)  # a view: load_state_dict copies it
+    return out
+
+
+_PYTORCH_FCN_UPSCORE = {"upscore8.weight": "fcn8s_vgg16", "upscore16.weight": "fcn16s_vgg16", "upscore.weight": "fcn32s_vgg16"}
+
+
+def _strip_module_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    # Checkpoints saved from nn.DataParallel / DDP prefix every key with "module.".
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def _pytorch_fcn_unwrap(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    # pytorch-fcn's trainer saves {"epoch", "iteration", "arch", "optim_state_dict", "model_state_dict", ...}.
+    if "model_state_dict" in state_dict and isinstance(state_dict["model_state_dict"], Mapping):
+        state_dict = state_dict["model_state_dict"]
+    return _strip_module_prefix(state_dict)
+
+
+def is_pytorch_fcn_state_dict(state_dict: Mapping[str, Any]) -> bool:
+    """True for a wkentaro/pytorch-fcn FCN-32s/16s/8s(AtOnce) state dict (released or trained with its
+    trainer; a ``model_state_dict`` wrapper and ``module.`` prefixes are accepted) and for semiseg's FCN-VGG16
+    state dicts, which use the same keys."""
+    sd = _pytorch_fcn_unwrap(state_dict)
+    keys = ("conv1_1.weight", "conv5_3.weight", "fc6.weight", "fc7.weight", "score_fr.weight")
+    if not all(k in sd for k in keys):
+        return False
+    fc6 = sd["fc6.weight"]  # 4-D: fc6 is a 7x7 convolution, not torchvision's Linear
+    return isinstance(fc6, torch.Tensor) and fc6.dim() == 4 and any(k in sd for k in _PYTORCH_FCN_UPSCORE)
+
+
+def pytorch_fcn_model_name(state_dict: Mapping[str, Any]) -> str | None:
+    """semiseg model name (``fcn8s_vgg16`` ...) for a pytorch-fcn state dict, None if it is not one.
+
+    FCN8s and FCN8sAtOnce share keys; the at-once weights need ``build_model("fcn8s_vgg16", n, at_once=True)``.
+    """
+    if not is_pytorch_fcn_state_dict(state_dict):
+        return None
+    sd = _pytorch_fcn_unwrap(state_dict)
+    return next(name for key, name in _PYTORCH_FCN_UPSCORE.items() if key in sd)
+
+
+def convert_pytorch_fcn(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """A pytorch-fcn state dict in FCN-VGG16's key names: the keys are already the same, so this only
+    unwraps the trainer's ``model_state_dict`` container and drops ``module.`` prefixes."""
+    if not is_pytorch_fcn_state_dict(state_dict):
+        raise ValueError("not a pytorch-fcn FCN state dict (expected conv1_1.weight, fc6.weight as 4-D, score_fr.weight, upscore*)")
+    return _pytorch_fcn_unwrap(state_dict)
+
+
+# FCN-ResNet18 (semiseg.models.fcn_resnet): d2l's nn.Sequential numbering.
+# d2l builds its net as nn.Sequential(*list(resnet18().children())[:-2]) and then adds final_conv and
+# transpose_conv, so its ResNet layers are numbered; these are their torchvision names.
+D2L_BACKBONE_INDEX = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+
+def is_d2l_fcn_state_dict(state_dict: Mapping[str, Any]) -> bool:
+    """True for the state dict of d2l's FCN (``nn.Sequential`` with keys ``0.weight`` ... ``7.1.bn2.bias``,
+    ``final_conv.*``, ``transpose_conv.*``)."""
+    return all(k in state_dict for k in ("0.weight", "7.1.conv2.weight", "final_conv.weight", "transpose_conv.weight"))
+
+
+def convert_d2l_fcn(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Rename a d2l FCN state dict to FCNResNet18's keys (semiseg.models.fcn_resnet) (``0.weight`` -> ``backbone.conv1.weight``)."""
+    if not is_d2l_fcn_state_dict(state_dict):
+        raise ValueError("not a d2l FCN state dict (expected keys 0.weight, 7.1.conv2.weight, final_conv.*, transpose_conv.*)")
+    out = {}
+    for key, value in state_dict.items():
+        index, _, rest = key.partition(".")
+        out[f"backbone.{D2L_BACKBONE_INDEX[index]}.{rest}" if index in D2L_BACKBONE_INDEX else key] = value
+    return out
 
 
 def _convert_deeplabv2(c: _Conversion) -> None:
@@ -239,18 +369,14 @@ def _convert_bubbliiiing(c: _Conversion) -> None:
 
 
 def _convert_pytorch_fcn(c: _Conversion) -> None:
-    from semiseg.models import fcn_vgg
-
-    c.state = fcn_vgg.convert_pytorch_fcn(c.state)
-    if fcn_vgg.pytorch_fcn_model_name(c.state) == "fcn8s_vgg16" and getattr(c.model, "at_once", None) is False:
+    c.state = convert_pytorch_fcn(c.state)
+    if pytorch_fcn_model_name(c.state) == "fcn8s_vgg16" and getattr(c.model, "at_once", None) is False:
         c.notes.append("FCN8s and FCN8sAtOnce share keys; for FCN8sAtOnce weights build fcn8s_vgg16(..., at_once=True)")
 
 
 def _convert_torchvision_vgg16(c: _Conversion) -> None:
-    from semiseg.models import fcn_vgg
-
     c.drop(lambda k: k.startswith("classifier.6."))
-    c.state = fcn_vgg.vgg16_surgery(c.state)
+    c.state = vgg16_surgery(c.state, source=c.description)
     c.notes.append("torchvision VGG16 -> FCN surgery: classifier.0/3 reshaped into the fc6/fc7 convolutions")
 
 
@@ -281,11 +407,8 @@ def detect_layout(state: Mapping[str, Any]) -> str:
         return "bubbliiiing_deeplabv3plus"
     if "features.1.conv.0.0.weight" in keys and "classifier.1.weight" in keys:
         return "torchvision_mobilenet_v2"
-    if "score_fr.weight" in keys and "conv1_1.weight" in keys:
-        from semiseg.models.fcn_vgg import is_pytorch_fcn_state_dict
-
-        if is_pytorch_fcn_state_dict(state):
-            return "pytorch_fcn"
+    if "score_fr.weight" in keys and "conv1_1.weight" in keys and is_pytorch_fcn_state_dict(state):
+        return "pytorch_fcn"
     classifier0 = state.get("classifier.0.weight")
     if "features.0.weight" in keys and isinstance(classifier0, torch.Tensor) and classifier0.dim() == 2:
         return "torchvision_vgg16"
@@ -317,16 +440,22 @@ def load_weights(
 
 
 def load_pretrained_backbone(
-    model: nn.Module, source: bool | str | os.PathLike, default: Any, head_prefixes: Sequence[str]
+    model: nn.Module, source: bool | str | os.PathLike, default: Any, head_prefixes: Sequence[str], *,
+    layout: str = "auto", expected: str | None = None,
 ) -> LoadReport:
-    """``pretrained_backbone=source`` for a builder: torchvision's ``default`` weight enum (True) or a file.
+    """``pretrained_backbone=source`` for a builder: torchvision's ``default`` weight enum (True) or a file. The one
+    path every model family's builder loads its backbone through.
 
     Only backbone tensors are taken (keys outside ``head_prefixes``, after conversion); every backbone tensor
-    of the model must receive a value, otherwise the file is the wrong backbone and this raises.
+    of the model must receive a value, otherwise the file is the wrong backbone and this raises. ``layout`` forces
+    a conversion (as in :func:`load_weights`). ``expected`` names the one kind of file the model takes (``"torchvision
+    resnet18"``): then the file must also hold nothing but that backbone (and head tensors), and the error says
+    "``source`` is not a ``expected`` state dict".
     """
     state = backbone_state_dict(source, default)
     description = f"torchvision {default}" if source is True else str(source)
-    return _load(model, state, description=description, head_prefixes=tuple(head_prefixes))
+    return _load(model, state, description=description, layout=layout, head_prefixes=tuple(head_prefixes),
+                 expected=expected)
 
 
 def _load(
@@ -338,6 +467,7 @@ def _load(
     layout: str = "auto",
     description: str | None = None,
     head_prefixes: tuple[str, ...] = (),
+    expected: str | None = None,
 ) -> LoadReport:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -351,7 +481,7 @@ def _load(
     notes: list[str] = []
     state = _strip_wrapper_prefixes(state, model_keys, notes)
     chosen = detect_layout(state) if layout == "auto" else layout
-    conv = _Conversion(state, model, model_keys, notes=notes)
+    conv = _Conversion(state, model, model_keys, notes=notes, description=description)
     CONVERTERS[chosen](conv)
     state = conv.state
 
@@ -373,6 +503,12 @@ def _load(
     report.copied = list(to_copy)
     report.missing = [k for k in target if k not in state and not k.endswith(".num_batches_tracked")]
 
+    if expected:  # exactly the named backbone: anything missing, extra or of another shape means another file
+        missing = [k for k in report.missing if not k.startswith(head_prefixes)] + [s.key for s in report.skipped]
+        if missing or report.unexpected:
+            raise ValueError(
+                f"{description} is not a {expected} state dict: missing {missing[:4]}, unexpected "
+                f"{report.unexpected[:4]} (for {type(model).__name__}'s backbone, layout {chosen!r})")
     # Every check happens before anything is copied, so a failed load leaves the model untouched.
     if not to_copy:
         raise ValueError(
@@ -409,4 +545,6 @@ def _load(
     return report
 
 
-__all__ = ["LoadReport", "SkippedTensor", "WeightsWarning", "detect_layout", "load_weights", "load_pretrained_backbone"]
+__all__ = ["LoadReport", "SkippedTensor", "WeightsWarning", "detect_layout", "load_weights", "load_pretrained_backbone",
+           "vgg16_surgery", "is_pytorch_fcn_state_dict", "pytorch_fcn_model_name", "convert_pytorch_fcn",
+           "is_d2l_fcn_state_dict", "convert_d2l_fcn"]

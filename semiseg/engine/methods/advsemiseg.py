@@ -79,7 +79,7 @@ class AdvSemiSegOptions:
     the remaining ones are train.py's defaults."""
 
     # Weight of the adversarial loss on labeled predictions. Paper: 0.01; README command: 0.01
-    # (train.py's argparse default is 0.1, which the paper does not use).
+    # (train.py's command-line default is 0.1, which the paper does not use).
     lambda_adv_pred: float = 0.01
     # Weight of the adversarial loss on unlabeled predictions. Paper: 0.001; train.py LAMBDA_SEMI_ADV.
     lambda_semi_adv: float = 0.001
@@ -96,7 +96,8 @@ class AdvSemiSegOptions:
     # D's ground-truth examples come from a second, independently shuffled and augmented pass over the
     # labeled set (train.py's trainloader_gt); false: the masks of the step's own labeled batch.
     gt_stream: bool = True
-    # D's Adam optimizer, with the run's poly schedule. train.py: lr 1e-4, betas (0.9, 0.99).
+    # D's Adam optimizer, with the run's poly schedule (without the model's optim.min_lr floor, as in train.py, which
+    # decays both to 0). train.py: lr 1e-4, betas (0.9, 0.99).
     lr_d: float = 1.0e-4
     betas_d: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.99])
     # D's base width (64-128-256-512-1 channels). train.py FCDiscriminator(ndf=64).

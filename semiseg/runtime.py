@@ -1,8 +1,12 @@
-"""Numeric precision and memory format: what to run in, and the autocast / grad-scaler plumbing.
+"""Runtime policy: device, numeric precision, memory format, and the autocast / grad-scaler plumbing.
 
-``precision`` is one of ``"fp32"``, ``"bf16"`` (autocast to bfloat16; no scaler needed because bfloat16
-has fp32's exponent range), ``"fp16"`` (autocast to float16 + a gradient scaler; CUDA only) or ``"auto"``;
-``channels_last`` is true, false or ``"auto"``.
+A leaf every layer may use (the engine's loop and methods, ``semiseg.inference``, export, benchmarks): it imports
+torch and the standard library, and ``semiseg.config`` / ``semiseg.atomic`` only for their error type and writes.
+
+``precision`` is one of :data:`PRECISIONS`: ``"fp32"``, ``"bf16"`` (autocast to bfloat16; no scaler needed because
+bfloat16 has fp32's exponent range), ``"fp16"`` (autocast to float16 + a gradient scaler; CUDA only) or ``"auto"``;
+``channels_last`` is true, false or ``"auto"``. This tuple is the one place the names are spelled (the config's
+validation and the commands' ``--precision`` choices read it).
 
 ``auto`` on a CPU is measured, not inferred from a capability flag: oneDNN reports bf16 support on any
 AVX-512 CPU, including those that only emulate it, where bf16 + channels_last ran 2.2-2.5x *slower* than
@@ -14,7 +18,8 @@ it is faster by more than :data:`NOISE_MARGIN`. The times are cached per machine
 version, thread count) and workload (model, classes, crop, batch, train/infer) in
 ``$SEMISEG_CACHE/precision.json`` (default ``$XDG_CACHE_HOME/semiseg`` or ``~/.cache/semiseg``), so a
 machine measures a model once; ``SEMISEG_REMEASURE=1`` measures again. CUDA keeps its rule: bf16 where
-supported, else fp16 with a scaler; channels_last on.
+supported, else fp16 with a scaler; channels_last on. The fixed benchmark of two stand-in nets that preceded
+this measurement is ``benchmarks/precision_modes.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -35,6 +39,7 @@ from typing import Callable
 
 import torch
 
+from semiseg.atomic import atomic_write_text
 from semiseg.config import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -202,16 +207,7 @@ def _read_cache(path: Path) -> list[dict]:
 def _write_cache(path: Path, entries: list[dict]) -> bool:
     """Temp file + rename: a reader sees the old file or the new one. Failure (read-only home) only warns."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"format": CACHE_FORMAT, "entries": entries[-200:]}, f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
+        atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "entries": entries[-200:]}, indent=1))
         return True
     except OSError as e:
         warnings.warn(f"could not write the precision cache {path} ({e}); the next run measures again", stacklevel=3)
@@ -442,97 +438,8 @@ def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScal
     return None
 
 
-# ---------------------------------------------------------------------------------------------------
-# A fixed benchmark of two stand-in nets (python -m semiseg.engine.precision; not used by runs)
-
-
-def _bench_models(num_classes: int = 8) -> dict[str, torch.nn.Module]:
-    from torch import nn
-    from torchvision.models import resnet18
-
-    class ResNetFCN(nn.Module):
-        # the fcn_resnet18 shape of the d2l seed: ResNet-18 trunk, 1x1 classifier, x32 upsampling
-        def __init__(self):
-            super().__init__()
-            r = resnet18()
-            self.body = nn.Sequential(*list(r.children())[:-2])
-            self.cls = nn.Conv2d(512, num_classes, 1)
-
-        def forward(self, x):
-            y = self.cls(self.body(x))
-            return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-    def vgg_block(cin, cout, n):
-        layers = []
-        for i in range(n):
-            layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1), nn.ReLU(inplace=True)]
-        return layers + [nn.MaxPool2d(2)]
-
-    class VGGFCN(nn.Module):
-        # a VGG-11-width trunk without BatchNorm (FCN-style), 1x1 classifier, x16 upsampling
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Sequential(*vgg_block(3, 64, 1), *vgg_block(64, 128, 1), *vgg_block(128, 256, 2),
-                                      *vgg_block(256, 512, 2))
-            self.cls = nn.Conv2d(512, num_classes, 1)
-
-        def forward(self, x):
-            y = self.cls(self.body(x))
-            return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-    return {"resnet18_fcn": ResNetFCN(), "vgg11_fcn": VGGFCN()}
-
-
-def measure_step(model: torch.nn.Module, precision: str, channels_last: bool, *, batch: int = 8, size: int = 128,
-                 steps: int = 5, warmup: int = 2, num_classes: int = 8) -> float:
-    """Fastest seconds per training step (forward, loss, backward, SGD step) on CPU.
-
-    The minimum, not the mean: on a shared machine other jobs only ever add time.
-    """
-    device = torch.device("cpu")
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device).to(memory_format=fmt).train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x = torch.randn(batch, 3, size, size).to(memory_format=fmt)
-    y = torch.randint(0, num_classes, (batch, size, size))
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        with autocast(precision, device):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def _main() -> None:
-    import argparse
-
-    p = argparse.ArgumentParser(description="time a CPU training step in fp32/bf16 x contiguous/channels_last")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--rounds", type=int, default=1, help="repeat the table; each mode keeps its fastest time")
-    a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu {torch.backends.cpu.get_cpu_capability()}")
-    best: dict[tuple, float] = {}
-    for _ in range(a.rounds):  # rounds interleave the modes, so a burst of load does not hit one mode only
-        for name in _bench_models():
-            for precision in ("fp32", "bf16"):
-                for cl in (False, True):
-                    torch.manual_seed(0)
-                    model = _bench_models()[name]
-                    t = measure_step(model, precision, cl, batch=a.batch, size=a.size, steps=a.steps)
-                    best[name, precision, cl] = min(t, best.get((name, precision, cl), t))
-    for (name, precision, cl), t in best.items():
-        print(f"{name:14s} {precision:5s} channels_last={cl!s:5s} {t * 1000:8.1f} ms/step")
-
-
-if __name__ == "__main__":
-    _main()
+__all__ = [
+    "PRECISIONS", "MODES", "NOISE_MARGIN", "mode_name", "resolve_device", "resolve_precision", "resolve_channels_last",
+    "autocast", "make_grad_scaler", "Workload", "PrecisionChoice", "choose_precision", "measure_modes", "decide",
+    "machine_fingerprint", "cache_file",
+]

@@ -19,8 +19,8 @@ import argparse
 import os
 import sys
 
-from . import DATASETS, build_dataset
-from .errors import DataError
+from semiseg.data import DATASETS, build_dataset
+from semiseg.data.errors import DataError
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -95,7 +95,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def guess_kind(path: str) -> str:
     if path in ("synthetic", "synthetic_thin"):
         return path
-    from .voc import find_voc_root
+    from semiseg.data.voc import find_voc_root
 
     try:
         find_voc_root(path)
@@ -132,7 +132,7 @@ def _preview(dataset, out: str, count: int) -> None:
     import numpy as np
     from PIL import Image
 
-    from .palettes import index_to_colors
+    from semiseg.data.palettes import index_to_colors
 
     os.makedirs(out, exist_ok=True)
     for i in range(min(count, len(dataset))):
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "data_command", None):
         args._data_parser.print_help()
         return 2
-    from .errors import option_style
+    from semiseg.data.errors import option_style
 
     with option_style("cli"):  # fixes name this command's flags (--binary), not Python or recipe keys
         return _run(args)
@@ -156,13 +156,13 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         if args.data_command == "sbd":
-            from .sbd import convert_sbd
+            from semiseg.data.sbd import convert_sbd
 
             print(convert_sbd(args.sbd_root, args.voc_root, overwrite=args.overwrite, workers=args.workers,
                               progress=not args.no_progress).format())
             return 0
         if args.data_command == "check":
-            from .check import check_dataset
+            from semiseg.data.check import check_dataset
 
             kind, dataset = open_dataset(args, strict=False)
             where = f"{args.path} (split {args.split})" if args.split else args.path
@@ -176,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
             for i, (name, rgb) in enumerate(zip(dataset.classes, dataset.palette.tolist())):
                 print(f"  {i:>3} {name:<16} {tuple(rgb)}")
         elif args.data_command == "split":
-            from .splits import make_split
+            from semiseg.data.splits import make_split
 
             split = make_split(dataset.names, fraction=args.fraction, count=args.count, id_file=args.id_file, seed=args.seed)
             path = split.save(args.output)

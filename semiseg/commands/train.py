@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 
+from semiseg.commands.flags import add_allow_code_argument
 from semiseg.config import ConfigError, check_code_names, config_to_dict, load_config
 
 
@@ -37,8 +38,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="continue the run in RUN_DIR (or the config's run folder) from its last.pt")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder and start again")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
-    from semiseg.engine.predict import add_allow_code_argument
-
     add_allow_code_argument(parser)
 
 

@@ -1,0 +1,55 @@
+"""Flags shared by several commands: the inference mode (``semiseg eval``, ``semiseg predict``) and ``--allow-code``.
+
+The inference flags (``--mode slide --crop H W --stride H W --scales ... --flip``) override the ``eval`` section
+of the checkpoint's config (:func:`inference_overrides` turns them into dotted overrides); semiseg.inference does
+the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from semiseg.config import ALLOW_CODE_ENV, ConfigError
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inference (default: the run's eval settings; see semiseg.inference)")
+    group.add_argument("--mode", choices=["whole", "slide"], help="whole image at once, or sliding windows")
+    group.add_argument("--crop", nargs=2, type=int, metavar=("H", "W"),
+                       help="sliding window size (implies --mode slide; default: the training crop)")
+    group.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"),
+                       help="sliding window step (implies --mode slide; default: 2/3 of the window)")
+    group.add_argument("--scales", nargs="+", type=float, metavar="S",
+                       help="multi-scale test: resize ratios, e.g. 0.5 0.75 1 1.25 1.5 1.75 (softmax averaged)")
+    group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                       help="also run the mirror image of every scale and average it in")
+
+
+def add_allow_code_argument(parser: argparse.ArgumentParser) -> None:
+    """``--allow-code``: the one opt-in for a checkpoint or run folder whose config names code to import."""
+    parser.add_argument("--allow-code", action="store_true", default=None,
+                        help="trust the checkpoint / run folder: import the 'package.module:function' names its "
+                             "config holds (model.name, data.kind, method.name), which runs that code. Without it "
+                             f"such a config is refused (also allowed by {ALLOW_CODE_ENV}=1)")
+
+
+def inference_overrides(args: argparse.Namespace) -> list[str]:
+    """The flags of :func:`add_inference_arguments` as dotted config overrides (``eval.mode=slide`` ...)."""
+    mode = args.mode
+    if args.crop or args.stride:
+        if mode == "whole":
+            raise ConfigError("--crop and --stride set the sliding window; use them with --mode slide")
+        mode = "slide"
+    out = [f"eval.mode={mode}"] if mode else []
+    if args.crop:
+        out.append(f"eval.crop_size=[{args.crop[0]},{args.crop[1]}]")
+    if args.stride:
+        out.append(f"eval.stride=[{args.stride[0]},{args.stride[1]}]")
+    if args.scales:
+        out.append(f"eval.scales=[{','.join(repr(float(s)) for s in args.scales)}]")
+    if args.flip is not None:
+        out.append(f"eval.flip={str(args.flip).lower()}")
+    return out
+
+
+__all__ = ["add_inference_arguments", "add_allow_code_argument", "inference_overrides"]

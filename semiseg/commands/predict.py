@@ -1,0 +1,66 @@
+"""``semiseg predict CHECKPOINT|RUN_DIR INPUT_DIR OUTPUT_DIR``: a palette PNG mask for every image of a folder.
+
+    semiseg predict runs/quickstart my_images/ masks/
+    semiseg predict runs/camvid big_images/ masks/ --mode slide --crop 512 512 --scales 0.75 1 1.25 --flip
+
+Each mask is a PIL "P" image named after its image (``photo.jpg`` -> ``photo.png``), with the image's
+size and the dataset's palette, so its pixel values are class indices and it displays in colour.
+Images that share a name (``x.jpg`` and ``x.png``) keep their extension in the mask's name (``x.jpg.png``,
+``x.png.png``), so no mask overwrites another. An image that cannot be read is reported and skipped; the
+others are written, and the command exits with status 1 and a list of the skipped files.
+The inference mode is the run's ``eval`` section (whole image by default) unless the flags change it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from semiseg.commands.flags import add_allow_code_argument, add_inference_arguments, inference_overrides
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from semiseg.runtime import PRECISIONS
+
+    parser.description = __doc__.split("\n\n")[0].replace("``", "")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR")
+    parser.add_argument("input_dir", metavar="INPUT_DIR", help="folder of images (jpg, png, ...)")
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="where the masks go (created)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: the run's")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads (default: one per core; 1 is faster on a busy machine)")
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                        help="onnxruntime: run the model exported to ONNX, on the CPU (CHECKPOINT may then be an .onnx "
+                             "file from semiseg export --dynamic); faster than float32 PyTorch, slower than bf16 where "
+                             "the CPU has it (BENCHMARKS.md)")
+    add_allow_code_argument(parser)
+    add_inference_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from semiseg.config import ConfigError
+    from semiseg.data.errors import DataError
+    from semiseg.engine.checkpoint import CheckpointError
+    from semiseg.engine.predict import predict_folder
+    from semiseg.export import ExportError
+
+    try:
+        written = predict_folder(args.checkpoint, args.input_dir, args.output_dir, device=args.device,
+                                 precision=args.precision, inference_overrides=inference_overrides(args),
+                                 allow_code=args.allow_code, backend=args.backend)
+    except (CheckpointError, ConfigError, DataError, ExportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} masks to {args.output_dir}")
+    if getattr(written, "failed", None):
+        print(f"error: {len(written.failed)} image(s) could not be read and have no mask:\n  "
+              + "\n  ".join(path for path, _ in written.failed), file=sys.stderr)
+        return 1
+    return 0
