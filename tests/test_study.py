@@ -101,6 +101,9 @@ def test_bad_override_fails_before_anything_runs(tmp_path):
         st.expand(study, str(tmp_path / "out"))
     with pytest.raises(st.StudyError, match="data.labeled.seed"):
         st.load_study(write_study(tmp_path, STUDY), ["data.labeled.seed=4"])
+    # a misspelt method name or method option is caught for every run before the first one starts
+    with pytest.raises(st.StudyError, match="run supervised_1-8_s0 .*unknown method.name 'advsemi'"):
+        st.expand(st.load_study(write_study(tmp_path, STUDY), ["method.name=advsemi"]), str(tmp_path / "out"))
 
 
 def test_cli_dry_run_and_errors(tmp_path, capsys):

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from semiseg.config import ConfigError, config_to_dict, load_config, load_yaml_file
+from semiseg.engine.preflight import check_config
 from semiseg.engine.run_dir import CONFIG, METRICS, SPLIT
 
 STUDY_KEYS = ("name", "recipe", "set", "arms", "baseline", "labels", "full_labels", "seeds", "eval_split", "jobs")
@@ -279,6 +280,7 @@ def expand(study: Study, out_dir: str, *, resolve: bool = True) -> list[RunSpec]
             if resolve:
                 try:
                     cfg = load_config(arm.recipe, overrides)
+                    check_config(cfg)  # a misspelt method, model or dataset fails here, before any run starts
                 except ConfigError as e:
                     raise StudyError(f"{study.path}: run {name} (recipe {arm.recipe}): {e}") from None
                 spec.iterations, spec.data = cfg.train.iterations, config_to_dict(cfg)["data"]
