@@ -103,7 +103,7 @@ class LossConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "supervised"  # a key of the method registry (engine/methods/__init__.py: METHODS)
+    name: str = "supervised"  # a key of the method registry (semiseg/method_names.py: METHODS)
     options: dict = field(default_factory=dict)  # checked by the method
 
 
@@ -447,8 +447,9 @@ def _validate_registry_names(cfg: Config) -> None:
     if cfg.loss.name.replace(" ", "").lower() not in LOSS_NAMES:
         raise ConfigError(f"unknown loss.name {cfg.loss.name!r}; available: {', '.join(LOSS_NAMES)}\n"
                           f"  fix: use one of {', '.join(LOSS_NAMES)}")
-    # method.name is checked by engine/preflight.check_config (with the method's options) before training or a
-    # study starts: the method registry lives in the engine, which this module sits below.
+    from semiseg.method_names import available_methods  # names only: the engine is not imported
+
+    check("method.name", cfg.method.name, available_methods(), ", or 'package.module:Class' for your own")
     from semiseg.data import DATASETS
 
     check("data.kind", cfg.data.kind, list(DATASETS), code)

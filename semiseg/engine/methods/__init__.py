@@ -1,4 +1,4 @@
-"""Training methods: a registry dict from ``method.name`` to ``"module:Class"``, imported on first use."""
+"""Training methods: the registry (``semiseg.method_names``: ``method.name`` -> ``"module:Class"``), imported on first use."""
 
 from __future__ import annotations
 
@@ -6,16 +6,7 @@ import importlib
 
 from semiseg.config import ConfigError, MethodConfig
 from semiseg.engine.methods.base import Method
-
-METHODS: dict[str, str] = {
-    "supervised": "semiseg.engine.methods.supervised:Supervised",
-    "advsemiseg": "semiseg.engine.methods.advsemiseg:AdvSemiSeg",
-    "unimatch": "semiseg.engine.methods.unimatch:UniMatch",
-}
-
-
-def available_methods() -> list[str]:
-    return sorted(METHODS)
+from semiseg.method_names import METHODS, available_methods
 
 
 def build_method(cfg: MethodConfig) -> Method:
