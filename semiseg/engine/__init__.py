@@ -4,7 +4,8 @@ A method owns its training step (``methods/``); the loop (``trainer.py``) owns e
 
     trainer.py     Trainer: build a run from a Config, train, evaluate, checkpoint, resume
     context.py     TrainContext: what a method gets (model, loss, autocast, backward, registration points)
-    methods/       Method interface (base.py), supervised.py, advsemiseg.py, unimatch.py, teacher.py (what they share); the registry names are semiseg/method_names.py
+    methods/       Method interface (base.py), supervised.py, advsemiseg.py, unimatch.py, teacher.py (what the
+                   methods share); their registry of names is semiseg/method_names.py
     build.py       config -> datasets, split, model, optimizer, loss (the contracts of docs/internals.md)
     sampling.py    seeded, resumable training streams; evaluation shards
     evaluate.py    evaluate(): the one evaluation routine (training and `semiseg eval`)
