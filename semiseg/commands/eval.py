@@ -22,15 +22,13 @@ import json
 import os
 import sys
 
-from semiseg.commands.flags import add_allow_code_argument, add_inference_arguments, inference_overrides
+from semiseg.commands.flags import (
+    add_allow_code_argument, add_inference_arguments, add_runtime_arguments, apply_threads, describe, inference_overrides,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from semiseg.runtime import PRECISIONS
-
-    parser.description = __doc__.split("\n\n")[0].replace("``", "")
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = __doc__.split("\n\n", 1)[1]
+    describe(parser, __doc__)
     parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR", help="a .pt file, or a run folder (best.pt, else last.pt)")
     parser.add_argument("--config", metavar="RECIPE",
                         help="evaluate CHECKPOINT as plain weights (e.g. a paper's release) in the model of this recipe "
@@ -41,21 +39,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="dataset fields overriding the run's: kind=, root=, val_split=, options=...")
     parser.add_argument("--split", help="dataset split to evaluate (default: the run's data.val_split)")
     parser.add_argument("--out", help="JSON file to write (default: eval_<split>.json next to the checkpoint)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=PRECISIONS, help="default: the run's")
+    add_runtime_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's eval.batch_size")
     parser.add_argument("--num-workers", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads (default: one per core; 1 is faster on a busy machine)")
     add_allow_code_argument(parser)
     add_inference_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     from semiseg.config import ConfigError
     from semiseg.data import DataError
     from semiseg.engine import distributed as dist

@@ -18,14 +18,12 @@ import argparse
 import os
 import sys
 
-from semiseg.commands.flags import add_allow_code_argument
+from semiseg.commands.flags import add_allow_code_argument, apply_threads, describe
 from semiseg.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0].replace("``", "")
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = __doc__.split("\n\n", 1)[1]
+    describe(parser, __doc__)
     parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR", help="a .pt file, or a run folder (best.pt, else last.pt)")
     parser.add_argument("--out", help="the .onnx file to write (default: the checkpoint's name with .onnx)")
     parser.add_argument("--height", type=int, help="input height to trace (default: the run's data.crop_size)")
@@ -51,8 +49,7 @@ def check_sizes(height: int, width: int, dynamic: bool) -> list[tuple[int, int, 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     from semiseg.config import ConfigError
     from semiseg.engine.checkpoint import CheckpointError
     from semiseg.engine.predict import load_trained_model

@@ -1,4 +1,6 @@
-"""Flags shared by several commands: the inference mode (``semiseg eval``, ``semiseg predict``) and ``--allow-code``.
+"""Flags shared by several commands: the help text from a command's docstring, the device / precision / threads
+of the commands that run a trained model (``semiseg eval``, ``semiseg predict``), the inference mode and
+``--allow-code``.
 
 The inference flags (``--mode slide --crop H W --stride H W --scales ... --flip``) override the ``eval`` section
 of the checkpoint's config (:func:`inference_overrides` turns them into dotted overrides); semiseg.inference does
@@ -10,6 +12,31 @@ from __future__ import annotations
 import argparse
 
 from semiseg.config import ALLOW_CODE_ENV, ConfigError
+
+
+def describe(parser: argparse.ArgumentParser, doc: str) -> None:
+    """--help from a command module's docstring: its first paragraph is the description, the rest the epilog."""
+    parser.description = doc.split("\n\n")[0].replace("``", "")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = doc.split("\n\n", 1)[1]
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--precision`` (default: the run's) and ``--threads``; :func:`apply_threads` applies the last."""
+    from semiseg.runtime import PRECISIONS
+
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: the run's")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads (default: one per core; 1 is faster on a busy machine)")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """``--threads N`` (N > 0) sets torch's intra-op threads; 0 keeps torch's default."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:

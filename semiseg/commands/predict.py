@@ -16,22 +16,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from semiseg.commands.flags import add_allow_code_argument, add_inference_arguments, inference_overrides
+from semiseg.commands.flags import (
+    add_allow_code_argument, add_inference_arguments, add_runtime_arguments, apply_threads, describe, inference_overrides,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from semiseg.runtime import PRECISIONS
-
-    parser.description = __doc__.split("\n\n")[0].replace("``", "")
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = __doc__.split("\n\n", 1)[1]
+    describe(parser, __doc__)
     parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR")
     parser.add_argument("input_dir", metavar="INPUT_DIR", help="folder of images (jpg, png, ...)")
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="where the masks go (created)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=PRECISIONS, help="default: the run's")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads (default: one per core; 1 is faster on a busy machine)")
+    add_runtime_arguments(parser)
     parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                         help="onnxruntime: run the model exported to ONNX, on the CPU (CHECKPOINT may then be an .onnx "
                              "file from semiseg export --dynamic); faster than float32 PyTorch, slower than bf16 where "
@@ -41,10 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     from semiseg.config import ConfigError
     from semiseg.data.errors import DataError
     from semiseg.engine.checkpoint import CheckpointError

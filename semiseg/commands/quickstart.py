@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 
+from semiseg.commands.flags import describe
+
 from semiseg.engine.quickstart import DEFAULT_RUN_DIR, FAST_ITERATIONS, QUICKSTART
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0].replace("``", "")
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = __doc__.split("\n\n", 1)[1]
+    describe(parser, __doc__)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="change both runs' config, e.g. train.precision=fp32")
     parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="where to write (default: runs/quickstart)")
     parser.add_argument("--iters", type=int, help=f"training iterations of each run (default {QUICKSTART['train.iterations']})")

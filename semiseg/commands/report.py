@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from semiseg.commands.flags import add_allow_code_argument
+from semiseg.commands.flags import add_allow_code_argument, describe
 from semiseg.report import REPORT_DIR
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0].replace("``", "")
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = __doc__.split("\n\n", 1)[1]
+    describe(parser, __doc__)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `semiseg train`")
     parser.add_argument("--eval", nargs="+", dest="evals", metavar="JSON",
                         help="evaluation files from `semiseg eval` (default: the run's eval_*.json)")

@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from semiseg.commands.flags import describe
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0].replace("``", "")
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = __doc__.split("\n\n", 1)[1]
+    describe(parser, __doc__)
     parser.add_argument("study", metavar="STUDY.yaml", help="the study file: recipe, arms, labels, seeds, baseline")
     parser.add_argument("--out", help="study folder (default: runs/studies/<study name>)")
     parser.add_argument("--jobs", "-j", type=int, default=None,

@@ -20,14 +20,12 @@ import argparse
 import os
 import sys
 
-from semiseg.commands.flags import add_allow_code_argument
+from semiseg.commands.flags import add_allow_code_argument, describe
 from semiseg.config import ConfigError, check_code_names, config_to_dict, load_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0].replace("``", "")
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = __doc__.split("\n\n", 1)[1]
+    describe(parser, __doc__)
     parser.add_argument("--config", "-c", metavar="RECIPE",
                         help="a recipe file, or the name of a shipped recipe from any folder, e.g. "
                              "camvid/deeplabv3plus_mobilenetv2_scratch or folder/thin_structures (a wrong name lists them)")
