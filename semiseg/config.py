@@ -68,6 +68,7 @@ class DataConfig:
     crop_size: list[int] = field(default_factory=lambda: [321, 321])  # (height, width)
     scale_range: list[float] | None = field(default_factory=lambda: [0.5, 1.5])  # null: no random scale
     hflip: bool = True
+    rotate90: bool = False  # random quarter turns, for data with no "up" (aerial, microscopy, synthetic); square crops
     photometric: bool = False  # mild colour distortion of training crops (brightness, contrast, saturation, hue)
     normalization: str = "auto"  # auto (what the model's weights expect) | imagenet | caffe (BGR) | caffe_rgb
     batch_size: int = 10  # images per optimizer step summed over all processes and accumulation steps
@@ -463,6 +464,10 @@ def validate(cfg: Config) -> None:
     _validate_registry_names(cfg)
     if len(d.crop_size) != 2 or min(d.crop_size) < 1:
         raise ConfigError(f"data.crop_size must be [height, width] with positive values, got {d.crop_size}")
+    if d.rotate90 and d.crop_size[0] != d.crop_size[1]:
+        side = min(d.crop_size)
+        raise ConfigError(f"data.rotate90 needs a square crop (a turned {d.crop_size[0]}x{d.crop_size[1]} crop cannot "
+                          f"be batched with unturned ones); set data.crop_size=[{side}, {side}] or data.rotate90=false")
     if d.scale_range is not None and (len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]):
         raise ConfigError(f"data.scale_range must be [min, max] with 0 < min <= max (or null), got {d.scale_range}")
     if d.normalization not in ("auto", "imagenet", "caffe", "caffe_rgb"):  # semiseg.data.transforms.NORMALIZATIONS

@@ -104,6 +104,19 @@ class RandomScale(v2.Transform):
         return F.resize(inpt, params["size"], antialias=True)
 
 
+class RandomQuarterTurn(v2.Transform):
+    """Rotate image and mask together by 0, 90, 180 or 270 degrees (one draw per sample). For data with no
+    "up" (aerial, microscopy, the synthetic scenes): exact (no interpolation), and a square crop stays square."""
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"k": int(torch.randint(4, (1,)))}
+
+    def transform(self, inpt, params: dict):
+        if not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+            return inpt
+        return tv_tensors.wrap(torch.rot90(inpt.as_subclass(torch.Tensor), params["k"], (-2, -1)), like=inpt)
+
+
 class NormalizeImage(v2.Transform):
     """Image -> normalised float32 in ``mode``; masks pass through."""
 
@@ -174,13 +187,14 @@ def build_train_transform(
     *,
     scale_range: Sequence[float] | None = (0.5, 2.0),
     hflip: bool = True,
+    rotate90: bool = False,
     strong: bool = False,
     photometric: bool = False,
     normalization: str = "imagenet",
     ignore_index: int = 255,
 ) -> v2.Compose:
     """Random scale -> random crop (padding the image with the mean, the mask with ``ignore_index``)
-    -> horizontal flip -> optional mild (``photometric``) or strong colour augmentation -> normalisation."""
+    -> horizontal flip -> optional quarter turn (square crops only) -> optional mild (``photometric``) or strong colour augmentation -> normalisation."""
     _check_mode(normalization)
     steps: list = []
     if scale_range is not None:
@@ -189,6 +203,12 @@ def build_train_transform(
                                fill={tv_tensors.Image: mean_rgb_uint8(normalization), tv_tensors.Mask: ignore_index}))
     if hflip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
+    if rotate90:
+        h, w = _pair(crop_size)
+        if h != w:
+            raise DataError(f"rotate90 needs a square crop (a turned {h}x{w} crop is {w}x{h} and cannot be batched "
+                            f"with the others)", None, f"set data.crop_size=[{min(h, w)}, {min(h, w)}] or rotate90=false")
+        steps.append(RandomQuarterTurn())
     if photometric:
         steps.append(build_photometric_distortion())
     if strong:

@@ -52,7 +52,7 @@ def train_transform(cfg: Config, normalization: str, ignore_index: int):
     from semiseg.data.transforms import build_train_transform
 
     d = cfg.data
-    return build_train_transform(d.crop_size, scale_range=d.scale_range, hflip=d.hflip,
+    return build_train_transform(d.crop_size, scale_range=d.scale_range, hflip=d.hflip, rotate90=d.rotate90,
                                  photometric=d.photometric, normalization=normalization, ignore_index=ignore_index)
 
 

@@ -22,6 +22,7 @@ MODELS: dict[str, str] = {
     "deeplabv3plus_mobilenetv2": "semiseg.models.deeplabv3plus:deeplabv3plus_mobilenetv2",
     "deeplabv3plus_resnet50": "semiseg.models.deeplabv3plus:deeplabv3plus_resnet50",
     "deeplabv3plus_resnet101": "semiseg.models.deeplabv3plus:deeplabv3plus_resnet101",
+    "unet_small": "semiseg.models.unet:unet_small",
 }
 
 
