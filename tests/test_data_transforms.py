@@ -186,3 +186,27 @@ def test_photometric_distortion_changes_colours_not_geometry_or_mask():
         assert torch.equal(msk, base_msk)  # the mask and the geometry never move
         changed += int(not torch.allclose(img, base_img))
     assert changed >= 4  # four ops at p=0.5 each: at least one applies in ~94% of draws
+
+
+def test_quarter_turns_rotate_image_and_mask_together_and_use_all_four_angles():
+    torch.manual_seed(0)
+    t = build_train_transform(40, scale_range=None, hflip=False, rotate90=True)
+    image0, mask0 = _coded_pair(40, 40, block=5)
+    seen = set()
+    for _ in range(40):
+        image, mask = t(image0, mask0)
+        assert torch.equal(_decode(denormalize(image)), mask)  # still aligned
+        turns = [k for k in range(4) if torch.equal(mask, torch.rot90(mask0, k, (-2, -1)))]
+        assert len(turns) == 1  # an exact quarter turn of the input, not a resampled one
+        seen.add(turns[0])
+    assert seen == {0, 1, 2, 3}
+
+
+def test_quarter_turns_need_a_square_crop():
+    with pytest.raises(DataError, match="square crop"):
+        build_train_transform((24, 32), rotate90=True)
+    from semiseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.rotate90 needs a square crop.*data.crop_size=\[24, 24\]"):
+        load_config(None, ["data.rotate90=true", "data.crop_size=[24,32]"])
+    assert load_config(None, ["data.rotate90=true", "data.crop_size=[24,24]"]).data.rotate90
