@@ -194,7 +194,8 @@ def test_a_cache_hit_measures_nothing_and_another_machine_or_workload_measures_a
     choose_precision("auto", "auto", CPU, workload(size=(64, 32)), measure=fake)
     assert len(fake.calls) == 3
     # another machine (or torch, or thread count): its own measurement, the first entry kept
-    real = P.machine_fingerprint()
+    real_fingerprint = P.machine_fingerprint
+    real = real_fingerprint()
     monkeypatch.setattr(P, "machine_fingerprint", lambda: {**real, "cpu": "Some Xeon", "flags": ["avx512f"]})
     other = choose_precision("auto", "auto", CPU, workload(), measure=FakeTimer(times(("fp32", False))))
     assert other.precision == "fp32" and "Some Xeon" in other.reason
@@ -202,9 +203,16 @@ def test_a_cache_hit_measures_nothing_and_another_machine_or_workload_measures_a
     monkeypatch.setattr(P, "machine_fingerprint", lambda: real)
     assert choose_precision("auto", "auto", CPU, workload(), measure=fake).channels_last is True
     assert len(fake.calls) == 3  # still cached
-    monkeypatch.setenv("SEMISEG_REMEASURE", "1")
+    # oneDNN capped below bf16 (how a CPU without native bf16 is emulated): not the uncapped machine's timings
+    monkeypatch.setattr(P, "machine_fingerprint", real_fingerprint)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core")
+    assert P.machine_fingerprint() == {**real, "onednn_max_cpu_isa": "AVX512_CORE"}
     choose_precision("auto", "auto", CPU, workload(), measure=fake)
     assert len(fake.calls) == 4
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("SEMISEG_REMEASURE", "1")
+    choose_precision("auto", "auto", CPU, workload(), measure=fake)
+    assert len(fake.calls) == 5
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"format": 99, "entries": []}', '[1, 2]',
