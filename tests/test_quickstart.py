@@ -1,6 +1,6 @@
 """`semiseg quickstart --fast`: the whole pipeline of the README's first command, shortened for CI.
 
-The full quickstart (two runs of 200 iterations) is timed in BENCHMARKS.md; this checks that every piece runs,
+The full quickstart (two runs of 300 iterations) is timed in BENCHMARKS.md; this checks that every piece runs,
 both arms train on the same split and seed, and every promised file is there.
 """
 
@@ -17,7 +17,7 @@ from semiseg.cli import main
 from semiseg.config import load_config
 from semiseg.data.splits import Split
 from semiseg.engine.checkpoint import load_checkpoint
-from semiseg.engine.quickstart import QUICKSTART, quickstart_config, semi_options
+from semiseg.engine.quickstart import QUICKSTART, STUDY_ITERATIONS, quickstart_config, semi_options
 
 
 @pytest.mark.slow
@@ -51,7 +51,16 @@ def test_quickstart_fast_trains_both_arms_on_one_split_and_reports_the_gain(tmp_
 
 def test_quickstart_config_is_the_documented_one():
     cfg = quickstart_config()
-    assert cfg.train.iterations == QUICKSTART["train.iterations"] and cfg.data.crop_size == [96, 96]
-    assert cfg.model.pretrained_backbone is False  # no download: runs offline
-    assert cfg.data.options["length"] == 256 and cfg.method.name == "supervised"
-    assert semi_options(700)["unsup_start"] == 200 and semi_options(700)["unsup_rampup"] == 100
+    assert cfg.train.iterations == QUICKSTART["train.iterations"] and cfg.data.crop_size == [128, 128]
+    assert cfg.model.name == "unet_small" and cfg.model.pretrained_backbone is False  # no download: runs offline
+    assert cfg.data.options["length"] == 1000 and cfg.data.rotate90 and cfg.method.name == "supervised"
+    # --iters 1500 is the payoff study's schedule: its warm-ups (configs/synthetic/consistency_unet_small_1-8.yaml)
+    study = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic",
+                                     "consistency_unet_small_1-8.yaml"))
+    long = quickstart_config(iterations=STUDY_ITERATIONS)
+    assert long.optim.warmup_iters == study.optim.warmup_iters == 150
+    for key in ("unsup_start", "unsup_rampup", "conf_thresh", "weight_strong", "teacher", "distribution_alignment"):
+        assert semi_options(STUDY_ITERATIONS)[key] == study.method.options[key], key
+    for key in ("batch_size", "crop_size", "scale_range", "rotate90"):
+        assert getattr(long.data, key) == getattr(study.data, key), key
+    assert (long.optim.name, long.optim.lr) == (study.optim.name, study.optim.lr)
