@@ -1,6 +1,6 @@
 """`semiseg quickstart --fast`: the whole pipeline of the README's first command, shortened for CI.
 
-The full quickstart (two runs of 300 iterations) is timed in BENCHMARKS.md; this checks that every piece runs,
+The full quickstart (two runs of 200 iterations) is timed in BENCHMARKS.md; this checks that every piece runs,
 both arms train on the same split and seed, and every promised file is there.
 """
 
