@@ -1,20 +1,21 @@
 """``semiseg quickstart``: do unlabeled images help? Supervised vs semi-supervised on one seeded split, on a CPU.
 
-Trains DeepLabV3+ (MobileNetV2 backbone, from scratch: no download) twice on the built-in synthetic scenes of
-7 shape classes, on the same seeded split of 256 training scenes where 1/8 (32) keep their labels:
-supervised on the 32 labeled scenes only, and semi-supervised (consistency training with a moving-average
-teacher) on the 32 labeled plus the 224 unlabeled ones. Both runs go side by side (one per core), with the
-same seed, data order and number of steps; each is then scored on 200 held-out test scenes with its last
-checkpoint. It prints both mIoUs and the gain, and leaves a study folder:
+Trains a small U-Net (from scratch: no download) twice on the built-in synthetic scenes of 7 shape classes, on
+the same seeded split of 1,000 training scenes where 1/8 (125) keep their labels: supervised on the 125 labeled
+scenes only, and semi-supervised (consistency training with a moving-average teacher) on the 125 labeled plus
+the 875 unlabeled ones. Both runs go side by side (one per core), with the same seed, data order and number of
+steps; each is then scored on 200 held-out test scenes with its last checkpoint. It prints both mIoUs and the
+gain, and leaves a study folder:
 
     runs/quickstart/study.md, study.json   the table: mIoU per run, the gain (`semiseg study` made it)
     runs/quickstart/study.yaml, recipe.yaml the study and its base recipe: `semiseg study runs/quickstart/study.yaml`
     runs/quickstart/runs/<arm>_1-8_s0/     each run: config, split, checkpoints, metrics (`semiseg report` it)
     runs/quickstart/predictions/           a few test scenes: image | truth | supervised | semi-supervised
 
-One seed is a demonstration, not a result: BENCHMARKS.md has the same comparison over seeds and label fractions
-(`configs/synthetic/study_payoff.yaml`). An existing runs/quickstart is kept: the next run goes to
-runs/quickstart-2 and so on.
+The default 200 iterations fit 5 minutes on a 2-core CPU and are too few for the unlabeled scenes to pay;
+`--iters 1500` is the payoff study's schedule (configs/synthetic/study_payoff_unet.yaml), where they did.
+One seed is a demonstration, not a result: BENCHMARKS.md has the comparison over seeds and label fractions.
+An existing runs/quickstart is kept: the next run goes to runs/quickstart-2 and so on.
 """
 
 from __future__ import annotations

@@ -149,8 +149,8 @@ def _budget_note(iterations: int) -> str:
     if iterations >= STUDY_ITERATIONS:
         return ""
     unsup = iterations - semi_options(iterations)["unsup_start"]
-    return (f"At {iterations} iterations the unlabeled loss has run for {unsup} of them: too few to pay. At the payoff "
-            f"study's schedule, `semiseg quickstart --iters {STUDY_ITERATIONS}`, it does (BENCHMARKS.md, third regime).\n")
+    return (f"At {iterations} iterations the unlabeled loss has run for {unsup} of them, too few to pay; the payoff "
+            f"study's schedule is `semiseg quickstart --iters {STUDY_ITERATIONS}` (README, BENCHMARKS.md third regime).\n")
 
 
 def run_quickstart(overrides=(), *, run_dir: str = DEFAULT_RUN_DIR, iterations: int | None = None, fast: bool = False,
