@@ -15,8 +15,8 @@ import yaml
 
 # The regime: the payoff study's third regime (BENCHMARKS.md; configs/synthetic/study_payoff_unet.yaml): the small
 # U-Net from scratch on 1,000 synthetic scenes of which 1/8 (125) keep their labels, whole 128x128 scenes with flips
-# and quarter turns, batch 16, AdamW. There, at 1,500 iterations (`--iters 1500`), the consistency arm beat
-# supervised training clearly; the default is shorter so that the first command fits 5 minutes on a 2-core CPU.
+# and quarter turns, batch 16, AdamW. Its schedule, 1,500 iterations (`--iters 1500`), is where the study measures
+# what the unlabeled scenes are worth; the default is shorter so that the first command fits 5 minutes on a 2-core CPU.
 QUICKSTART = {
     "name": "quickstart",
     "model.name": "unet_small",
