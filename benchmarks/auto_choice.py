@@ -19,8 +19,12 @@ import argparse
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_speed import NUM_CLASSES  # noqa: E402  (class counts per dataset kind, from the datasets' class lists)
 
 DEFAULT_RECIPES = [
     "synthetic/deeplabv3plus_mobilenetv2",
@@ -31,9 +35,6 @@ DEFAULT_RECIPES = [
     "voc/deeplabv2_resnet101",
     "voc/fcn8s_vgg16",
 ]
-
-# classes per dataset kind (the datasets need not be on this machine: only the model's shape matters)
-CLASSES = {"synthetic": 8, "camvid": 11, "voc": 21, "voc_aug": 21}
 
 
 def main() -> int:
@@ -61,7 +62,7 @@ def main() -> int:
     worst = 1.0
     for recipe in args.recipes:
         cfg = load_config(find_recipe(recipe), [])
-        num_classes = CLASSES[cfg.data.kind]
+        num_classes = NUM_CLASSES[cfg.data.kind]  # the datasets need not be here
         model = build_model(cfg, num_classes, pretrained=False)  # weights do not change the time
         per_step = cfg.data.batch_size // max(1, cfg.train.accum_steps)
         for task in args.tasks:

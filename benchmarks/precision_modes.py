@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Callable
 
 import torch
 
 from semiseg.runtime import autocast
 
 
-def _bench_models(num_classes: int = 8) -> dict[str, torch.nn.Module]:
+def _bench_models(num_classes: int = 8) -> dict[str, Callable[[], torch.nn.Module]]:
+    """Name -> constructor, so that each measurement builds only the net it times."""
     from torch import nn
     from torchvision.models import resnet18
 
@@ -51,7 +53,7 @@ def _bench_models(num_classes: int = 8) -> dict[str, torch.nn.Module]:
             y = self.cls(self.body(x))
             return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
-    return {"resnet18_fcn": ResNetFCN(), "vgg11_fcn": VGGFCN()}
+    return {"resnet18_fcn": ResNetFCN, "vgg11_fcn": VGGFCN}
 
 
 def measure_step(model: torch.nn.Module, precision: str, channels_last: bool, *, batch: int = 8, size: int = 128,
@@ -92,11 +94,11 @@ def _main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu {torch.backends.cpu.get_cpu_capability()}")
     best: dict[tuple, float] = {}
     for _ in range(a.rounds):  # rounds interleave the modes, so a burst of load does not hit one mode only
-        for name in _bench_models():
+        for name, build in _bench_models().items():
             for precision in ("fp32", "bf16"):
                 for cl in (False, True):
                     torch.manual_seed(0)
-                    model = _bench_models()[name]
+                    model = build()
                     t = measure_step(model, precision, cl, batch=a.batch, size=a.size, steps=a.steps)
                     best[name, precision, cl] = min(t, best.get((name, precision, cl), t))
     for (name, precision, cl), t in best.items():
