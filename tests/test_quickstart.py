@@ -53,14 +53,18 @@ def test_quickstart_config_is_the_documented_one():
     cfg = quickstart_config()
     assert cfg.train.iterations == QUICKSTART["train.iterations"] and cfg.data.crop_size == [128, 128]
     assert cfg.model.name == "unet_small" and cfg.model.pretrained_backbone is False  # no download: runs offline
-    assert cfg.data.options["length"] == 1000 and cfg.data.rotate90 and cfg.method.name == "supervised"
-    # --iters 1500 is the payoff study's schedule: its warm-ups (configs/synthetic/consistency_unet_small_1-8.yaml)
+    assert cfg.data.options.get("length", 1000) == 1000 and cfg.data.rotate90 and cfg.method.name == "supervised"
+    assert cfg.optim.warmup_iters == 20  # the recipe's 10% warm-up, scaled to 200 iterations
+    # --iters 1500 is the payoff study's schedule: both arms are then the study's recipes, warm-ups included
     study = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic",
                                      "consistency_unet_small_1-8.yaml"))
     long = quickstart_config(iterations=STUDY_ITERATIONS)
-    assert long.optim.warmup_iters == study.optim.warmup_iters == 150
-    for key in ("unsup_start", "unsup_rampup", "conf_thresh", "weight_strong", "teacher", "distribution_alignment"):
-        assert semi_options(STUDY_ITERATIONS)[key] == study.method.options[key], key
+    assert long.optim == study.optim and long.model == study.model and long.loss == study.loss
+    assert long.data.labeled == study.data.labeled and long.data.options == study.data.options
     for key in ("batch_size", "crop_size", "scale_range", "rotate90"):
         assert getattr(long.data, key) == getattr(study.data, key), key
-    assert (long.optim.name, long.optim.lr) == (study.optim.name, study.optim.lr)
+    assert semi_options(STUDY_ITERATIONS) == study.method.options
+    short = semi_options(300)  # warm-up and ramp keep their share of the schedule: 400 and 200 of 1,500
+    assert (short["unsup_start"], short["unsup_rampup"]) == (80, 40)
+    assert {k: v for k, v in short.items() if not k.startswith("unsup_")} == \
+        {k: v for k, v in study.method.options.items() if not k.startswith("unsup_")}

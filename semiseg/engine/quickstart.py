@@ -13,73 +13,67 @@ import time
 
 import yaml
 
-# The regime: the payoff study's third regime (BENCHMARKS.md; configs/synthetic/study_payoff_unet.yaml): the small
-# U-Net from scratch on 1,000 synthetic scenes of which 1/8 (125) keep their labels, whole 128x128 scenes with flips
-# and quarter turns, batch 16, AdamW. Its schedule, 1,500 iterations (`--iters 1500`), is where the study measures
-# what the unlabeled scenes are worth; the default is shorter so that the first command fits 5 minutes on a 2-core CPU.
+# The regime: the payoff study's third regime (BENCHMARKS.md; configs/synthetic/study_payoff_unet.yaml), read from
+# its shipped recipes so the two cannot drift apart: the small U-Net from scratch on 1,000 synthetic scenes of which
+# 1/8 (125) keep their labels, whole 128x128 scenes with flips and quarter turns, batch 16, AdamW. Its schedule,
+# 1,500 iterations (`--iters 1500`), is where the study measures what the unlabeled scenes are worth; the default is
+# shorter so that the first command fits 5 minutes on a 2-core CPU.
+SUPERVISED_RECIPE = "synthetic/unet_small_1-8"
+SEMI_RECIPE = "synthetic/consistency_unet_small_1-8"
+# What the quickstart changes in the supervised recipe.
 QUICKSTART = {
     "name": "quickstart",
-    "model.name": "unet_small",
-    "model.pretrained_backbone": False,
-    "data.kind": "synthetic",
-    "data.options": {"size": 128, "length": 1000},  # 1,000 training scenes, of which 1/8 labeled
     "data.val_options": {"length": 200},  # 200 validation and 200 test scenes
-    "data.crop_size": [128, 128],  # whole scenes
-    "data.scale_range": None,
-    "data.rotate90": True,  # the scenes have no "up"
-    "data.batch_size": 16,
-    "data.num_workers": 0,  # rendering is a small part of a step; a worker would compete for the cores
-    "optim.name": "adamw",
-    "optim.lr": 0.003,
-    "optim.weight_decay": 1e-4,
-    "loss.name": "ce",
     "train.iterations": 200,  # sized for 5 minutes on a 2-core CPU without native bf16 (BENCHMARKS.md, Quickstart)
     "train.eval_interval": 0,  # validate at the end only: the runs are scored on test, nothing is picked on val
     "train.checkpoint_interval": 100,
     "train.log_interval": 20,
-    "eval.batch_size": 50,
 }
 STUDY_ITERATIONS = 1500  # the payoff study's schedule: `semiseg quickstart --iters 1500`
-WARMUP_SHARE = 0.1  # the learning-rate warm-up: 150 of the study's 1,500 iterations
-LABELED_FRACTION = 0.125
 SEED = 0
-# The semi-supervised arm: configs/synthetic/consistency_unet_small_1-8.yaml (and the DeepLabV3+ recipe it
-# follows, whose comments say why each option differs from the official FixMatch/UniMatch); the supervised warm-up
-# and ramp scale with the schedule.
-SEMI_OPTIONS = {"strong_views": 1, "feature_perturbation": False, "teacher": "ema", "ema_momentum": 0.99,
-                "distribution_alignment": True, "conf_thresh": 0.8, "weight_strong": 0.25,
-                "strong_bn_statistics": False}
-UNSUP_START_SHARE, RAMPUP_SHARE = 4 / 15, 2 / 15  # 400 and 200 of the study's 1,500 iterations
 FAST_ITERATIONS = 20  # `--fast`: a smoke test of the whole pipeline (CI), small images, not a model
 ARMS = ("supervised", "semi-supervised")
 DEFAULT_RUN_DIR = os.path.join("runs", "quickstart")
 
 
-def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool = False):
-    """The base recipe both runs share (supervised; the semi-supervised arm changes only ``method``)."""
-    from semiseg.config import config_from_dict, override_config
-
-    values = dict(QUICKSTART)
-    if fast:
-        values.update({"train.iterations": FAST_ITERATIONS, "train.eval_interval": 0, "train.checkpoint_interval": 10,
-                       "optim.warmup_iters": 5, "data.options": {"length": 32, "size": 64}, "data.crop_size": [64, 64],
-                       "data.val_options": {"length": 16}, "data.batch_size": 4, "eval.batch_size": 16})
-    if iterations is not None:
-        values["train.iterations"] = iterations
-    values.setdefault("optim.warmup_iters", max(1, round(WARMUP_SHARE * values["train.iterations"])))
-    nested: dict = {}
+def _set_dotted(data: dict, values: dict) -> dict:
     for dotted, value in values.items():
         *sections, key = dotted.split(".")
-        node = nested
+        node = data
         for section in sections:
             node = node.setdefault(section, {})
         node[key] = value
-    return override_config(config_from_dict(nested), list(overrides))
+    return data
+
+
+def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool = False):
+    """The base recipe both runs share (supervised; the semi-supervised arm changes only ``method``)."""
+    from semiseg.config import config_from_dict, config_to_dict, load_config, override_config
+
+    recipe = load_config(SUPERVISED_RECIPE)
+    values = dict(QUICKSTART)
+    if fast:
+        values.update({"train.iterations": FAST_ITERATIONS, "train.eval_interval": 0, "train.checkpoint_interval": 10,
+                       "data.options": {"length": 32, "size": 64}, "data.crop_size": [64, 64],
+                       "data.val_options": {"length": 16}, "data.batch_size": 4, "eval.batch_size": 16})
+    if iterations is not None:
+        values["train.iterations"] = iterations
+    # the learning-rate warm-up keeps the recipe's share of the schedule (150 of 1,500)
+    share = recipe.optim.warmup_iters / recipe.train.iterations
+    values["optim.warmup_iters"] = max(1, round(share * values["train.iterations"]))
+    cfg = config_from_dict(_set_dotted(config_to_dict(recipe), values))
+    return override_config(cfg, list(overrides))
 
 
 def semi_options(iterations: int) -> dict:
-    return {**SEMI_OPTIONS, "unsup_start": round(UNSUP_START_SHARE * iterations),
-            "unsup_rampup": round(RAMPUP_SHARE * iterations)}
+    """The semi-supervised recipe's method options, its supervised warm-up and ramp scaled to ``iterations``."""
+    from semiseg.config import load_config
+
+    recipe = load_config(SEMI_RECIPE)
+    options = dict(recipe.method.options)
+    for key in ("unsup_start", "unsup_rampup"):
+        options[key] = round(options.get(key, 0) * iterations / recipe.train.iterations)
+    return options
 
 
 def write_study(run_dir: str, cfg) -> str:
@@ -94,7 +88,7 @@ def write_study(run_dir: str, cfg) -> str:
         "recipe": "recipe.yaml",
         "arms": {"supervised": {}, "semi-supervised": {"set": ["method.name=unimatch", f"method.options={options}"]}},
         "baseline": "supervised",
-        "labels": [LABELED_FRACTION],
+        "labels": [cfg.data.labeled.fraction],
         "full_labels": False,
         "seeds": [SEED],
         "eval_split": "test",
@@ -171,7 +165,7 @@ def run_quickstart(overrides=(), *, run_dir: str = DEFAULT_RUN_DIR, iterations: 
     os.makedirs(run_dir)
     jobs = jobs or min(2, cpu_count())
     n_train = cfg.data.options.get("length", 1000)
-    n_labeled = round(LABELED_FRACTION * n_train)
+    n_labeled = round(cfg.data.labeled.fraction * n_train)
     print(f"semiseg quickstart: do {n_train - n_labeled} unlabeled scenes help a model that has {n_labeled} labeled "
           f"ones?\n{cfg.model.name} from scratch, {cfg.data.crop_size[0]}px crops, {cfg.train.iterations} iterations "
           f"of batch {cfg.data.batch_size}; supervised and semi-supervised side by side ({jobs} at a time) -> {run_dir}")
