@@ -57,14 +57,14 @@ def test_quickstart_config_is_the_documented_one():
     assert cfg.optim.warmup_iters == 20  # the recipe's 10% warm-up, scaled to 200 iterations
     # --iters 1500 is the payoff study's schedule: both arms are then the study's recipes, warm-ups included
     study = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic",
-                                     "consistency_unet_small_1-8.yaml"))
+                                     "consistency_unet_small_tuned_1-8.yaml"))
     long = quickstart_config(iterations=STUDY_ITERATIONS)
     assert long.optim == study.optim and long.model == study.model and long.loss == study.loss
     assert long.data.labeled == study.data.labeled and long.data.options == study.data.options
     for key in ("batch_size", "crop_size", "scale_range", "rotate90"):
         assert getattr(long.data, key) == getattr(study.data, key), key
     assert semi_options(STUDY_ITERATIONS) == study.method.options
-    short = semi_options(300)  # warm-up and ramp keep their share of the schedule: 400 and 200 of 1,500
-    assert (short["unsup_start"], short["unsup_rampup"]) == (80, 40)
+    short = semi_options(300)  # warm-up and ramp keep their share of the schedule: 150 and 200 of 1,500
+    assert (short["unsup_start"], short["unsup_rampup"]) == (30, 40)
     assert {k: v for k, v in short.items() if not k.startswith("unsup_")} == \
         {k: v for k, v in study.method.options.items() if not k.startswith("unsup_")}

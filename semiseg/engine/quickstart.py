@@ -19,7 +19,7 @@ import yaml
 # 1,500 iterations (`--iters 1500`), is where the study measures what the unlabeled scenes are worth; the default is
 # shorter so that the first command fits 5 minutes on a 2-core CPU.
 SUPERVISED_RECIPE = "synthetic/unet_small_1-8"
-SEMI_RECIPE = "synthetic/consistency_unet_small_1-8"
+SEMI_RECIPE = "synthetic/consistency_unet_small_tuned_1-8"
 # What the quickstart changes in the supervised recipe.
 QUICKSTART = {
     "name": "quickstart",
