@@ -16,6 +16,7 @@ from PIL import Image
 from semiseg.cli import main
 from semiseg.config import load_config
 from semiseg.data.splits import Split
+from semiseg.data.synthetic import DEFAULT_LENGTH as SYNTHETIC_LENGTH
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.quickstart import QUICKSTART, STUDY_ITERATIONS, quickstart_config, semi_options
 
@@ -53,7 +54,7 @@ def test_quickstart_config_is_the_documented_one():
     cfg = quickstart_config()
     assert cfg.train.iterations == QUICKSTART["train.iterations"] and cfg.data.crop_size == [128, 128]
     assert cfg.model.name == "unet_small" and cfg.model.pretrained_backbone is False  # no download: runs offline
-    assert cfg.data.options.get("length", 1000) == 1000 and cfg.data.rotate90 and cfg.method.name == "supervised"
+    assert cfg.data.options.get("length", SYNTHETIC_LENGTH["train"]) == 1000 and cfg.data.rotate90 and cfg.method.name == "supervised"
     assert cfg.optim.warmup_iters == 20  # the recipe's 10% warm-up, scaled to 200 iterations
     # --iters 1500 is the payoff study's schedule: both arms are then the study's recipes, warm-ups included
     study = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic",

@@ -36,19 +36,9 @@ ARMS = ("supervised", "semi-supervised")
 DEFAULT_RUN_DIR = os.path.join("runs", "quickstart")
 
 
-def _set_dotted(data: dict, values: dict) -> dict:
-    for dotted, value in values.items():
-        *sections, key = dotted.split(".")
-        node = data
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[key] = value
-    return data
-
-
 def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool = False):
     """The base recipe both runs share (supervised; the semi-supervised arm changes only ``method``)."""
-    from semiseg.config import config_from_dict, config_to_dict, load_config, override_config
+    from semiseg.config import load_config, override_config
 
     recipe = load_config(SUPERVISED_RECIPE)
     values = dict(QUICKSTART)
@@ -61,8 +51,9 @@ def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool
     # the learning-rate warm-up keeps the recipe's share of the schedule (150 of 1,500)
     share = recipe.optim.warmup_iters / recipe.train.iterations
     values["optim.warmup_iters"] = max(1, round(share * values["train.iterations"]))
-    cfg = config_from_dict(_set_dotted(config_to_dict(recipe), values))
-    return override_config(cfg, list(overrides))
+    # JSON is YAML: each value goes through the overrides' parser and schema check, then the user's overrides
+    changes = [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    return override_config(recipe, changes + list(overrides))
 
 
 def semi_options(iterations: int) -> dict:
@@ -152,6 +143,7 @@ def run_quickstart(overrides=(), *, run_dir: str = DEFAULT_RUN_DIR, iterations: 
     """Train and score both arms into a new study folder (``run_dir``, or ``run_dir-2`` ... when it exists), print
     the table; returns the exit code."""
     from semiseg.config import ConfigError
+    from semiseg.data.synthetic import DEFAULT_LENGTH as SYNTHETIC_LENGTH
     from semiseg.engine.run_dir import unique_run_dir
     from semiseg.engine.study import StudyError, cpu_count, load_study, run_study
 
@@ -164,7 +156,7 @@ def run_quickstart(overrides=(), *, run_dir: str = DEFAULT_RUN_DIR, iterations: 
     run_dir = os.path.abspath(unique_run_dir(run_dir))
     os.makedirs(run_dir)
     jobs = jobs or min(2, cpu_count())
-    n_train = cfg.data.options.get("length", 1000)
+    n_train = cfg.data.options.get("length", SYNTHETIC_LENGTH["train"])
     n_labeled = round(cfg.data.labeled.fraction * n_train)
     print(f"semiseg quickstart: do {n_train - n_labeled} unlabeled scenes help a model that has {n_labeled} labeled "
           f"ones?\n{cfg.model.name} from scratch, {cfg.data.crop_size[0]}px crops, {cfg.train.iterations} iterations "
