@@ -3,7 +3,8 @@
     python benchmarks/pseudo_label_quality.py RUN_DIR [RUN_DIR ...] [--threshold 0.8] [--limit 256]
 
 For each run folder: loads last.pt, the EMA teacher when the run has one (else the model itself), predicts the
-unlabeled training images named in split.txt (whole images, no augmentation) and compares the pseudo labels with
+unlabeled training images named in split.txt (no augmentation; the way the run's recipe evaluates, so a recipe
+with ``eval.scales: [0.5]`` is run at half size, the scale it learned) and compares the pseudo labels with
 the true masks, which the dataset has (synthetic data, or any labeled set used as if unlabeled). Prints per class:
 its share of the true pixels, its share of the confident pseudo labels, and their precision and recall. A
 diagnostic only: the masks of unlabeled images never enter training.
@@ -21,7 +22,8 @@ from semiseg.data.info import DatasetInfo
 from semiseg.data.splits import Split
 from semiseg.engine import build
 from semiseg.engine.checkpoint import load_checkpoint
-from semiseg.runtime import autocast
+from semiseg.engine.evaluate import inference_options
+from semiseg.inference import infer
 
 
 def teacher_model(ckpt: dict, cfg, num_classes: int) -> tuple[torch.nn.Module, str]:
@@ -48,11 +50,12 @@ def quality(run_dir: str, threshold: float, limit: int) -> None:
     pseudo_px = torch.zeros(c)
     right = torch.zeros(c)
     confident = total = 0
+    options = inference_options(cfg)
+    precision = "bf16" if cfg.train.precision == "bf16" else "fp32"
     with torch.no_grad():
         for i in unlabeled:
             sample = dataset[i]
-            with autocast("bf16" if cfg.train.precision == "bf16" else "fp32", torch.device("cpu")):
-                probs = model(sample["image"].unsqueeze(0)).float().softmax(1)[0]
+            probs = infer(model, sample["image"].unsqueeze(0), options, precision=precision).softmax(1)[0]
             conf, label = probs.max(0)
             mask = sample["mask"]
             valid = mask != info.ignore_index
