@@ -18,7 +18,8 @@ from semiseg.config import load_config
 from semiseg.data.splits import Split
 from semiseg.data.synthetic import DEFAULT_LENGTH as SYNTHETIC_LENGTH
 from semiseg.engine.checkpoint import load_checkpoint
-from semiseg.engine.quickstart import QUICKSTART, STUDY_ITERATIONS, quickstart_config, semi_options
+from semiseg.engine.quickstart import (LONG_STUDY_ITERATIONS, QUICKSTART, STUDY_ITERATIONS, quickstart_config,
+                                      semi_options)
 
 
 @pytest.mark.slow
@@ -67,5 +68,9 @@ def test_quickstart_config_is_the_documented_one():
     assert semi_options(STUDY_ITERATIONS) == study.method.options
     short = semi_options(300)  # warm-up and ramp keep their share of the schedule: 150 and 200 of 1,500
     assert (short["unsup_start"], short["unsup_rampup"]) == (30, 40)
+    # --iters 3000 is the fourth regime: the study ran the same recipes with only train.iterations=3000
+    longer = quickstart_config(iterations=LONG_STUDY_ITERATIONS)
+    assert longer.train.iterations == 3000 and longer.optim == study.optim  # warm-up: the recipe's 150 steps
+    assert semi_options(LONG_STUDY_ITERATIONS) == study.method.options
     assert {k: v for k, v in short.items() if not k.startswith("unsup_")} == \
         {k: v for k, v in study.method.options.items() if not k.startswith("unsup_")}
