@@ -68,9 +68,9 @@ def test_quickstart_config_is_the_documented_one():
     assert semi_options(STUDY_ITERATIONS) == study.method.options
     short = semi_options(300)  # warm-up and ramp keep their share of the schedule: 150 and 200 of 1,500
     assert (short["unsup_start"], short["unsup_rampup"]) == (30, 40)
+    assert {k: v for k, v in short.items() if not k.startswith("unsup_")} == \
+        {k: v for k, v in study.method.options.items() if not k.startswith("unsup_")}
     # --iters 3000 is the fourth regime: the study ran the same recipes with only train.iterations=3000
     longer = quickstart_config(iterations=LONG_STUDY_ITERATIONS)
     assert longer.train.iterations == 3000 and longer.optim == study.optim  # warm-up: the recipe's 150 steps
     assert semi_options(LONG_STUDY_ITERATIONS) == study.method.options
-    assert {k: v for k, v in short.items() if not k.startswith("unsup_")} == \
-        {k: v for k, v in study.method.options.items() if not k.startswith("unsup_")}
