@@ -255,18 +255,19 @@ class SemisegSide:
         return infer(self.eval_model, x, precision=self.eval_precision, channels_last=self.eval_channels_last)
 
 
-# perf_counter by default; --clock cpu switches to the process's CPU time, which with one torch thread is the
-# time the step itself used, so a box loaded by other work still gives usable numbers (as `auto`'s probe does).
-CLOCK: Callable[[], float] = time.perf_counter
+# --clock: the wall clock, or the process's CPU time, which with one torch thread is the time the step itself
+# used, so a box loaded by other work still gives usable numbers (as `auto`'s probe does).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    start = CLOCK()
+def _timed(fn: Callable[[], object], clock: Callable[[], float]) -> float:
+    start = clock()
     fn()
-    return CLOCK() - start
+    return clock() - start
 
 
-def compare(key: str, root: Path, rounds: int, device: torch.device, extra: list[str] | tuple[str, ...] = ()) -> dict:
+def compare(key: str, root: Path, rounds: int, device: torch.device, extra: list[str] | tuple[str, ...] = (),
+            clock: Callable[[], float] = time.perf_counter) -> dict:
     cls = PEERS[key]
     ours = SemisegSide(cls.recipe, cls.batch_size, cls.crop, device, extra)
     peer = cls(root, ours.batch)  # the same random batch (and labels) on both sides
@@ -283,7 +284,7 @@ def compare(key: str, root: Path, rounds: int, device: torch.device, extra: list
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for r in range(rounds):
         for name, fn in contenders.items():
-            times[name].append(_timed(fn))
+            times[name].append(_timed(fn, clock))
         print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     low = {k: min(v) for k, v in times.items()}
@@ -310,14 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both sides")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="extra config overrides for semiseg's side, e.g. model.options.legacy_aspp=true")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                         help="wall: perf_counter (a quiet box); cpu: process CPU time (needs --threads 1; a busy box)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu needs --threads 1: with more threads the process's CPU time is not the step's time")
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     roots = {"advsemiseg": args.advsemiseg, "pytorch_fcn": args.pytorch_fcn, "bubbliiiing": args.bubbliiiing}
@@ -326,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for key, root in roots.items():
         if root is not None:
-            rows.append(compare(key, root.resolve(), args.rounds, device, args.set))
+            rows.append(compare(key, root.resolve(), args.rounds, device, args.set, CLOCKS[args.clock]))
     print(f"\n{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); median (min) over "
           f"{args.rounds} interleaved rounds, {args.clock} time")
     print("| peer model | batch x crop | weights peer / semiseg | train s/step peer | semiseg | **train ratio** | "
