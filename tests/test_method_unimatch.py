@@ -109,9 +109,9 @@ def coded_step(tmp_path, monkeypatch, options):
     method.setup(direct_context(tmp_path, model, Constant(255)))
     calls = []
 
-    def recording_loss(logits, targets, conf_thresh):
+    def recording_loss(logits, targets, conf_thresh, class_weight=None):
         calls.append((logits.detach(), targets))
-        return consistency_loss(logits, targets, conf_thresh)
+        return consistency_loss(logits, targets, conf_thresh, class_weight)
 
     monkeypatch.setattr(unimatch, "consistency_loss", recording_loss)
     labeled = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
@@ -282,6 +282,52 @@ def test_feature_perturbation_on_deeplabv3plus():
         dropped = copy.flatten(2).abs().amax(2) == 0
         assert 0.3 < dropped.float().mean() < 0.7
         torch.testing.assert_close(copy[~dropped], 2 * clean[~dropped])
+
+
+def test_class_weighted_loss_is_the_weighted_mean_with_unconfident_pixels_below_the_line():
+    # 1 image, 4 pixels, 3 classes: confident 0, unsure 1, confident 2, padding (the previous test's pixels)
+    weak = torch.tensor([[10.0, 0.0, -5.0, 9.0], [0.0, 0.4, -5.0, 0.0], [0.0, 0.0, 5.0, 0.0]]).view(1, 3, 1, 4)
+    targets = pseudo_labels(weak, torch.tensor([[[True, True, True, False]]]))
+    strong = torch.randn(1, 3, 1, 4)
+    ce = F.cross_entropy(strong, targets.label, reduction="none")[0, 0]
+    w = torch.tensor([0.5, 2.0, 3.0])
+    # confident pixels weighted by their pseudo label's class; divisor: the weights of all valid pixels (0.5 + 2 + 3)
+    torch.testing.assert_close(consistency_loss(strong, targets, 0.95, w), (0.5 * ce[0] + 3.0 * ce[2]) / 5.5)
+    # at threshold 0 every valid pixel counts: exactly F.cross_entropy's weighted mean, padding ignored
+    label = targets.label.masked_fill(~targets.valid, 255)
+    torch.testing.assert_close(consistency_loss(strong, targets, 0.0, w),
+                               F.cross_entropy(strong, label, weight=w, ignore_index=255))
+    # equal weights change nothing
+    torch.testing.assert_close(consistency_loss(strong, targets, 0.95, torch.full((3,), 7.0)),
+                               consistency_loss(strong, targets, 0.95))
+
+
+def test_class_weighted_step_uses_the_recipes_class_weights(tmp_path, monkeypatch):
+    # CodedNet labels the black unlabeled crops class 0 and the pasted white boxes class 1, all confident, so the
+    # unlabeled loss with weights (w0, w1) is sum(w * ce) / sum(w) over the two classes' pixels
+    seen = []
+    real = unimatch.consistency_loss
+
+    def spy(logits, targets, conf_thresh, class_weight=None):
+        seen.append(class_weight)
+        return real(logits, targets, conf_thresh, class_weight)
+
+    monkeypatch.setattr(unimatch, "consistency_loss", spy)
+    ctx = direct_context(tmp_path, CodedNet(), Constant(255))
+    ctx.cfg.loss.class_weights = [0.25, 4.0]
+    method = UniMatch({**FIXMATCH, "class_weighted": True})
+    method.setup(ctx)
+    labeled = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
+    method.training_step(labeled, {"image": torch.stack([Constant(0)[0]["image"]] * 2)}, 0)
+    assert len(seen) == 1 and seen[0].tolist() == [0.25, 4.0]
+
+    plain = direct_context(tmp_path, CodedNet(), Constant(255))  # class_weights null in the tiny recipe
+    with pytest.raises(ConfigError, match="loss.class_weights.*class_weighted=false"):
+        UniMatch({**FIXMATCH, "class_weighted": True}).setup(plain)
+    plain = direct_context(tmp_path, CodedNet(), Constant(255))
+    plain.cfg.loss.class_weights = [1.0, 1.0, 1.0]
+    with pytest.raises(ConfigError, match="3 values but the dataset has 2 classes"):
+        UniMatch({**FIXMATCH, "class_weighted": True}).setup(plain)
 
 
 # ------------------------------------------------------------------------------------------------ errors, recipes

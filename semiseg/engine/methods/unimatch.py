@@ -44,8 +44,9 @@ Choices and differences from the official code (github.com/LiheYoung/UniMatch, u
   family) cannot use it; the method then refuses to start and says to set ``feature_perturbation: false``.
 * Zero valid unlabeled pixels (only possible with tiny images) give a zero loss instead of the official 0/0.
 * Not in the official code, all off by default (engine/methods/teacher.py has the shared pieces): an EMA teacher,
-  a supervised warm-up, distribution alignment, per-class thresholds (``per_class_keep``), strong views without
-  colour or outside BatchNorm's running statistics.
+  a supervised warm-up, distribution alignment, per-class thresholds (``per_class_keep``), an unlabeled loss
+  weighted by the recipe's class weights (``class_weighted``), strong views without colour or outside BatchNorm's
+  running statistics.
 """
 
 from __future__ import annotations
@@ -131,6 +132,11 @@ class UniMatchOptions:
     # class-wise thresholds; conf_thresh is then unused). One global threshold keeps nearly all background pixels and
     # few of the objects', and the unlabeled loss then shrinks the objects (BENCHMARKS.md, payoff study).
     per_class_keep: float | None = None
+    # true: the unlabeled cross-entropy is weighted per pixel by its pseudo label's class weight from
+    # loss.class_weights, as the labeled loss is. Without it a recipe with class weights (CamVid: thin classes up to
+    # 3x, road 0.39x) balances its two losses differently, and the confident pseudo labels - mostly large classes -
+    # pull the model towards them.
+    class_weighted: bool = False
     # Diagnostics only: log the accuracy of the confident pseudo labels against the unlabeled images' true
     # masks when the dataset has them (synthetic data). The masks never enter a loss.
     log_pseudo_accuracy: bool = False
@@ -241,13 +247,19 @@ class DistributionAlignment:
         self.labeled, self.predicted = state.get("labeled"), state.get("predicted")
 
 
-def consistency_loss(logits: torch.Tensor, targets: Targets, conf_thresh: float | torch.Tensor) -> torch.Tensor:
+def consistency_loss(logits: torch.Tensor, targets: Targets, conf_thresh: float | torch.Tensor,
+                     class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """The official unsupervised loss: cross-entropy summed over valid pixels whose pseudo label has
     confidence >= ``conf_thresh`` (a number, or one per pixel), divided by the number of valid pixels (confident
-    or not)."""
+    or not). With ``class_weight`` (C,) each pixel counts with its pseudo label's weight, in the sum and in the
+    divisor (the weighted mean of ``F.cross_entropy``, unconfident pixels still below the line)."""
     ce = F.cross_entropy(logits.float(), targets.label, reduction="none")
     keep = targets.valid & (targets.conf >= conf_thresh)
-    return torch.where(keep, ce, torch.zeros_like(ce)).sum() / targets.valid.sum().clamp(min=1)
+    if class_weight is None:
+        return torch.where(keep, ce, torch.zeros_like(ce)).sum() / targets.valid.sum().clamp(min=1)
+    weight = class_weight.to(ce.device, ce.dtype)[targets.label]
+    total = torch.where(targets.valid, weight, torch.zeros_like(weight)).sum()
+    return torch.where(keep, ce * weight, torch.zeros_like(ce)).sum() / total.clamp(min=1e-12)
 
 
 def mask_ratio(targets: Targets, conf_thresh: float | torch.Tensor) -> torch.Tensor:
@@ -376,6 +388,7 @@ class UniMatch(Method):
         o = self.options
         if ctx.unlabeled_dataset is None:
             raise ConfigError("unimatch needs unlabeled images; set data.labeled.fraction (or count / id_file)")
+        self.class_weight = self._class_weight(ctx) if o.class_weighted else None
         self.fp = FeaturePerturbation(ctx.raw_model, o.fp_dropout) if o.feature_perturbation else None
         if ctx.cfg.data.photometric:
             warnings.warn("data.photometric=true recolours the padding of the crops, so UniMatch cannot tell padded "
@@ -443,12 +456,12 @@ class UniMatch(Method):
         losses_s = []
         for logits, (_, box) in zip(logits_s, views):
             targets = targets_u.cutmix(box, targets_m)
-            losses_s.append(consistency_loss(logits, targets, threshold(targets)))
+            losses_s.append(consistency_loss(logits, targets, threshold(targets), self.class_weight))
         loss_s = torch.stack(losses_s).mean()
         loss_u = o.strong_weight * loss_s
         out = {"loss_x": loss_x.detach(), "loss_s": loss_s.detach()}
         if logits_fp is not None:
-            loss_fp = consistency_loss(logits_fp, targets_u, threshold(targets_u))
+            loss_fp = consistency_loss(logits_fp, targets_u, threshold(targets_u), self.class_weight)
             loss_u = loss_u + o.weight_fp * loss_fp
             out["loss_fp"] = loss_fp.detach()
         loss = (loss_x + weight * loss_u) / 2
@@ -458,6 +471,17 @@ class UniMatch(Method):
             out["pseudo_acc"] = pseudo_label_accuracy(targets_u, unlabeled_batch["mask"].to(ctx.device),
                                                       threshold(targets_u), ctx.ignore_index)
         return {"loss": loss.detach(), **out}
+
+    @staticmethod
+    def _class_weight(ctx) -> torch.Tensor:
+        weights = ctx.cfg.loss.class_weights
+        if weights is None:
+            raise ConfigError("method.options.class_weighted=true weights the unlabeled loss by loss.class_weights, "
+                              "and the recipe has none: set loss.class_weights or class_weighted=false")
+        if len(weights) != ctx.num_classes:
+            raise ConfigError(f"loss.class_weights has {len(weights)} values but the dataset has "
+                              f"{ctx.num_classes} classes")
+        return torch.tensor(weights, dtype=torch.float32, device=ctx.device)
 
     def _threshold(self, targets_u: Targets):
         """targets -> the confidence each of its pixels needs: ``conf_thresh`` everywhere, or with ``per_class_keep``
