@@ -111,6 +111,27 @@ def test_resume_command_line_extends_training(tmp_path, capsys):
     assert "no config.yaml" in capsys.readouterr().err
 
 
+def test_stop_at_saves_mid_schedule_and_resume_finishes_the_same_run(tmp_path, capsys):
+    args = tiny_overrides(output_dir=str(tmp_path), name="stop", **{"train.iterations": 6, "train.eval_interval": 0,
+                                                                     "train.log_interval": 1})
+    straight = tiny_overrides(output_dir=str(tmp_path), name="straight", **{"train.iterations": 6,
+                                                                             "train.eval_interval": 0})
+    assert main(["train", "--no-progress", "--stop-at", "4", *args]) == 0
+    run = os.path.join(str(tmp_path), "stop")
+    assert load_checkpoint(os.path.join(run, "last.pt"))["iteration"] == 4
+    out = capsys.readouterr().out
+    assert "stopped after iteration 4 of 6" in out and f"semiseg train --resume {run}" in out
+    # the schedule spans all 6 iterations: step 4 ran at the poly rate of a 6-step run, not at the end of a 4-step one
+    lr4 = next(e["lr"] for e in read_metrics(run) if e["kind"] == "train" and e["iteration"] == 4)
+    assert lr4 == pytest.approx(0.01 * (1 - 3 / 6) ** 0.9)
+    assert main(["train", "--no-progress", "--resume", run]) == 0
+    assert main(["train", "--no-progress", *straight]) == 0
+    a, b = weights(run), weights(os.path.join(str(tmp_path), "straight"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["train", "--no-progress", "--stop-at", "0", *args]) == 2
+    assert "--stop-at must be" in capsys.readouterr().err
+
+
 def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_checkpoint(tmp_path):
     cfg = config(tmp_path, **{"model.options": "{nan_at: 7}", "train.eval_interval": 0})
     with pytest.raises(TrainingDiverged) as e:

@@ -5,6 +5,7 @@
     semiseg train --config my_recipe.yaml                               # a file
     semiseg train --resume runs/fcn_resnet18                      # continue exactly where it stopped
     semiseg train --resume runs/fcn_resnet18 train.iterations=40000   # ... and train longer
+    semiseg train --config ... --stop-at 2000      # stop after step 2,000 of the schedule; --resume continues
     torchrun --standalone --nproc_per_node=4 -m semiseg train --config ...   # data parallel
 
 Shipped recipes: camvid/*, synthetic/*, voc/*, and folder/{large_objects,thin_structures,many_classes} for
@@ -34,6 +35,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", help="run folder (default: output_dir/name from the config)")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR (or the config's run folder) from its last.pt")
+    parser.add_argument("--stop-at", type=int, metavar="N",
+                        help="stop after iteration N with a checkpoint; the learning-rate schedule still spans "
+                             "train.iterations, so --resume later continues the same run (time-limited machines, "
+                             "looking at a run's first half before paying for the second)")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder and start again")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     add_allow_code_argument(parser)
@@ -98,10 +103,15 @@ def run(args: argparse.Namespace) -> int:
         DataError = ValueError
 
     try:
+        if args.stop_at is not None and args.stop_at < 1:
+            raise ConfigError(f"--stop-at must be an iteration >= 1, got {args.stop_at}")
         cfg, run_dir, resume = resolve(args)
         trainer = Trainer(cfg, run_dir, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
-        result = trainer.fit()
-        if trainer.is_main:
+        result = trainer.fit(stop_at=args.stop_at)
+        if trainer.is_main and result["iteration"] < cfg.train.iterations:
+            print(f"stopped after iteration {result['iteration']} of {cfg.train.iterations} (--stop-at); last.pt "
+                  f"is saved: continue with  semiseg train --resume {trainer.run_dir}")
+        elif trainer.is_main:
             if trainer.last_cm is not None:
                 print(trainer.last_cm.table(trainer.dataset_info.classes))
             best = result["best"]
