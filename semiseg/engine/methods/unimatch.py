@@ -135,7 +135,7 @@ class UniMatchOptions:
     # true: the unlabeled cross-entropy is weighted per pixel by its pseudo label's class weight from
     # loss.class_weights, as the labeled loss is. Without it a recipe with class weights (CamVid: thin classes up to
     # 3x, road 0.39x) balances its two losses differently, and the confident pseudo labels - mostly large classes -
-    # pull the model towards them.
+    # pull the model towards them. Tried in the CamVid development round (BENCHMARKS.md): it did not help there.
     class_weighted: bool = False
     # Diagnostics only: log the accuracy of the confident pseudo labels against the unlabeled images' true
     # masks when the dataset has them (synthetic data). The masks never enter a loss.
