@@ -116,7 +116,8 @@ def test_ema_teacher_makes_the_pseudo_labels(tmp_path, monkeypatch):
     with torch.no_grad():  # a student that differs from its teacher: targets must follow the teacher
         model.head.weight.neg_()
     seen = []
-    monkeypatch.setattr(unimatch, "consistency_loss", lambda logits, targets, t: seen.append(targets) or logits.sum() * 0)
+    monkeypatch.setattr(unimatch, "consistency_loss",
+                        lambda logits, targets, t, class_weight=None: seen.append(targets) or logits.sum() * 0)
     labeled = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
     unlabeled = torch.randn(2, 3, 32, 32)
     method.training_step(labeled, {"image": unlabeled}, 0)
@@ -233,7 +234,7 @@ def test_per_class_keep_selects_a_share_of_each_class_in_training(tmp_path, monk
     method.setup(direct_context(tmp_path, model, Constant(200)))
     seen = []
     monkeypatch.setattr(unimatch, "consistency_loss",
-                        lambda logits, targets, t: seen.append((targets, t)) or logits.sum() * 0)
+                        lambda logits, targets, t, class_weight=None: seen.append((targets, t)) or logits.sum() * 0)
     labeled = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
     out = method.training_step(labeled, {"image": torch.randn(2, 3, 32, 32)}, 0)
     targets, threshold = seen[0]
