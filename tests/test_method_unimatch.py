@@ -303,8 +303,7 @@ def test_class_weighted_loss_is_the_weighted_mean_with_unconfident_pixels_below_
 
 
 def test_class_weighted_step_uses_the_recipes_class_weights(tmp_path, monkeypatch):
-    # CodedNet labels the black unlabeled crops class 0 and the pasted white boxes class 1, all confident, so the
-    # unlabeled loss with weights (w0, w1) is sum(w * ce) / sum(w) over the two classes' pixels
+    # the step hands the recipe's loss.class_weights to the unlabeled loss (whose arithmetic the test above checks)
     seen = []
     real = unimatch.consistency_loss
 

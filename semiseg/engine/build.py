@@ -178,16 +178,23 @@ def resolve_fused(setting: bool | str, params: list[torch.Tensor]) -> bool:
     return setting
 
 
-def build_criterion(cfg: Config, num_classes: int, ignore_index: int) -> nn.Module:
-    from semiseg.losses import build_loss
-
+def class_weights(cfg: Config, num_classes: int) -> list[float] | None:
+    """``loss.class_weights``, checked to hold one weight per class (the labeled loss's, and any method's that
+    weighs its own loss the same way)."""
     weights = cfg.loss.class_weights
     if weights is not None and len(weights) != num_classes:
         raise ConfigError(f"loss.class_weights has {len(weights)} values but the dataset has {num_classes} classes")
+    return weights
+
+
+def build_criterion(cfg: Config, num_classes: int, ignore_index: int) -> nn.Module:
+    from semiseg.losses import build_loss
+
+    weights = class_weights(cfg, num_classes)
     return build_loss(cfg.loss.name, weight=weights, ignore_index=ignore_index, per_image=cfg.loss.per_image,
                       label_smoothing=cfg.loss.label_smoothing, dice_factor=cfg.loss.dice_factor)
 
 
 __all__ = ["build_dataset", "train_transform", "eval_transform", "make_or_load_split",
            "build_model", "precision_choice", "model_normalization", "param_groups", "build_optimizer", "resolve_fused",
-           "build_criterion"]
+           "class_weights", "build_criterion"]

@@ -63,6 +63,7 @@ from torch import nn
 
 from semiseg.config import ConfigError
 from semiseg.data.transforms import build_strong_augment, mean_rgb_uint8, normalize, strong_augment_batch
+from semiseg.engine.build import class_weights
 from semiseg.engine.methods.base import Method
 from semiseg.engine.methods.teacher import (
     EMATeacher, class_thresholds, dropout_off, ema_momentum, frozen_bn_statistics, unsupervised_weight,
@@ -474,13 +475,10 @@ class UniMatch(Method):
 
     @staticmethod
     def _class_weight(ctx) -> torch.Tensor:
-        weights = ctx.cfg.loss.class_weights
+        weights = class_weights(ctx.cfg, ctx.num_classes)
         if weights is None:
             raise ConfigError("method.options.class_weighted=true weights the unlabeled loss by loss.class_weights, "
                               "and the recipe has none: set loss.class_weights or class_weighted=false")
-        if len(weights) != ctx.num_classes:
-            raise ConfigError(f"loss.class_weights has {len(weights)} values but the dataset has "
-                              f"{ctx.num_classes} classes")
         return torch.tensor(weights, dtype=torch.float32, device=ctx.device)
 
     def _threshold(self, targets_u: Targets):
