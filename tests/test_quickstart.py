@@ -74,3 +74,14 @@ def test_quickstart_config_is_the_documented_one():
     longer = quickstart_config(iterations=LONG_STUDY_ITERATIONS)
     assert longer.train.iterations == 3000 and longer.optim == study.optim  # warm-up: the recipe's 150 steps
     assert semi_options(LONG_STUDY_ITERATIONS) == study.method.options
+
+
+def test_quickstart_draws_scenes_in_a_worker_only_where_a_core_can_be_spared(monkeypatch):
+    import semiseg.engine.threads as threads
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    assert quickstart_config().data.num_workers == 1  # the free core after the supervised run ends draws the scenes
+    assert quickstart_config(fast=True).data.num_workers == 0  # 20 steps: starting a worker costs more than it saves
+    monkeypatch.setattr(threads, "available_cores", lambda: 1)
+    assert quickstart_config().data.num_workers == 0  # one core: a worker would only compete with training
+    assert load_config("synthetic/unet_small_1-8").data.num_workers == 0  # the study's recipe is unchanged

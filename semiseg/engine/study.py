@@ -407,13 +407,6 @@ def move_aside(run_dir: str) -> str:
 # commands and the process pool
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def commands(spec: RunSpec, state: str, threads: int) -> list[list[str]]:
     """The semiseg commands (argument lists after ``semiseg``) that bring a run from ``state`` to done."""
     train = ["train", "--no-progress"]
@@ -857,7 +850,9 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
         write_results(study, specs, out_dir, echo)
         return 0
     check_eval_split(study, selected, echo)
-    cores = cpu_count()
+    from semiseg.engine.threads import available_cores  # here: it imports torch, which the rest of a study never needs
+
+    cores = available_cores()
     jobs = jobs or study.jobs or min(2, cores)
     threads = max(1, cores // jobs)
 
@@ -906,7 +901,7 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
 
 __all__ = ["StudyError", "Study", "Arm", "Labels", "RunSpec", "load_study", "expand", "run_state", "check_eval_split",
            "config_mismatch", "move_aside", "commands", "worker_command", "run_steps", "execute", "collect", "summarize", "verdict",
-           "train_seconds", "markdown_table", "plot", "write_results", "run_study", "cpu_count", "default_out_dir"]
+           "train_seconds", "markdown_table", "plot", "write_results", "run_study", "default_out_dir"]
 
 
 if __name__ == "__main__":  # the worker of one run (see worker_command)
