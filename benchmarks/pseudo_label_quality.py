@@ -8,6 +8,10 @@ with ``eval.scales: [0.5]`` is run at half size, the scale it learned) and compa
 the true masks, which the dataset has (synthetic data, or any labeled set used as if unlabeled). Prints per class:
 its share of the true pixels, its share of the confident pseudo labels, and their precision and recall. A
 diagnostic only: the masks of unlabeled images never enter training.
+
+An AdvSemiSeg run selects its pseudo labels the way it trained: the model's argmax where its discriminator's
+confidence ``sigmoid(D(softmax))`` exceeds the run's ``mask_T`` (0.2 in the paper), not by the softmax; the
+discriminator comes from the same checkpoint. ``--threshold`` then replaces ``mask_T``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import os
 
 import torch
+import torch.nn.functional as F
 
 from semiseg.config import config_from_dict
 from semiseg.data.info import DatasetInfo
@@ -24,6 +29,8 @@ from semiseg.engine import build
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.evaluate import inference_options
 from semiseg.inference import infer
+
+DEFAULT_THRESHOLD = 0.8
 
 
 def teacher_model(ckpt: dict, cfg, num_classes: int) -> tuple[torch.nn.Module, str]:
@@ -36,7 +43,28 @@ def teacher_model(ckpt: dict, cfg, num_classes: int) -> tuple[torch.nn.Module, s
     return model.eval(), "model"
 
 
-def quality(run_dir: str, threshold: float, limit: int) -> None:
+def discriminator_model(ckpt: dict, cfg, num_classes: int) -> tuple[torch.nn.Module, float]:
+    """An AdvSemiSeg run's discriminator and its confidence threshold ``mask_T``."""
+    from semiseg.engine.methods.advsemiseg import AdvSemiSegOptions
+    from semiseg.models.discriminator import FCDiscriminator
+    from semiseg.config import dataclass_from_dict
+
+    options = dataclass_from_dict(AdvSemiSegOptions, dict(cfg.method.options), "method.options")
+    d = FCDiscriminator(num_classes, options.ndf, upsample=True)
+    d.load_state_dict(ckpt["modules"]["discriminator"])
+    return d.eval(), options.mask_T
+
+
+def discriminator_confidence(d: torch.nn.Module, probs: torch.Tensor, scale: float) -> torch.Tensor:
+    """sigmoid(D(probs)) at the size of ``probs``; D sees them at the scale the model ran (the first eval scale),
+    the scale its training crops had, not upsampled to the image's."""
+    size = probs.shape[-2:]
+    small = F.interpolate(probs, scale_factor=scale, mode="bilinear", align_corners=False) if scale != 1 else probs
+    conf = torch.sigmoid(d(small))
+    return F.interpolate(conf, size=size, mode="bilinear", align_corners=False)[0, 0] if scale != 1 else conf[0, 0]
+
+
+def quality(run_dir: str, threshold: float | None, limit: int) -> None:
     ckpt = load_checkpoint(os.path.join(run_dir, "last.pt"))
     cfg = config_from_dict(ckpt["config"])
     info = DatasetInfo(**ckpt["dataset"])
@@ -45,6 +73,13 @@ def quality(run_dir: str, threshold: float, limit: int) -> None:
     _, unlabeled = split.indices(list(dataset.names))
     unlabeled = unlabeled[:limit]
     model, source = teacher_model(ckpt, cfg, info.num_classes)
+    discriminator = None
+    if cfg.method.name == "advsemiseg":
+        discriminator, mask_t = discriminator_model(ckpt, cfg, info.num_classes)
+        threshold = mask_t if threshold is None else threshold
+        source += f", confidence = its discriminator's, > {threshold}"
+    elif threshold is None:
+        threshold = DEFAULT_THRESHOLD
     c = info.num_classes
     truth_px = torch.zeros(c)
     pseudo_px = torch.zeros(c)
@@ -55,11 +90,13 @@ def quality(run_dir: str, threshold: float, limit: int) -> None:
     with torch.no_grad():
         for i in unlabeled:
             sample = dataset[i]
-            probs = infer(model, sample["image"].unsqueeze(0), options, precision=precision).softmax(1)[0]
-            conf, label = probs.max(0)
+            probs = infer(model, sample["image"].unsqueeze(0), options, precision=precision).softmax(1)
+            conf, label = probs[0].max(0)
+            if discriminator is not None:  # AdvSemiSeg's indicator: sigmoid(D(softmax)) > mask_T
+                conf = discriminator_confidence(discriminator, probs, options.scales[0])
             mask = sample["mask"]
             valid = mask != info.ignore_index
-            keep = valid & (conf >= threshold)
+            keep = valid & (conf > threshold if discriminator is not None else conf >= threshold)
             truth_px += torch.bincount(mask[valid], minlength=c)[:c].float()
             pseudo_px += torch.bincount(label[keep], minlength=c)[:c].float()
             right += torch.bincount(label[keep & (label == mask)], minlength=c)[:c].float()
@@ -79,7 +116,8 @@ def quality(run_dir: str, threshold: float, limit: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--threshold", type=float, default=0.8, help="confidence a pseudo label needs (default 0.8)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help=f"confidence a pseudo label needs (default {DEFAULT_THRESHOLD}; an AdvSemiSeg run's mask_T)")
     p.add_argument("--limit", type=int, default=256, help="at most this many unlabeled images")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
