@@ -80,14 +80,17 @@ def test_a_file_without_semiseg_metadata_is_refused(tmp_path):
         OnnxPredictor(tmp_path / "missing.onnx")
 
 
-def test_predict_command_with_the_onnxruntime_backend_writes_the_torch_masks(tmp_path):
+def test_predict_command_with_the_onnxruntime_backend_writes_the_torch_masks(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
+    import semiseg.engine.predict as predict
     from semiseg.cli import main
     from semiseg.config import load_config
     from semiseg.engine.trainer import Trainer
 
     from conftest import tiny_overrides
+
+    monkeypatch.setattr(predict, "ONNX_HINT_MIN_IMAGES", 2)  # the folder below has 2 images
 
     cfg = load_config(None, tiny_overrides(output_dir=str(tmp_path / "runs"), name="tiny"))
     Trainer(cfg, cfg.run_dir, progress=False).fit()
@@ -96,8 +99,11 @@ def test_predict_command_with_the_onnxruntime_backend_writes_the_torch_masks(tmp
     for i, (h, w) in enumerate([(30, 41), (24, 24)]):
         Image.fromarray(_image(h, w, seed=i)).save(images / f"{i}.png")
     common = [str(images), "--device", "cpu", "--precision", "fp32", "--threads", "1"]
+    capsys.readouterr()
     assert main(["predict", cfg.run_dir, common[0], str(tmp_path / "torch"), *common[1:]]) == 0
+    assert "add --backend onnxruntime" in capsys.readouterr().err  # float32 on a CPU: onnxruntime is faster
     assert main(["predict", cfg.run_dir, common[0], str(tmp_path / "ort"), *common[1:], "--backend", "onnxruntime"]) == 0
+    assert "hint" not in capsys.readouterr().err
     # an .onnx file from semiseg export works as the checkpoint; the inference flags apply
     onnx_file = tmp_path / "tiny.onnx"
     assert main(["export", cfg.run_dir, "--out", str(onnx_file), "--dynamic"]) == 0
@@ -109,3 +115,17 @@ def test_predict_command_with_the_onnxruntime_backend_writes_the_torch_masks(tmp
             assert np.array_equal(np.array(a), np.array(b)) and a.getpalette() == b.getpalette()
     assert main(["predict", str(onnx_file), common[0], str(tmp_path / "slide"), "--backend", "onnxruntime",
                  "--mode", "slide"]) == 2  # no training crop to default the window to
+
+
+def test_the_onnxruntime_hint_is_for_many_images_in_float32_on_a_cpu():
+    from types import SimpleNamespace
+
+    from semiseg.engine.predict import ONNX_HINT_MIN_IMAGES, onnxruntime_hint
+
+    def loaded(device="cpu", precision="fp32"):
+        return SimpleNamespace(device=torch.device(device), precision=precision)
+
+    assert "--backend onnxruntime" in onnxruntime_hint(loaded(), ONNX_HINT_MIN_IMAGES)
+    assert onnxruntime_hint(loaded(), ONNX_HINT_MIN_IMAGES - 1) is None  # the export would not pay for itself
+    assert onnxruntime_hint(loaded(precision="bf16"), 1000) is None  # native bf16 beat onnxruntime's float32
+    assert onnxruntime_hint(loaded(device="meta"), 1000) is None  # not a CPU

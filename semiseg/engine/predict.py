@@ -43,6 +43,8 @@ class LoadedModel:
 # Whole-image inference of an image this many times the training crop's area (and at least LARGE_IMAGE_MIN_PIXELS)
 # gets a hint about --mode slide: memory grows with the image (a large photo took 4.4 GB in whole mode).
 LARGE_IMAGE_CROP_RATIO = 16
+# From this many images on, a float32 CPU prediction hints at --backend onnxruntime (the export costs 10-20 s once).
+ONNX_HINT_MIN_IMAGES = 50
 LARGE_IMAGE_MIN_PIXELS = 1_000_000
 
 
@@ -134,6 +136,20 @@ def large_image_hint(loaded: LoadedModel, height: int, width: int, name: str = "
             f"training crop) and is predicted as one whole image (eval.mode=whole); memory grows with the image "
             f"(gigabytes at this size). If it runs out of memory or is slow, predict in windows of the training "
             f"crop: --mode slide --crop {ch} {cw}")
+
+
+def onnxruntime_hint(loaded: LoadedModel, n_images: int) -> str | None:
+    """A hint to try ``--backend onnxruntime`` when PyTorch predicts many images in float32 on a CPU (a CPU without
+    native bf16, or precision fp32 asked for), where onnxruntime ran the three benchmark models 1.3-2x faster; not
+    for a few images, which exporting the model (10-20 s) would not repay, nor without onnxruntime installed."""
+    import importlib.util
+
+    if loaded.device.type != "cpu" or loaded.precision != "fp32" or n_images < ONNX_HINT_MIN_IMAGES:
+        return None
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    return (f"hint: this CPU runs the model in float32 ({n_images} images); onnxruntime ran float32 models 1.3-2x "
+            "faster than PyTorch on CPUs (BENCHMARKS.md, CPU inference): add --backend onnxruntime")
 
 
 @torch.no_grad()
@@ -242,6 +258,9 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: 
                                     overrides=inference_overrides, allow_code=allow_code)
         palette, ignore_index = loaded.info.palette, loaded.info.ignore_index
         predict = lambda image, name: predict_mask(loaded, image, name)  # noqa: E731
+        hint = onnxruntime_hint(loaded, len(images))
+        if hint:
+            print(hint, file=sys.stderr)
     if os.path.abspath(output_dir) == os.path.abspath(input_dir):
         raise DataError("the output folder is the input folder", output_dir, "masks would overwrite PNG inputs; choose another")
     os.makedirs(output_dir, exist_ok=True)
