@@ -1,6 +1,6 @@
 """How good are a semi-supervised run's pseudo labels? Per class, on the run's *unlabeled* training images.
 
-    python benchmarks/pseudo_label_quality.py RUN_DIR [RUN_DIR ...] [--threshold 0.8] [--limit 256]
+    python benchmarks/pseudo_label_quality.py RUN_DIR [RUN_DIR ...] [--threshold 0.8] [--limit 256] [--prefix P]
 
 For each run folder: loads last.pt, the EMA teacher when the run has one (else the model itself), predicts the
 unlabeled training images named in split.txt (no augmentation; the way the run's recipe evaluates, so a recipe
@@ -64,14 +64,15 @@ def discriminator_confidence(d: torch.nn.Module, probs: torch.Tensor, scale: flo
     return F.interpolate(conf, size=size, mode="bilinear", align_corners=False)[0, 0] if scale != 1 else conf[0, 0]
 
 
-def quality(run_dir: str, threshold: float | None, limit: int) -> None:
+def quality(run_dir: str, threshold: float | None, limit: int, prefix: str = "") -> None:
     ckpt = load_checkpoint(os.path.join(run_dir, "last.pt"))
     cfg = config_from_dict(ckpt["config"])
     info = DatasetInfo(**ckpt["dataset"])
     dataset = build.build_dataset(cfg, cfg.data.train_split, build.eval_transform(info.normalization))
     split = Split.load(os.path.join(run_dir, "split.txt"))
     _, unlabeled = split.indices(list(dataset.names))
-    unlabeled = unlabeled[:limit]
+    names = list(dataset.names)
+    unlabeled = [i for i in unlabeled if os.path.basename(names[i]).startswith(prefix)][:limit]
     model, source = teacher_model(ckpt, cfg, info.num_classes)
     discriminator = None
     if cfg.method.name == "advsemiseg":
@@ -102,7 +103,7 @@ def quality(run_dir: str, threshold: float | None, limit: int) -> None:
             right += torch.bincount(label[keep & (label == mask)], minlength=c)[:c].float()
             confident += int(keep.sum())
             total += int(valid.sum())
-    print(f"\n{run_dir}: {source} at iteration {ckpt['iteration']}, {len(unlabeled)} unlabeled images, "
+    print(f"\n{run_dir}: {source} at iteration {ckpt['iteration']}, {len(unlabeled)} unlabeled images{' ' + prefix + '*' if prefix else ''}, "
           f"threshold {threshold}: {100 * confident / max(total, 1):.1f}% of pixels confident, "
           f"{100 * float(right.sum()) / max(confident, 1):.1f}% of those right")
     print(f"{'class':<14}{'true share':>11}{'pseudo share':>13}{'precision':>10}{'recall':>8}")
@@ -119,11 +120,13 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help=f"confidence a pseudo label needs (default {DEFAULT_THRESHOLD}; an AdvSemiSeg run's mask_T)")
     p.add_argument("--limit", type=int, default=256, help="at most this many unlabeled images")
+    p.add_argument("--prefix", default="", help="only the unlabeled images whose names start with this (e.g. a "
+                                                 "CamVid sequence, 0001TP)")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     for run in a.runs:
-        quality(run, a.threshold, a.limit)
+        quality(run, a.threshold, a.limit, a.prefix)
 
 
 if __name__ == "__main__":
