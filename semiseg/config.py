@@ -55,6 +55,9 @@ class LabeledConfig:
     count: int | None = None  # or an absolute number of labeled images
     id_file: str | None = None  # or a list of labeled names (one per line, or a saved split)
     seed: int = 0  # the split's permutation seed (the original AdvSemiSeg split was unseeded)
+    # draw the labels from every group of names in proportion, a group being a name's part before the first
+    # occurrence of this separator (CamVid: "_" -> its video sequences); null: a plain random draw
+    stratify: str | None = None
 
 
 @dataclass

@@ -28,6 +28,36 @@ def test_smaller_fractions_are_nested_in_larger_ones():
     assert len(make_split(NAMES[:3], fraction=0.01).labeled) == 1  # at least one labeled sample
 
 
+# CamVid's training frames: three video sequences of 62, 101 and 204 frames
+SEQUENCES = [f"0001TP_{i:06d}" for i in range(62)] + [f"0006R0_f{i:05d}" for i in range(101)] + \
+    [f"0016E5_{i:05d}" for i in range(204)]
+
+
+def test_a_stratified_split_labels_every_group_in_proportion(tmp_path):
+    from semiseg.data.splits import allocate
+
+    # a plain draw of 12 can miss a sequence: seed 2 of the CamVid study had no 0001TP frame
+    plain = make_split(SEQUENCES, count=12, seed=2)
+    assert not any(n.startswith("0001TP") for n in plain.labeled)
+    for seed in range(5):
+        split = make_split(SEQUENCES, count=12, seed=seed, stratify="_")
+        counts = {g: sum(n.startswith(g) for n in split.labeled) for g in ("0001TP", "0006R0", "0016E5")}
+        assert counts == {"0001TP": 2, "0006R0": 3, "0016E5": 7}  # shares 2.03, 3.30, 6.67 of 12
+        assert len(split.labeled) == 12 and set(split.labeled) | set(split.unlabeled) == set(SEQUENCES)
+        assert set(split.labeled).isdisjoint(split.unlabeled)
+    a, b = (make_split(SEQUENCES, count=12, seed=s, stratify="_").labeled for s in (1, 2))
+    assert a != b and a == make_split(list(reversed(SEQUENCES)), count=12, seed=1, stratify="_").labeled
+    # every group gets one before any gets a second; never more than a group has; fewer labels than groups
+    assert allocate({"a": 1, "b": 1000}, 3) == {"a": 1, "b": 2}
+    assert allocate({"a": 2, "b": 2}, 4) == {"a": 2, "b": 2}
+    assert sum(allocate({"a": 5, "b": 50, "c": 500}, 2).values()) == 2
+    # the split file says how it was drawn; a stratified id list is refused with the fix
+    path = make_split(SEQUENCES, count=12, seed=0, stratify="_").save(tmp_path / "split.txt")
+    assert "# stratify: '_': 0001TP 2/62, 0006R0 3/101, 0016E5 7/204" in open(path).read()
+    with pytest.raises(DataError, match="drop stratify"):
+        make_split(SEQUENCES, id_file=path, stratify="_")
+
+
 def test_save_load_round_trip_is_readable(tmp_path):
     split = make_split(NAMES, fraction=0.25, seed=7)
     path = split.save(tmp_path / "run" / "split.txt")
@@ -109,3 +139,14 @@ def test_infinite_loader_on_empty_loader_is_an_error():
     loader = torch.utils.data.DataLoader(torch.arange(3), batch_size=4, drop_last=True)
     with pytest.raises(DataError, match="no batches"):
         next(InfiniteLoader(loader))
+
+
+def test_the_config_key_data_labeled_stratify_reaches_the_split():
+    from semiseg.config import load_config
+    from semiseg.engine.build import make_or_load_split
+
+    cfg = load_config(None, ["data.kind=synthetic", "data.labeled.count=12", "data.labeled.seed=2",
+                             "data.labeled.stratify=_"])
+    split = make_or_load_split(cfg, SEQUENCES, None)
+    assert split.labeled == make_split(SEQUENCES, count=12, seed=2, stratify="_").labeled
+    assert sum(n.startswith("0001TP") for n in split.labeled) == 2

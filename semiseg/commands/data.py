@@ -76,6 +76,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--count", type=int, help="number of labeled samples")
     group.add_argument("--id-file", help="labeled sample names, one per line")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stratify", metavar="SEP", default=None,
+                   help="draw labels from every group of names in proportion, a group being the part of a name "
+                        "before SEP (CamVid: --stratify _ -> its video sequences)")
     p.add_argument("-o", "--output", required=True, help="split file to write")
 
     p = sub.add_parser("preview", help="write image | coloured mask PNGs for a few samples")
@@ -178,7 +181,8 @@ def _run(args: argparse.Namespace) -> int:
         elif args.data_command == "split":
             from semiseg.data.splits import make_split
 
-            split = make_split(dataset.names, fraction=args.fraction, count=args.count, id_file=args.id_file, seed=args.seed)
+            split = make_split(dataset.names, fraction=args.fraction, count=args.count, id_file=args.id_file,
+                               seed=args.seed, stratify=args.stratify)
             path = split.save(args.output)
             print(f"{path}: {len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled (seed {args.seed})")
         elif args.data_command == "preview":

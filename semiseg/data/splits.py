@@ -105,11 +105,16 @@ def make_split(
     count: int | None = None,
     id_file: str | os.PathLike | None = None,
     seed: int = 0,
+    stratify: str | None = None,
 ) -> Split:
     """Split ``names`` into labeled and unlabeled; exactly one of fraction, count or id_file.
 
     ``fraction`` in (0, 1] labels floor(fraction * N) samples (at least 1); ``count`` labels that many;
     ``id_file`` labels the names it lists (a saved split's [labeled] section, or one name per line).
+    ``stratify``: a separator; the names are grouped by their part before its first occurrence (CamVid's
+    ``0001TP_008550`` -> ``0001TP``, the video sequence) and every group gets its share of the labels, at least one
+    each when there are enough (:func:`allocate`). Without it the labeled samples are a plain random draw, which with
+    few labels can miss a group entirely (BENCHMARKS.md: a CamVid split of 12 frames with no dusk frame).
     """
     names = sorted(set(names))
     if not names:
@@ -119,6 +124,9 @@ def make_split(
         raise DataError("give exactly one of fraction, count or id_file", None,
                         "e.g. make_split(names, fraction=0.125, seed=0)")
     order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    if id_file is not None and stratify:
+        raise DataError("stratify draws the labeled samples, but an id list names them", id_file,
+                        "drop stratify, or give fraction/count instead of the id list")
     if id_file is not None:
         wanted = read_names(id_file)
         if not wanted:
@@ -143,4 +151,32 @@ def make_split(
         n = int(count)
         info = {"count": count}
     info["total"] = len(names)
-    return Split(order[:n], order[n:], seed, info)
+    if not stratify:
+        return Split(order[:n], order[n:], seed, info)
+    groups: dict[str, list[str]] = {}
+    for name in order:  # each group in the seeded order
+        groups.setdefault(group_of(name, stratify), []).append(name)
+    shares = allocate({g: len(members) for g, members in groups.items()}, n)
+    chosen = {name for g, members in groups.items() for name in members[:shares[g]]}
+    info["stratify"] = f"{stratify!r}: " + ", ".join(f"{g} {shares[g]}/{len(groups[g])}" for g in sorted(groups))
+    return Split([x for x in order if x in chosen], [x for x in order if x not in chosen], seed, info)
+
+
+def group_of(name: str, separator: str) -> str:
+    """A name's group for a stratified split: its part before the first ``separator`` (all of it if none)."""
+    return name.split(separator, 1)[0]
+
+
+def allocate(sizes: dict[str, int], n: int) -> dict[str, int]:
+    """How many of ``n`` labels each group of ``sizes`` gets: one each first (when ``n`` allows), then one at a time
+    to the group furthest below its proportional share ``n * size / total`` (ties: the larger group, then the name),
+    never more than a group has."""
+    total = sum(sizes.values())
+    shares = dict.fromkeys(sizes, 0)
+    if n >= len(sizes):
+        shares = dict.fromkeys(sizes, 1)
+    for _ in range(n - sum(shares.values())):
+        open_groups = [g for g in sizes if shares[g] < sizes[g]]
+        g = max(open_groups, key=lambda g: (n * sizes[g] / total - shares[g], sizes[g], g))
+        shares[g] += 1
+    return shares

@@ -74,7 +74,8 @@ def make_or_load_split(cfg: Config, names: list[str], path: str | None):
     lab = cfg.data.labeled
     if lab.fraction is None and lab.count is None and lab.id_file is None:
         return Split(sorted(names), [], lab.seed, {"fraction": 1.0, "total": len(names)})
-    return make_split(names, fraction=lab.fraction, count=lab.count, id_file=lab.id_file, seed=lab.seed)
+    return make_split(names, fraction=lab.fraction, count=lab.count, id_file=lab.id_file, seed=lab.seed,
+                      stratify=lab.stratify)
 
 
 # ---------------------------------------------------------------------------------------------------
