@@ -150,3 +150,18 @@ def test_the_config_key_data_labeled_stratify_reaches_the_split():
     split = make_or_load_split(cfg, SEQUENCES, None)
     assert split.labeled == make_split(SEQUENCES, count=12, seed=2, stratify="_").labeled
     assert sum(n.startswith("0001TP") for n in split.labeled) == 2
+
+
+@pytest.mark.parametrize("name,count,seed,stratify", [("train_12_s1", 12, 1, None), ("train_12_s2", 12, 2, None),
+                                                      ("train_46_s1", 46, 1, None), ("train_46_s2", 46, 2, None),
+                                                      ("train_12_strat_s1", 12, 1, "_"),
+                                                      ("train_12_strat_s2", 12, 2, "_")])
+def test_the_committed_camvid_splits_are_the_draws_the_studies_make(name, count, seed, stratify):
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "camvid", "splits", f"{name}.txt")
+    saved = Split.load(path)
+    names = saved.labeled + saved.unlabeled  # every training frame of CamVid (367): the file lists them all
+    assert len(names) == 367
+    drawn = make_split(names, count=count, seed=seed, stratify=stratify)
+    assert drawn.labeled == saved.labeled and drawn.unlabeled == saved.unlabeled
