@@ -82,6 +82,9 @@ def test_quickstart_draws_scenes_in_a_worker_only_where_a_core_can_be_spared(mon
     monkeypatch.setattr(threads, "available_cores", lambda: 2)
     assert quickstart_config().data.num_workers == 1  # the free core after the supervised run ends draws the scenes
     assert quickstart_config(fast=True).data.num_workers == 0  # 20 steps: starting a worker costs more than it saves
+    assert quickstart_config(jobs=1).data.num_workers == 0  # one run on 2 threads: a worker would stall them
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    assert quickstart_config().data.num_workers == 0  # 4 threads per run: not the measured setting, left as it was
     monkeypatch.setattr(threads, "available_cores", lambda: 1)
     assert quickstart_config().data.num_workers == 0  # one core: a worker would only compete with training
     assert load_config("synthetic/unet_small_1-8").data.num_workers == 0  # the study's recipe is unchanged

@@ -43,8 +43,12 @@ ARMS = ("supervised", "semi-supervised")
 DEFAULT_RUN_DIR = os.path.join("runs", "quickstart")
 
 
-def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool = False):
-    """The base recipe both runs share (supervised; the semi-supervised arm changes only ``method``)."""
+def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool = False, jobs: int | None = None):
+    """The base recipe both runs share (supervised; the semi-supervised arm changes only ``method``).
+
+    ``jobs``: runs at once (default: 2 when there are 2+ cores). Only runs side by side on one thread each draw their
+    scenes in a worker, the setting measured: next to a run on several threads a worker process could stall its
+    threads' barriers (semiseg/engine/threads.py), and with cores to spare the scenes are not what waits."""
     from semiseg.config import load_config, override_config
     from semiseg.engine.threads import available_cores
 
@@ -56,7 +60,9 @@ def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool
                        "data.val_options": {"length": 16}, "data.batch_size": 4, "eval.batch_size": 16})
     if iterations is not None:
         values["train.iterations"] = iterations
-    if not fast and available_cores() >= 2:
+    cores = available_cores()
+    jobs = jobs or min(2, cores)
+    if not fast and jobs >= 2 and cores // jobs == 1:  # side by side, one thread each (what `semiseg study` gives)
         values["data.num_workers"] = QUICKSTART_WORKERS
     # a shorter run keeps the recipe's share of learning-rate warm-up (150 of 1,500); a longer one its 150 steps
     values["optim.warmup_iters"] = max(1, round(recipe.optim.warmup_iters * _shrink(values["train.iterations"],
@@ -166,14 +172,14 @@ def run_quickstart(overrides=(), *, run_dir: str = DEFAULT_RUN_DIR, iterations: 
     from semiseg.engine.threads import available_cores
 
     start = time.perf_counter()
+    jobs = jobs or min(2, available_cores())
     try:
-        cfg = quickstart_config(overrides, iterations=iterations, fast=fast)
+        cfg = quickstart_config(overrides, iterations=iterations, fast=fast, jobs=jobs)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     run_dir = os.path.abspath(unique_run_dir(run_dir))
     os.makedirs(run_dir)
-    jobs = jobs or min(2, available_cores())
     n_train = cfg.data.options.get("length", SYNTHETIC_LENGTH["train"])
     n_labeled = round(cfg.data.labeled.fraction * n_train)
     print(f"semiseg quickstart: do {n_train - n_labeled} unlabeled scenes help a model that has {n_labeled} labeled "
