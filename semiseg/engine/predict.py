@@ -43,9 +43,9 @@ class LoadedModel:
 # Whole-image inference of an image this many times the training crop's area (and at least LARGE_IMAGE_MIN_PIXELS)
 # gets a hint about --mode slide: memory grows with the image (a large photo took 4.4 GB in whole mode).
 LARGE_IMAGE_CROP_RATIO = 16
+LARGE_IMAGE_MIN_PIXELS = 1_000_000
 # From this many images on, a float32 CPU prediction hints at --backend onnxruntime (the export costs 10-20 s once).
 ONNX_HINT_MIN_IMAGES = 50
-LARGE_IMAGE_MIN_PIXELS = 1_000_000
 
 
 def load_trained_model(path: str, *, device: torch.device, precision: str | None = None,

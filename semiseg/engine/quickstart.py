@@ -35,7 +35,7 @@ LONG_STUDY_ITERATIONS = 3000  # its fourth regime (the same recipes, twice the s
 SEED = 0
 # One DataLoader worker per loader: drawing the scenes is ~22% of a step (4.4 ms CPU per scene, 16-32 per step), and
 # a worker draws them on whichever core is free. The two runs go side by side, so this pays once the short supervised
-# run has ended: the semi-supervised one then trains ~30% faster and the quickstart ends 3-12% sooner, with the same
+# run has ended: the semi-supervised one then trains ~30% faster and the quickstart ends 4-10% sooner, with the same
 # numbers (scenes are drawn under per-item seeds wherever they are drawn; BENCHMARKS.md, Quickstart).
 QUICKSTART_WORKERS = 1
 FAST_ITERATIONS = 20  # `--fast`: a smoke test of the whole pipeline (CI), small images, not a model
