@@ -16,14 +16,11 @@ import os
 
 import torch
 
+from semiseg.data.splits import group_of
 from semiseg.engine import build
 from semiseg.engine.evaluate import predict_logits
 from semiseg.engine.predict import load_trained_model
 from semiseg.metrics import ConfusionMatrix
-
-
-def group_of(name: str, sep: str) -> str:
-    return os.path.basename(name).split(sep, 1)[0]
 
 
 def miou_by_group(run_dir: str, split: str, sep: str) -> dict[str, tuple[int, float]]:
@@ -40,7 +37,7 @@ def miou_by_group(run_dir: str, split: str, sep: str) -> dict[str, tuple[int, fl
             logits = predict_logits(loaded.model, sample["image"].unsqueeze(0), precision=loaded.precision,
                                     channels_last=loaded.channels_last, inference=loaded.inference)
             pred = logits.argmax(1)
-            group = group_of(sample["name"], sep)
+            group = group_of(os.path.basename(sample["name"]), sep)  # the grouping of a stratified split
             for key in ("all", group):
                 matrices.setdefault(key, ConfusionMatrix(c, ignore)).update(pred, sample["mask"].unsqueeze(0))
                 counts[key] = counts.get(key, 0) + 1

@@ -58,10 +58,11 @@ def discriminator_model(ckpt: dict, cfg, num_classes: int) -> tuple[torch.nn.Mod
 def discriminator_confidence(d: torch.nn.Module, probs: torch.Tensor, scale: float) -> torch.Tensor:
     """sigmoid(D(probs)) at the size of ``probs``; D sees them at the scale the model ran (the first eval scale),
     the scale its training crops had, not upsampled to the image's."""
-    size = probs.shape[-2:]
-    small = F.interpolate(probs, scale_factor=scale, mode="bilinear", align_corners=False) if scale != 1 else probs
+    if scale == 1:
+        return torch.sigmoid(d(probs))[0, 0]
+    small = F.interpolate(probs, scale_factor=scale, mode="bilinear", align_corners=False)
     conf = torch.sigmoid(d(small))
-    return F.interpolate(conf, size=size, mode="bilinear", align_corners=False)[0, 0] if scale != 1 else conf[0, 0]
+    return F.interpolate(conf, size=probs.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
 
 
 def quality(run_dir: str, threshold: float | None, limit: int, prefix: str = "") -> None:
@@ -70,8 +71,8 @@ def quality(run_dir: str, threshold: float | None, limit: int, prefix: str = "")
     info = DatasetInfo(**ckpt["dataset"])
     dataset = build.build_dataset(cfg, cfg.data.train_split, build.eval_transform(info.normalization))
     split = Split.load(os.path.join(run_dir, "split.txt"))
-    _, unlabeled = split.indices(list(dataset.names))
     names = list(dataset.names)
+    _, unlabeled = split.indices(names)
     unlabeled = [i for i in unlabeled if os.path.basename(names[i]).startswith(prefix)][:limit]
     model, source = teacher_model(ckpt, cfg, info.num_classes)
     discriminator = None

@@ -50,7 +50,7 @@ def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool
     scenes in a worker, the setting measured: next to a run on several threads a worker process could stall its
     threads' barriers (semiseg/engine/threads.py), and with cores to spare the scenes are not what waits."""
     from semiseg.config import load_config, override_config
-    from semiseg.engine.threads import available_cores
+    from semiseg.engine.study import jobs_and_threads
 
     recipe = load_config(SUPERVISED_RECIPE)
     values = dict(QUICKSTART)
@@ -60,9 +60,8 @@ def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool
                        "data.val_options": {"length": 16}, "data.batch_size": 4, "eval.batch_size": 16})
     if iterations is not None:
         values["train.iterations"] = iterations
-    cores = available_cores()
-    jobs = jobs or min(2, cores)
-    if not fast and jobs >= 2 and cores // jobs == 1:  # side by side, one thread each (what `semiseg study` gives)
+    jobs, threads = jobs_and_threads(jobs)  # what `semiseg study` will give the two runs
+    if not fast and jobs >= 2 and threads == 1:  # side by side, one thread each
         values["data.num_workers"] = QUICKSTART_WORKERS
     # a shorter run keeps the recipe's share of learning-rate warm-up (150 of 1,500); a longer one its 150 steps
     values["optim.warmup_iters"] = max(1, round(recipe.optim.warmup_iters * _shrink(values["train.iterations"],
@@ -168,11 +167,10 @@ def run_quickstart(overrides=(), *, run_dir: str = DEFAULT_RUN_DIR, iterations: 
     from semiseg.config import ConfigError
     from semiseg.data.synthetic import DEFAULT_LENGTH as SYNTHETIC_LENGTH
     from semiseg.engine.run_dir import unique_run_dir
-    from semiseg.engine.study import StudyError, load_study, run_study
-    from semiseg.engine.threads import available_cores
+    from semiseg.engine.study import StudyError, jobs_and_threads, load_study, run_study
 
     start = time.perf_counter()
-    jobs = jobs or min(2, available_cores())
+    jobs, _ = jobs_and_threads(jobs)
     try:
         cfg = quickstart_config(overrides, iterations=iterations, fast=fast, jobs=jobs)
     except ConfigError as e:

@@ -407,6 +407,15 @@ def move_aside(run_dir: str) -> str:
 # commands and the process pool
 
 
+def jobs_and_threads(jobs: int | None = None) -> tuple[int, int]:
+    """Runs at once (``jobs``, default 2 where there are 2+ cores) and the threads each run gets (the cores shared)."""
+    from semiseg.engine.threads import available_cores  # here: it imports torch, which the rest of a study never needs
+
+    cores = available_cores()
+    jobs = jobs or min(2, cores)
+    return jobs, max(1, cores // jobs)
+
+
 def commands(spec: RunSpec, state: str, threads: int) -> list[list[str]]:
     """The semiseg commands (argument lists after ``semiseg``) that bring a run from ``state`` to done."""
     train = ["train", "--no-progress"]
@@ -850,11 +859,7 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
         write_results(study, specs, out_dir, echo)
         return 0
     check_eval_split(study, selected, echo)
-    from semiseg.engine.threads import available_cores  # here: it imports torch, which the rest of a study never needs
-
-    cores = available_cores()
-    jobs = jobs or study.jobs or min(2, cores)
-    threads = max(1, cores // jobs)
+    jobs, threads = jobs_and_threads(jobs or study.jobs)
 
     # the lock first: the states of the folders are only stable while no other study writes into them
     with contextlib.nullcontext() if dry_run else _Lock(out_dir):
@@ -901,7 +906,7 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
 
 __all__ = ["StudyError", "Study", "Arm", "Labels", "RunSpec", "load_study", "expand", "run_state", "check_eval_split",
            "config_mismatch", "move_aside", "commands", "worker_command", "run_steps", "execute", "collect", "summarize", "verdict",
-           "train_seconds", "markdown_table", "plot", "write_results", "run_study", "default_out_dir"]
+           "train_seconds", "markdown_table", "plot", "write_results", "run_study", "jobs_and_threads", "default_out_dir"]
 
 
 if __name__ == "__main__":  # the worker of one run (see worker_command)
