@@ -171,6 +171,43 @@ def test_eval_command_reproduces_the_training_evaluation(tmp_path, capsys):
     assert json.load(open(os.path.join(cfg.run_dir, "eval_train.json")))["data"]["samples"] == 4
 
 
+def test_eval_per_group_counts_each_image_once_in_its_group(tmp_path, capsys):
+    from torch.utils.data import Subset
+
+    from conftest import TinyNet, TinyShapes
+    from semiseg.data.transforms import build_eval_transform
+    from semiseg.engine.evaluate import evaluate, evaluate_groups, make_eval_loader
+
+    torch.manual_seed(0)
+    model = TinyNet(4)
+    ds = TinyShapes("val", length=10, transform=build_eval_transform())
+    ds.names = [f"{'dusk' if i % 3 == 0 else 'day'}_{i:03d}" for i in range(10)]  # groups interleave in batches
+    group = lambda name: name.split("_", 1)[0]
+    total, per_group = evaluate_groups(model, make_eval_loader(ds, batch_size=4), 4, groups=["day", "dusk"],
+                                       group_of=group)
+    assert torch.equal(total.mat, per_group["day"].mat + per_group["dusk"].mat)
+    assert torch.equal(total.mat, evaluate(model, make_eval_loader(ds, batch_size=4), 4).mat)
+    for g in ("day", "dusk"):  # a group's matrix is the evaluation of its images alone
+        alone = Subset(ds, [i for i, n in enumerate(ds.names) if group(n) == g])
+        assert torch.equal(per_group[g].mat, evaluate(model, make_eval_loader(alone, batch_size=1), 4).mat)
+    with pytest.raises(ValueError, match="dusk"):  # a group list not made from this dataset
+        evaluate_groups(model, make_eval_loader(ds, batch_size=4), 4, groups=["day"], group_of=group)
+
+    # the command: a line per group in the table, and the groups in the JSON
+    cfg = config(tmp_path, **{"train.iterations": 2, "train.eval_interval": 0})
+    Trainer(cfg, cfg.run_dir, progress=False).fit()
+    out_json = tmp_path / "g.json"
+    assert main(["eval", os.path.join(cfg.run_dir, "last.pt"), "--device", "cpu", "--group-by", "_",
+                 "--out", str(out_json)]) == 0
+    assert "per group" in capsys.readouterr().out
+    saved = json.load(open(out_json))
+    assert saved["group_by"] == "_" and list(saved["groups"]) == ["val"]  # TinyShapes names are val_000, ...
+    assert saved["groups"]["val"]["images"] == saved["data"]["samples"]
+    assert saved["groups"]["val"]["metrics"] == saved["metrics"]
+    assert main(["eval", cfg.run_dir, "--device", "cpu", "--group-by", ""]) == 2
+    assert "--group-by needs a separator" in capsys.readouterr().err
+
+
 def final_best_iteration(run_dir):
     return load_checkpoint(os.path.join(run_dir, "best.pt"))["iteration"]
 

@@ -3,6 +3,7 @@
     semiseg eval runs/quickstart                      # best.pt on the run's own validation split
     semiseg eval runs/voc/last.pt --split train
     semiseg eval runs/voc --data kind=folder root=data/my_set options={classes: [bg, car]}
+    semiseg eval runs/camvid --split test --group-by _       # also per video sequence (0001TP_008550 -> 0001TP)
     semiseg eval runs/camvid --mode slide --crop 512 512 --stride 341 341 --scales 0.75 1 1.25 --flip
     semiseg eval AdvSemiSeg_VOC.pth --config configs/voc/deeplabv2_resnet101.yaml \
         --set data.root=/data/VOCdevkit model.options.legacy_aspp=true     # released weights + a recipe
@@ -38,6 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="+", default=[], metavar="KEY=VALUE",
                         help="dataset fields overriding the run's: kind=, root=, val_split=, options=...")
     parser.add_argument("--split", help="dataset split to evaluate (default: the run's data.val_split)")
+    parser.add_argument("--group-by", metavar="SEP",
+                        help="also score each group of images, a group being the name's part before the first SEP "
+                             "(e.g. _ for CamVid's video sequences): which part of a test set a model wins or loses on")
     parser.add_argument("--out", help="JSON file to write (default: eval_<split>.json next to the checkpoint)")
     add_runtime_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's eval.batch_size")
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                                      precision=args.precision, batch_size=args.batch_size,
                                      num_workers=args.num_workers, inference_overrides=inference_overrides(args),
                                      recipe=args.config, recipe_overrides=args.overrides,
-                                     allow_code=args.allow_code)
+                                     allow_code=args.allow_code, group_by=args.group_by)
         if dist.is_main():
             from semiseg.data.transforms import describe_normalization
 

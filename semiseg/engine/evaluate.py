@@ -7,6 +7,8 @@ process evaluates its shard of the dataset and the confusion matrices are summed
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -30,16 +32,18 @@ def collate_eval(samples: list[dict]) -> dict:
 
 
 def same_size_groups(batch: dict):
-    """(images, masks) batches of one size each from a batch of :func:`collate_eval`."""
+    """(images, masks, names) batches of one size each from a batch of :func:`collate_eval`."""
     images, masks = batch["image"], batch["mask"]
+    names = list(batch.get("name") or [""] * len(images))
     if isinstance(images, torch.Tensor):
-        yield images, masks
+        yield images, masks, names
         return
     groups: dict[tuple, list[int]] = {}
     for i, image in enumerate(images):
         groups.setdefault(tuple(image.shape), []).append(i)
     for indices in groups.values():
-        yield torch.stack([images[i] for i in indices]), torch.stack([masks[i] for i in indices])
+        yield (torch.stack([images[i] for i in indices]), torch.stack([masks[i] for i in indices]),
+               [names[i] for i in indices])
 
 
 def make_eval_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int = 0,
@@ -69,7 +73,6 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, precision: str = "
     return infer(model, images, inference, precision=precision, channels_last=channels_last)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, *, device: torch.device | str = "cpu",
              precision: str = "fp32", channels_last: bool = False, ignore_index: int = 255,
              progress: bool = False, inference: InferenceOptions | None = None):
@@ -79,12 +82,30 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, *, device: 
 
     The model is put in eval mode and returned to its previous mode afterwards.
     """
+    total, _ = evaluate_groups(model, loader, num_classes, device=device, precision=precision,
+                               channels_last=channels_last, ignore_index=ignore_index, progress=progress,
+                               inference=inference)
+    return total
+
+
+@torch.no_grad()
+def evaluate_groups(model: nn.Module, loader: DataLoader, num_classes: int, *, groups: Sequence[str] = (),
+                    group_of: Callable[[str], str] | None = None, device: torch.device | str = "cpu",
+                    precision: str = "fp32", channels_last: bool = False, ignore_index: int = 255,
+                    progress: bool = False, inference: InferenceOptions | None = None):
+    """:func:`evaluate`, also counted per group of images: returns ``(total, {group: ConfusionMatrix})``.
+
+    ``group_of`` maps an image's name to its group (e.g. a CamVid name to its video sequence); ``groups`` lists
+    every group of the whole dataset, so that under DDP each process all-reduces the same matrices whatever its
+    shard holds. A name whose group is not listed is an error (the list was not made from this dataset).
+    """
     from semiseg.metrics import ConfusionMatrix
 
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
+    total = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
+    per_group = {g: ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device) for g in groups}
     batches = loader
     if progress and dist.is_main():
         from tqdm import tqdm
@@ -92,38 +113,57 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, *, device: 
         batches = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
     try:
         for batch in batches:
-            for images, masks in same_size_groups(batch):
+            for images, masks, names in same_size_groups(batch):
                 images = images.to(device, non_blocking=True)
                 masks = masks.to(device, non_blocking=True)
                 logits = infer(model, images, inference, precision=precision, channels_last=channels_last)
-                cm.update(logits.argmax(1), masks)
+                pred = logits.argmax(1)
+                total.update(pred, masks)
+                if group_of is not None:
+                    for i, name in enumerate(names):
+                        group = group_of(name)
+                        if group not in per_group:
+                            raise ValueError(f"image {name!r} is in group {group!r}, which is not among the "
+                                             f"groups listed ({', '.join(per_group)})")
+                        per_group[group].update(pred[i:i + 1], masks[i:i + 1])
     finally:
         model.train(was_training)
-    cm.all_reduce()
-    return cm
+    for cm in (total, *per_group.values()):  # the same matrices in the same order on every process
+        cm.all_reduce()
+    return total, per_group
 
 
 def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = None, device: str = "auto",
                         precision: str | None = None, batch_size: int | None = None,
                         num_workers: int | None = None, inference_overrides=(), recipe: str | None = None,
-                        recipe_overrides=(), allow_code: bool | None = None) -> dict:
+                        recipe_overrides=(), allow_code: bool | None = None, group_by: str | None = None) -> dict:
     """Evaluate a checkpoint; returns {"metrics", "table", "classes", ...} (the JSON written by the command).
 
     ``inference_overrides``: dotted ``eval.*`` overrides of the run's inference settings (``eval.mode=slide``).
     ``recipe``: ``path`` holds plain weights for the model of this recipe (``recipe_overrides`` apply to it).
     ``allow_code``: let the checkpoint's config import ``module:function`` names (see ``load_trained_model``).
+    ``group_by``: also score each group of images, a group being an image name's part before the first
+    ``group_by`` (CamVid's ``0001TP_008550`` -> ``0001TP`` with ``"_"``, the grouping of a stratified split): the
+    result gets ``"groups"``, and the table a line per group.
     """
     import dataclasses
     import os
 
     from semiseg.config import override_config
     from semiseg.data.info import DatasetInfo
+    from collections import Counter
+
+    from semiseg.data import splits
     from semiseg.engine import build
     from semiseg.engine.predict import load_trained_model, load_weights_with_recipe
     from semiseg.runtime import resolve_device
     from semiseg.metrics import to_json_dict
 
     data_overrides = [o if o.startswith("data.") else f"data.{o}" for o in data_overrides]
+    if group_by is not None and not group_by:
+        from semiseg.config import ConfigError
+
+        raise ConfigError("--group-by needs a separator, e.g. _ (an image's group is its name up to the first _)")
     dev = dist.init_distributed(resolve_device(device))
     if recipe:
         loaded = load_weights_with_recipe(path, recipe, device=dev, precision=precision,
@@ -153,11 +193,19 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
     loader = make_eval_loader(dataset, batch_size=batch_size or cfg.eval.batch_size,
                               num_workers=cfg.data.num_workers if num_workers is None else num_workers,
                               pin_memory=dev.type == "cuda")
-    cm = evaluate(loaded.model, loader, loaded.info.num_classes, device=dev, precision=loaded.precision,
-                  channels_last=loaded.channels_last, ignore_index=data_info.ignore_index,
-                  progress=True, inference=loaded.inference)
+    group_of = None if group_by is None else (lambda name: splits.group_of(name, group_by))
+    images_per_group = Counter(group_of(n) for n in dataset.names) if group_of else Counter()
+    cm, per_group = evaluate_groups(loaded.model, loader, loaded.info.num_classes, groups=sorted(images_per_group),
+                                    group_of=group_of, device=dev, precision=loaded.precision,
+                                    channels_last=loaded.channels_last, ignore_index=data_info.ignore_index,
+                                    progress=True, inference=loaded.inference)
     classes = data_info.classes
-    return {
+    table = cm.table(classes)
+    groups = {}
+    if group_by is not None:
+        groups = {g: {"images": images_per_group[g], "metrics": to_json_dict(m.compute())} for g, m in per_group.items()}
+        table += "\n\n" + group_table(groups, group_by)
+    result = {
         "checkpoint": os.path.abspath(loaded.checkpoint_path),
         "iteration": loaded.iteration,
         "data": {"kind": cfg.data.kind, "root": cfg.data.root, "split": split, "options": options,
@@ -170,10 +218,28 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
         "classes": classes,
         "metrics": to_json_dict(cm.compute()),
         "confusion_matrix": cm.mat.cpu().tolist(),
-        "table": cm.table(classes),
+        "table": table,
         "torch_version": str(torch.__version__),
     }
+    if group_by is not None:
+        result["group_by"] = group_by
+        result["groups"] = groups
+    return result
+
+
+def group_table(groups: dict[str, dict], separator: str) -> str:
+    """A line per group: images, mIoU, pixel accuracy (from :func:`evaluate_checkpoint`'s ``"groups"``)."""
+    def pct(value: float | None) -> str:  # None: no labelled pixel in the group
+        return "-" if value is None else f"{100 * value:.1f}"
+
+    width = max([len("group"), *map(len, groups)])
+    lines = [f"per group (an image's name up to the first {separator!r}):",
+             f"{'group':<{width}}  images   mIoU   aAcc"]
+    for g, r in groups.items():
+        m = r["metrics"]
+        lines.append(f"{g:<{width}}  {r['images']:>6}  {pct(m['miou']):>5}  {pct(m['acc']):>5}")
+    return "\n".join(lines)
 
 
 __all__ = ["collate_eval", "same_size_groups", "make_eval_loader", "inference_options", "predict_logits", "evaluate",
-           "evaluate_checkpoint"]
+           "evaluate_groups", "evaluate_checkpoint", "group_table"]
