@@ -85,6 +85,7 @@ def test_grid_shares_split_and_seed_across_arms(tmp_path):
     (("set: [train.iterations=10, optim.lr=0.01]", "set: [train.seed=3]"), "sets train.seed"),
     (("seeds: [0, 1]", "seeds: [0, 0]"), "distinct integers"),
     (("name: grid", "nme: grid"), "unknown key(s) 'nme'"),
+    (("name: grid", "name: grid\ngroup_by: ''"), "group_by must be a separator"),
     ((f"recipe: {ADV}", "recipe: no_such_recipe.yaml"), "arm 'adv' recipe 'no_such_recipe.yaml' not found"),
     ((f"recipe: {BASE}", "recipe: missing/base.yaml"), "recipe 'missing/base.yaml' not found"),
 ])
@@ -164,6 +165,14 @@ def test_run_state_from_the_files_semiseg_writes(tmp_path):
     with open(spec.eval_file, "w") as f:
         json.dump({**result, "checkpoint": os.path.join(d, "best.pt")}, f)
     assert st.run_state(spec) == "trained"  # never a checkpoint picked by validation
+    # a study that scores groups of images wants an evaluation with them: one without is made again
+    grouped = st.RunSpec(**{**spec.__dict__, "group_by": "_"})
+    with open(spec.eval_file, "w") as f:
+        json.dump(result, f)
+    assert st.run_state(spec) == "done" and st.run_state(grouped) == "trained"
+    with open(spec.eval_file, "w") as f:
+        json.dump({**result, "group_by": "_", "groups": {}}, f)
+    assert st.run_state(grouped) == "done"
 
 
 def test_commands_per_state(tmp_path):
@@ -177,6 +186,8 @@ def test_commands_per_state(tmp_path):
     assert resume[0] == ["train", "--no-progress", "--resume", spec.run_dir, "train.threads=1"]
     assert [c[0] for c in st.commands(spec, "trained", threads=1)] == ["eval"]
     assert st.commands(spec, "done", threads=1) == []
+    grouped = st.RunSpec(**{**spec.__dict__, "group_by": "_"})
+    assert st.commands(grouped, "trained", threads=1)[0][2:6] == ["--split", "test", "--group-by", "_"]
     # one process per run: the steps joined by --then
     worker = st.worker_command(resume)
     assert worker[1:3] == ["-m", "semiseg.engine.study"] and worker.count("--then") == 1
@@ -304,7 +315,7 @@ def _fake_run(spec, miou, *, labeled, total, iou=(0.9, 0.1)):
 
 
 def test_table_only_from_run_folders(tmp_path, capsys):
-    path = write_study(tmp_path, STUDY.replace("labels: [0.125, 50]", "labels: [0.125]"))
+    path = write_study(tmp_path, STUDY.replace("labels: [0.125, 50]", "labels: [0.125]") + "group_by: _\n")
     out = tmp_path / "out"
     study = st.load_study(path)
     specs = {s.name: s for s in st.expand(study, str(out))}
@@ -312,11 +323,19 @@ def test_table_only_from_run_folders(tmp_path, capsys):
               "supervised_all_s1": 0.52}
     for name, v in values.items():
         _fake_run(specs[name], v, labeled=1000 if "all" in name else 125, total=1000)
+    # one evaluation per group (dusk, day); the others were made without groups and still count in the table
+    adv = json.load(open(specs["adv_1-8_s0"].eval_file))
+    adv.update(group_by="_", groups={"dusk": {"images": 2, "metrics": {"miou": 0.2}},
+                                     "day": {"images": 6, "metrics": {"miou": 0.4}}})
+    json.dump(adv, open(specs["adv_1-8_s0"].eval_file, "w"))
     assert main(["study", path, "--out", str(out), "--table-only"]) == 0
     printed = capsys.readouterr().out
     md = (out / "study.md").read_text()
     assert "| adv | 1/8 | 125 | 1 of 2 | **34.0** |" in md and "| supervised | all | 1000 | 2 | **51.0** |" in md
     assert "Not finished yet (1): adv_1-8_s1" in md and "adv_1-8_s1" in printed
+    per_group = md.split("## Per group", 1)[1]
+    assert "| run | day | dusk | all |" in per_group and "| adv_1-8_s0 | 40.0 | 20.0 | 34.0 |" in per_group
+    assert "| supervised_1-8_s0 | - | - | 30.0 |" in per_group
     record = json.loads((out / "study.json").read_text())
     run = next(r for r in record["runs"] if r["name"] == "adv_1-8_s0")
     assert run["miou"] == 0.34 and run["iou"] == {"bg": 0.9, "fg": 0.1} and run["train_seconds"] == 30.0
@@ -378,6 +397,7 @@ baseline: supervised
 labels: [0.25]
 seeds: [0]
 jobs: 2
+group_by: _
 """)
     out = tmp_path / "out"
     study = st.load_study(path)
@@ -417,10 +437,19 @@ jobs: 2
     assert all(st.run_state(s) == "done" for s in specs.values())
     md = (out / "study.md").read_text()
     assert "| smooth | 1/4 | 4 | 1 |" in md and "| supervised | all | 16 | 1 |" in md
+    # group_by: each run's mIoU per group (the synthetic test images are all named test_NNNNN: one group)
+    per_group = md.split("## Per group", 1)[1]
+    for r in record_runs(out):
+        assert f"| {r['name']} | {100 * r['groups']['test']:.1f} | {100 * r['miou']:.1f} |" in per_group
+        assert r["groups"]["test"] == r["miou"]
     record = json.loads((out / "study.json").read_text())
     assert record["missing"] == [] and all(math.isfinite(r["miou"]) for r in record["runs"])
     log = (out / "logs" / "smooth_1-4_s0.log").read_text()
     assert "$ semiseg train --no-progress --resume" in log and "$ semiseg eval" in log
+
+
+def record_runs(out) -> list[dict]:
+    return json.loads((out / "study.json").read_text())["runs"]
 
 
 def test_one_study_process_per_folder(tmp_path):

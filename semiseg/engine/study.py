@@ -16,13 +16,15 @@ A study file (YAML) names a base recipe, the arms (overrides or a recipe of thei
     seeds: [0, 1, 2]                              # train.seed and data.labeled.seed: arms share split and seed
     eval_split: test                              # evaluated with last.pt, never a checkpoint picked on it
     jobs: 2                                       # runs at once (default min(2, cores))
+    group_by: _                                   # also mIoU per name prefix (e.g. per video sequence)
 
 Each run is one subprocess that runs ``semiseg train`` into ``OUT/runs/<arm>_<labels>_s<seed>`` and then
 ``semiseg eval RUN/last.pt --split eval_split`` (one process: torch is imported once per run), its output in
 ``OUT/logs/<run>.log``. Running the study
 again skips finished runs, resumes runs that have a ``last.pt`` and restarts the others (moving what is there
 aside to ``<run>.failed-N``; nothing is deleted). The results go to ``OUT/study.md``, ``OUT/study.json`` and
-``OUT/study.png``. This module parses no command line: that is ``semiseg/commands/study.py``.
+``OUT/study.png``; with ``group_by`` study.md also has each run's mIoU per group of images (``semiseg eval
+--group-by``), so a method that wins on one kind of image and loses on another shows. This module parses no command line: that is ``semiseg/commands/study.py``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from semiseg.config import ConfigError, config_to_dict, load_config, load_yaml_f
 from semiseg.engine.preflight import check_config
 from semiseg.engine.run_dir import CONFIG, METRICS, SPLIT
 
-STUDY_KEYS = ("name", "recipe", "set", "arms", "baseline", "labels", "full_labels", "seeds", "eval_split", "jobs")
+STUDY_KEYS = ("name", "recipe", "set", "arms", "baseline", "labels", "full_labels", "seeds", "eval_split", "jobs",
+              "group_by")
 ARM_KEYS = ("recipe", "set")
 # Keys the grid sets per run; a `set` that changed them would silently break the pairing.
 GRID_KEYS = ("train.seed", "data.labeled.fraction", "data.labeled.count", "data.labeled.id_file", "data.labeled.seed")
@@ -123,6 +126,7 @@ class Study:
     eval_split: str
     jobs: int | None = None
     overrides: list[str] = field(default_factory=list)  # the file's `set`
+    group_by: str | None = None  # also score each group of images (a name's part before the first group_by)
     cli_overrides: list[str] = field(default_factory=list)  # the command line's --set (after each arm's `set`)
 
 
@@ -141,6 +145,7 @@ class RunSpec:
     eval_split: str
     iterations: int = 0  # train.iterations of the resolved config: the final iteration
     data: dict = field(default_factory=dict)  # the resolved config's data section
+    group_by: str | None = None
 
     @property
     def eval_file(self) -> str:
@@ -246,10 +251,14 @@ def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Study:
     full = data.get("full_labels", True)
     if not isinstance(full, bool):
         raise StudyError(f"{path}: full_labels must be true or false, got {full!r}")
+    group_by = data.get("group_by")
+    if group_by is not None and (not isinstance(group_by, str) or not group_by):
+        raise StudyError(f"{path}: group_by must be a separator such as _ (an image's group is its name up to the "
+                         f"first one), got {group_by!r}")
     name = data.get("name") or os.path.splitext(os.path.basename(path))[0]
     return Study(path=path, name=str(name), arms=arms, baseline=baseline, labels=_parse_labels(data.get("labels"), path),
                  full_labels=full, seeds=list(seeds), eval_split=eval_split, jobs=jobs, overrides=common,
-                 cli_overrides=cli)
+                 cli_overrides=cli, group_by=group_by)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,7 +285,7 @@ def expand(study: Study, out_dir: str, *, resolve: bool = True) -> list[RunSpec]
                          *labels.overrides(), f"train.seed={seed}", f"data.labeled.seed={seed}", f"name={name}"]
             spec = RunSpec(name=name, arm=arm_name, labels=labels, seed=seed, recipe=arm.recipe, overrides=overrides,
                            run_dir=os.path.join(runs_dir, name), log=os.path.join(logs_dir, f"{name}.log"),
-                           eval_split=study.eval_split)
+                           eval_split=study.eval_split, group_by=study.group_by)
             if resolve:
                 try:
                     cfg = load_config(arm.recipe, overrides)
@@ -317,7 +326,8 @@ def _events(run_dir: str) -> list[dict]:
 def run_state(spec: RunSpec) -> str:
     """What a run folder holds, from what semiseg writes there:
 
-    * ``done``: the held-out evaluation of the final last.pt is recorded (eval_<split>_last.json);
+    * ``done``: the held-out evaluation of the final last.pt is recorded (eval_<split>_last.json), per group
+      when the study has ``group_by`` (an evaluation without its groups is made again);
     * ``trained``: training finished (the final evaluation is logged and last.pt was written after it);
     * ``partial``: a last.pt to resume from;
     * ``new``: no folder, or an empty one;
@@ -327,9 +337,8 @@ def run_state(spec: RunSpec) -> str:
     if not os.path.isdir(d) or not os.listdir(d):
         return "new"
     last = os.path.join(d, "last.pt")
-    result = _read_json(spec.eval_file)
-    if (isinstance(result, dict) and result.get("iteration") == spec.iterations and os.path.isfile(last)
-            and os.path.basename(str(result.get("checkpoint", ""))) == "last.pt"):
+    result = final_evaluation(spec)
+    if result is not None and (spec.group_by is None or result.get("group_by") == spec.group_by):
         return "done"
     if not os.path.isfile(last):
         return "broken"
@@ -338,6 +347,16 @@ def run_state(spec: RunSpec) -> str:
     if final and os.path.getmtime(last) >= final[-1].get("time", math.inf):
         return "trained"
     return "partial"
+
+
+def final_evaluation(spec: RunSpec) -> dict | None:
+    """The run's recorded evaluation of its final last.pt (eval_<split>_last.json), or None."""
+    result = _read_json(spec.eval_file)
+    if (isinstance(result, dict) and result.get("iteration") == spec.iterations
+            and os.path.isfile(os.path.join(spec.run_dir, "last.pt"))
+            and os.path.basename(str(result.get("checkpoint", ""))) == "last.pt"):
+        return result
+    return None
 
 
 def check_eval_split(study: Study, specs: list[RunSpec], echo: Callable[[str], None] = print) -> None:
@@ -426,7 +445,8 @@ def commands(spec: RunSpec, state: str, threads: int) -> list[list[str]]:
     elif state == "partial":
         steps.append([*train, "--resume", spec.run_dir, f"train.threads={threads}"])
     if state != "done":
-        steps.append(["eval", os.path.join(spec.run_dir, "last.pt"), "--split", spec.eval_split,
+        group = ["--group-by", spec.group_by] if spec.group_by is not None else []
+        steps.append(["eval", os.path.join(spec.run_dir, "last.pt"), "--split", spec.eval_split, *group,
                       "--out", spec.eval_file, "--threads", str(threads)])
     return steps
 
@@ -620,9 +640,10 @@ def _split_counts(run_dir: str) -> tuple[int | None, int | None]:
 
 
 def collect(spec: RunSpec) -> dict:
-    """What the table needs from one run folder (``miou`` None when the run is not done)."""
-    done = run_state(spec) == "done"
-    result = _read_json(spec.eval_file) if done else None
+    """What the table needs from one run folder (``miou`` None when the run is not done; ``groups`` {} when its
+    evaluation has none: made before the study had ``group_by``, until the study is run again)."""
+    result = final_evaluation(spec)
+    done = result is not None
     labeled, total = _split_counts(spec.run_dir)
     events = _events(spec.run_dir)
     starts = [e for e in events if e.get("kind") in ("start", "resume")]
@@ -632,6 +653,8 @@ def collect(spec: RunSpec) -> dict:
         "n_labeled": labeled if labeled is not None else None, "n_train": total,
         "miou": metrics.get("miou") if done else None,
         "iou": dict(zip(result.get("classes", []), metrics.get("iou", []))) if done else None,
+        "groups": {g: (r.get("metrics") or {}).get("miou") for g, r in (result.get("groups") or {}).items()}
+        if done else None,
         "iteration": (result or {}).get("iteration"),
         "train_seconds": train_seconds(events) if done else None,
         "threads": starts[-1].get("threads") if starts else None,
@@ -744,6 +767,18 @@ def runs_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def groups_table(results: list[dict], group_by: str) -> str:
+    """Each finished run's mIoU per group of images (columns: the groups, then all images)."""
+    groups = sorted({g for r in results if r["done"] for g in (r["groups"] or {})})
+    lines = [f"mIoU per group of images (an image's group is its name up to the first `{group_by}`):", "",
+             "| run | " + " | ".join(groups) + " | all |", "|---|" + "---|" * (len(groups) + 1)]
+    for r in results:
+        if r["done"]:
+            lines.append(f"| {r['name']} | " + " | ".join(_pct(r["groups"].get(g)) for g in groups)
+                         + f" | {_pct(r['miou'])} |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], path: str, *, title: str, eval_split: str, baseline: str) -> str:
     """mIoU against the number of labeled images (log x), one line per arm, the ceiling dashed.
     Raises ImportError without matplotlib."""
@@ -791,11 +826,14 @@ def write_results(study: Study, specs: list[RunSpec], out_dir: str, echo: Callab
     table = markdown_table(rows, eval_split=study.eval_split, label_text=label_text)
     missing = [r["name"] for r in results if not r["done"]]
     text = f"# Study {study.name}\n\nStudy file: `{study.path}`\n\n{table}\n\n## Runs\n\n{runs_table(results)}\n"
+    if study.group_by is not None:
+        text += f"\n## Per group\n\n{groups_table(results, study.group_by)}\n"
     if missing:
         text += f"\nNot finished yet ({len(missing)}): {', '.join(missing)}. Run the study again to finish them.\n"
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, "study.md"), text)
-    record = {"study": study.name, "file": study.path, "eval_split": study.eval_split, "baseline": study.baseline,
+    record = {"study": study.name, "file": study.path, "eval_split": study.eval_split, "group_by": study.group_by,
+              "baseline": study.baseline,
               "seeds": study.seeds, "rows": rows, "runs": results, "missing": missing}
     from semiseg.metrics import to_json_dict
 
@@ -904,7 +942,8 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
     return 0
 
 
-__all__ = ["StudyError", "Study", "Arm", "Labels", "RunSpec", "load_study", "expand", "run_state", "check_eval_split",
+__all__ = ["StudyError", "Study", "Arm", "Labels", "RunSpec", "load_study", "expand", "run_state", "final_evaluation",
+           "check_eval_split",
            "config_mismatch", "move_aside", "commands", "worker_command", "run_steps", "execute", "collect", "summarize", "verdict",
            "train_seconds", "markdown_table", "plot", "write_results", "run_study", "jobs_and_threads", "default_out_dir"]
 
