@@ -153,6 +153,18 @@ def test_training_run_logs_loss_terms_and_resumes_exactly(tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_summed_losses_keep_the_labeled_loss_at_full_weight(tmp_path):
+    # average_losses: false is the FixMatch paper's l_x + w l_u: the labeled term is not halved
+    cfg = run_config(tmp_path, "summed", **{"method.options": "{conf_thresh: 0.0, average_losses: false}",
+                                            "train.iterations": 2})
+    Trainer(cfg, cfg.run_dir, progress=False).fit()
+    logged = [e for e in read_metrics(cfg.run_dir) if e["kind"] == "train"]
+    assert len(logged) == 2
+    for e in logged:
+        assert e["loss_s"] > 0 and e["loss_fp"] > 0
+        assert e["loss"] == pytest.approx(e["loss_x"] + 0.5 * e["loss_s"] + 0.5 * e["loss_fp"], rel=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ (b) threshold
 
 
