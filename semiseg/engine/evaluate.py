@@ -148,12 +148,11 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
     """
     import dataclasses
     import os
-
-    from semiseg.config import override_config
-    from semiseg.data.info import DatasetInfo
     from collections import Counter
 
+    from semiseg.config import override_config
     from semiseg.data import splits
+    from semiseg.data.info import DatasetInfo
     from semiseg.engine import build
     from semiseg.engine.predict import load_trained_model, load_weights_with_recipe
     from semiseg.runtime import resolve_device
@@ -194,7 +193,15 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
                               num_workers=cfg.data.num_workers if num_workers is None else num_workers,
                               pin_memory=dev.type == "cuda")
     group_of = None if group_by is None else (lambda name: splits.group_of(name, group_by))
-    images_per_group = Counter(group_of(n) for n in dataset.names) if group_of else Counter()
+    images_per_group = Counter()
+    if group_of is not None:
+        names = getattr(dataset, "names", None)
+        if names is None:
+            from semiseg.config import ConfigError
+
+            raise ConfigError(f"--group-by groups images by name, and the {cfg.data.kind!r} dataset does not list its "
+                              "names (a `names` attribute, as semiseg's datasets have); add one or drop --group-by")
+        images_per_group = Counter(group_of(n) for n in names)
     cm, per_group = evaluate_groups(loaded.model, loader, loaded.info.num_classes, groups=sorted(images_per_group),
                                     group_of=group_of, device=dev, precision=loaded.precision,
                                     channels_last=loaded.channels_last, ignore_index=data_info.ignore_index,
