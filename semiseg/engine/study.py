@@ -24,7 +24,8 @@ Each run is one subprocess that runs ``semiseg train`` into ``OUT/runs/<arm>_<la
 again skips finished runs, resumes runs that have a ``last.pt`` and restarts the others (moving what is there
 aside to ``<run>.failed-N``; nothing is deleted). The results go to ``OUT/study.md``, ``OUT/study.json`` and
 ``OUT/study.png``; with ``group_by`` study.md also has each run's mIoU per group of images (``semiseg eval
---group-by``), so a method that wins on one kind of image and loses on another shows. This module parses no command line: that is ``semiseg/commands/study.py``.
+--group-by``), so a method that wins on one kind of image and loses on another shows. This module parses no
+command line: that is ``semiseg/commands/study.py``.
 """
 
 from __future__ import annotations
