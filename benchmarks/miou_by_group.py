@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections import Counter
 
 import torch
 from torch.utils.data import Subset
@@ -44,15 +45,14 @@ def unlabeled_miou_by_group(run_dir: str, sep: str) -> dict[str, tuple[int, floa
     cfg = loaded.cfg
     dataset = build.build_dataset(cfg, cfg.data.train_split, build.eval_transform(loaded.info.normalization))
     _, unlabeled = Split.load(os.path.join(run_dir, "split.txt")).indices(list(dataset.names))
-    names = [dataset.names[i] for i in unlabeled]
-    groups = sorted({group_of(n, sep) for n in names})
+    images_per_group = Counter(group_of(dataset.names[i], sep) for i in unlabeled)
     loader = make_eval_loader(Subset(dataset, unlabeled), batch_size=cfg.eval.batch_size)
-    total, per_group = evaluate_groups(loaded.model, loader, loaded.info.num_classes, groups=groups,
+    total, per_group = evaluate_groups(loaded.model, loader, loaded.info.num_classes, groups=sorted(images_per_group),
                                        group_of=lambda n: group_of(n, sep), precision=loaded.precision,
                                        channels_last=loaded.channels_last, ignore_index=loaded.info.ignore_index,
                                        inference=loaded.inference)
-    out = {g: (sum(group_of(n, sep) == g for n in names), 100 * float(per_group[g].compute()["miou"])) for g in groups}
-    out["all"] = (len(names), 100 * float(total.compute()["miou"]))
+    out = {g: (images_per_group[g], 100 * float(m.compute()["miou"])) for g, m in per_group.items()}
+    out["all"] = (len(unlabeled), 100 * float(total.compute()["miou"]))
     return out
 
 
