@@ -321,8 +321,10 @@ def test_table_only_from_run_folders(tmp_path, capsys):
     specs = {s.name: s for s in st.expand(study, str(out))}
     values = {"supervised_1-8_s0": 0.30, "supervised_1-8_s1": 0.31, "adv_1-8_s0": 0.34, "supervised_all_s0": 0.5,
               "supervised_all_s1": 0.52}
+    class_iou = {"supervised_1-8_s0": (0.8, 0.2), "supervised_1-8_s1": (0.6, 0.3)}
     for name, v in values.items():
-        _fake_run(specs[name], v, labeled=1000 if "all" in name else 125, total=1000)
+        _fake_run(specs[name], v, labeled=1000 if "all" in name else 125, total=1000,
+                  iou=class_iou.get(name, (0.9, 0.1)))
     # one evaluation per group (dusk, day); the others were made without groups and still count in the table
     adv = json.load(open(specs["adv_1-8_s0"].eval_file))
     adv.update(group_by="_", groups={"dusk": {"images": 2, "metrics": {"miou": 0.2}},
@@ -336,7 +338,12 @@ def test_table_only_from_run_folders(tmp_path, capsys):
     per_group = md.split("## Per group", 1)[1]
     assert "| run | day | dusk | all |" in per_group and "| adv_1-8_s0 | 40.0 | 20.0 | 34.0 |" in per_group
     assert "| supervised_1-8_s0 | - | - | 30.0 |" in per_group
+    per_class = md.split("## Per class", 1)[1].split("## Per group", 1)[0]
+    assert "| method | labels | seeds | mIoU | bg | fg |" in per_class
+    assert "| supervised | 1/8 | 2 | 30.5 | 70.0 | 25.0 |" in per_class  # the mean over the row's two seeds
+    assert "| adv | 1/8 | 1 | 34.0 | 90.0 | 10.0 |" in per_class
     record = json.loads((out / "study.json").read_text())
+    assert record["rows"][0]["class_iou"] == pytest.approx({"bg": 0.7, "fg": 0.25})
     run = next(r for r in record["runs"] if r["name"] == "adv_1-8_s0")
     assert run["miou"] == 0.34 and run["iou"] == {"bg": 0.9, "fg": 0.1} and run["train_seconds"] == 30.0
     row = next(r for r in record["rows"] if r["arm"] == "adv")

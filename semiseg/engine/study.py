@@ -683,6 +683,14 @@ def _stats(values: list[float]) -> dict:
             "spread": max(values) - min(values), "std": statistics.stdev(values) if len(values) >= 3 else None}
 
 
+def _mean_class_iou(results: list[dict]) -> dict[str, float] | None:
+    """Per-class IoU averaged over the given runs (classes in the first run's order); None without any."""
+    ious = [r["iou"] for r in results if r.get("iou")]
+    if not ious:
+        return None
+    return {c: sum(i[c] for i in ious) / len(ious) for c in ious[0] if all(c in i for i in ious)}
+
+
 def summarize(results: list[dict], *, baseline: str, arms: list[str], labels: list[str], seeds: list[int]) -> list[dict]:
     """Rows of the table, one per (arm, label setting), from ``collect`` records (pure: no files).
 
@@ -702,6 +710,7 @@ def summarize(results: list[dict], *, baseline: str, arms: list[str], labels: li
             times = [r["train_seconds"] for r in cell.values() if r.get("train_seconds") is not None]
             row = {"arm": arm, "labels": tag, "n_labeled": n_labeled, "planned": len(seeds),
                    "seeds": sorted(vals), "miou": vals, **_stats(list(vals.values())),
+                   "class_iou": _mean_class_iou([r for s, r in cell.items() if s in vals]),
                    "train_seconds_mean": sum(times) / len(times) if times else None,
                    "gains": None, "gain_mean": None, "gain_min": None, "gain_max": None, "share_of_gap": None,
                    "verdict": "ceiling" if tag == "all" else "baseline" if arm == baseline else None}
@@ -780,6 +789,18 @@ def groups_table(results: list[dict], group_by: str) -> str:
     return "\n".join(lines)
 
 
+def class_table(rows: list[dict], label_text: dict[str, str]) -> str:
+    """Per-class IoU of each (method, labels) row of the table, averaged over its finished seeds."""
+    rows = [r for r in rows if r.get("class_iou")]
+    classes = list(dict.fromkeys(c for r in rows for c in r["class_iou"]))
+    lines = ["IoU per class in percent, the mean over each row's finished seeds:", "",
+             "| method | labels | seeds | mIoU | " + " | ".join(classes) + " |", "|---" * (len(classes) + 4) + "|"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {label_text.get(r['labels'], r['labels'])} | {r['n']} | {_pct(r['mean'])} | "
+                     + " | ".join(_pct(r["class_iou"].get(c)) for c in classes) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], path: str, *, title: str, eval_split: str, baseline: str) -> str:
     """mIoU against the number of labeled images (log x), one line per arm, the ceiling dashed.
     Raises ImportError without matplotlib."""
@@ -827,6 +848,8 @@ def write_results(study: Study, specs: list[RunSpec], out_dir: str, echo: Callab
     table = markdown_table(rows, eval_split=study.eval_split, label_text=label_text)
     missing = [r["name"] for r in results if not r["done"]]
     text = f"# Study {study.name}\n\nStudy file: `{study.path}`\n\n{table}\n\n## Runs\n\n{runs_table(results)}\n"
+    if any(r.get("class_iou") for r in rows):
+        text += f"\n## Per class\n\n{class_table(rows, label_text)}\n"
     if study.group_by is not None:
         text += f"\n## Per group\n\n{groups_table(results, study.group_by)}\n"
     if missing:
