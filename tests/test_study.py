@@ -16,6 +16,7 @@ import pytest
 from semiseg.cli import main
 from semiseg.config import dump_config, load_config
 from semiseg.engine import study as st
+from semiseg.engine import study_report as report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYN = os.path.join(REPO, "configs", "synthetic")
@@ -224,8 +225,8 @@ def test_changed_settings_are_refused(tmp_path):
 def test_train_seconds_sums_sessions():
     events = [{"kind": "start", "time": 100.0}, {"kind": "train", "time": 110.0},
               {"kind": "resume", "time": 500.0}, {"kind": "train", "time": 520.0}, {"kind": "eval", "time": 530.0}]
-    assert st.train_seconds(events) == pytest.approx(40.0)
-    assert st.train_seconds([]) is None
+    assert report.train_seconds(events) == pytest.approx(40.0)
+    assert report.train_seconds([]) is None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def test_table_maths():
     results += [_result("small", "1-8", s, v) for s, v in small.items()]
     results += [_result("bad", "1-8", s, v) for s, v in bad.items()]
     results += [_result("sup", "all", s, v, n=1000) for s, v in full.items()]
-    rows = st.summarize(results, baseline="sup", arms=["sup", "good", "small", "bad"], labels=["1-8", "all"],
+    rows = report.summarize(results, baseline="sup", arms=["sup", "good", "small", "bad"], labels=["1-8", "all"],
                         seeds=[0, 1, 2])
     by = {(r["arm"], r["labels"]): r for r in rows}
     assert [(r["arm"], r["labels"]) for r in rows] == [("sup", "1-8"), ("good", "1-8"), ("small", "1-8"),
@@ -265,7 +266,7 @@ def test_table_maths():
     assert by["bad", "1-8"]["verdict"] == "hurts" and by["bad", "1-8"]["share_of_gap"] < 0
     assert by["sup", "all"]["verdict"] == "ceiling" and by["sup", "all"]["n_labeled"] == 1000
 
-    md = st.markdown_table(rows, eval_split="test", label_text={"1-8": "1/8", "all": "all"})
+    md = report.markdown_table(rows, eval_split="test", label_text={"1-8": "1/8", "all": "all"})
     assert "| good | 1/8 | 125 | 3 | **37.0** | 36.0-38.0 | 1.0 | +6.0 (+5.0..+7.0) | 32% | helps | 60 s |" in md
     assert "| sup | all | 1000 | 3 | **50.0** |" in md and "twice the baseline's seed-to-seed spread" in md
 
@@ -273,11 +274,11 @@ def test_table_maths():
 def test_table_with_missing_runs_and_no_ceiling():
     results = [_result("sup", "1-8", 0, 0.30), _result("sup", "1-8", 1, None), _result("x", "1-8", 0, 0.33),
                _result("x", "1-8", 1, 0.34)]
-    rows = st.summarize(results, baseline="sup", arms=["sup", "x"], labels=["1-8"], seeds=[0, 1])
+    rows = report.summarize(results, baseline="sup", arms=["sup", "x"], labels=["1-8"], seeds=[0, 1])
     x = rows[1]
     assert x["gains"] == pytest.approx({0: 0.03}) and x["share_of_gap"] is None  # no full-label run
     assert x["verdict"] == "needs 2+ seeds"
-    assert "| sup | 1-8 | 125 | 1 of 2 |" in st.markdown_table(rows, eval_split="test", label_text={})
+    assert "| sup | 1-8 | 125 | 1 of 2 |" in report.markdown_table(rows, eval_split="test", label_text={})
 
 
 @pytest.mark.parametrize("gains, spread, expected", [
@@ -289,13 +290,13 @@ def test_table_with_missing_runs_and_no_ceiling():
     ([0.05], 0.0, "needs 2+ seeds"),
 ])
 def test_verdict_rule(gains, spread, expected):
-    assert st.verdict(gains, spread) == expected
+    assert report.verdict(gains, spread) == expected
 
 
 def test_gap_closed_undefined_when_baseline_reaches_ceiling():
     results = [_result("sup", "1-8", s, 0.5) for s in (0, 1)] + [_result("x", "1-8", s, 0.55) for s in (0, 1)]
     results += [_result("sup", "all", s, 0.5) for s in (0, 1)]
-    rows = st.summarize(results, baseline="sup", arms=["sup", "x"], labels=["1-8", "all"], seeds=[0, 1])
+    rows = report.summarize(results, baseline="sup", arms=["sup", "x"], labels=["1-8", "all"], seeds=[0, 1])
     assert rows[1]["share_of_gap"] is None and rows[1]["verdict"] == "helps"
 
 
