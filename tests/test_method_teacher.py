@@ -246,3 +246,74 @@ def test_per_class_keep_selects_a_share_of_each_class_in_training(tmp_path, monk
     assert 0.25 <= float(out["mask_ratio"]) < 0.3  # conf_thresh 0 alone would keep every pixel
     with pytest.raises(Exception, match="per_class_keep"):
         UniMatch({"per_class_keep": 1.5})
+
+
+# ------------------------------------------------------------------------------------------------ distribution alignment
+
+
+def _constant_probs(*rows: list[float]) -> torch.Tensor:
+    """(N, C, 2, 2) probabilities, image i predicting rows[i] at every pixel."""
+    return torch.tensor(rows).view(len(rows), -1, 1, 1).expand(-1, -1, 2, 2).clone()
+
+
+def test_distribution_alignment_scales_by_labeled_over_running_prediction():
+    from semiseg.engine.methods.unimatch import DistributionAlignment
+    align = DistributionAlignment(2, momentum=0.5, ignore_index=255)
+    probs = _constant_probs([0.8, 0.2], [0.4, 0.6])  # mean prediction [0.6, 0.4]
+    valid = torch.ones(2, 2, 2, dtype=torch.bool)
+    assert torch.equal(align(probs, valid), probs)  # no labels seen yet: unchanged, but the mean is recorded
+    align.observe_labels(torch.tensor([[0, 1], [1, 255]]))  # labeled frequency [1/3, 2/3]
+    out = align(probs, valid)  # running mean stays [0.6, 0.4]; ratio [1/3 / 0.6, 2/3 / 0.4] = [5/9, 5/3]
+    expected = probs * torch.tensor([5 / 9, 5 / 3]).view(1, 2, 1, 1)
+    torch.testing.assert_close(out, expected / expected.sum(1, keepdim=True))
+    # invalid (padding) pixels do not move the running mean
+    valid[1] = False
+    align(_constant_probs([0.8, 0.2], [0.0, 1.0]), valid)
+    torch.testing.assert_close(align.predicted, torch.tensor([0.7, 0.3]))
+
+
+def test_distribution_alignment_per_group_aligns_each_group_on_its_own():
+    from semiseg.engine.methods.unimatch import DistributionAlignment
+    valid = torch.ones(3, 2, 2, dtype=torch.bool)
+    probs = _constant_probs([0.9, 0.1], [0.3, 0.7], [0.9, 0.1])
+    names = ["dusk_001", "day_001", "dusk_002"]
+    grouped = DistributionAlignment(2, momentum=0.9, ignore_index=255, group_by="_")
+    grouped.observe_labels(torch.tensor([[0, 1]]))  # labeled frequency [0.5, 0.5]
+    out = grouped(probs, valid, names)
+    # each group predicts one constant distribution, so dividing by its own mean gives exactly the labeled one
+    torch.testing.assert_close(out, torch.full_like(out, 0.5))
+    assert set(grouped.group_predicted) == {"dusk", "day"}
+    # one running mean for all: the dusk images keep most of their lean towards class 0
+    single = DistributionAlignment(2, momentum=0.9, ignore_index=255)
+    single.observe_labels(torch.tensor([[0, 1]]))
+    assert single(probs, valid)[0, 0, 0, 0] > 0.6
+    # the running means are the method's state: saved, restored
+    restored = DistributionAlignment(2, momentum=0.9, ignore_index=255, group_by="_")
+    restored.load_state_dict(grouped.state_dict())
+    later = _constant_probs([0.5, 0.5], [0.5, 0.5], [0.5, 0.5])
+    torch.testing.assert_close(restored(later, valid, names), grouped(later, valid, names))
+    with pytest.raises(ValueError, match="name of every image"):
+        grouped(probs, valid)
+
+
+def test_grouped_alignment_options_are_checked_and_a_run_resumes_exactly(tmp_path):
+    from semiseg.config import ConfigError
+    with pytest.raises(ConfigError, match="distribution_alignment=true or da_group_by=null"):
+        UniMatch({"da_group_by": "_"})
+    with pytest.raises(ConfigError, match="non-empty separator"):
+        UniMatch({"distribution_alignment": True, "da_group_by": ""})
+    # the tiny data's names train_000 ... : "1" as separator makes several groups (train_00, train_0, train_002, ...)
+    options = "{conf_thresh: 0.0, teacher: ema, distribution_alignment: true, da_group_by: '1'}"
+    straight = run_config(tmp_path, "straight", **{"method.options": options})
+    Trainer(straight, straight.run_dir, progress=False).fit()
+    chunked = run_config(tmp_path, "chunked", **{"method.options": options})
+    Trainer(chunked, chunked.run_dir, progress=False).fit(stop_at=3)
+    Trainer(chunked, chunked.run_dir, resume=True, progress=False).fit()
+    a = load_checkpoint(os.path.join(straight.run_dir, "last.pt"))
+    b = load_checkpoint(os.path.join(chunked.run_dir, "last.pt"))
+    groups_a = a["method"]["distribution_alignment"]["group_predicted"]
+    assert len(groups_a) >= 2 and a["method"]["distribution_alignment"]["predicted"] is None
+    assert groups_a.keys() == b["method"]["distribution_alignment"]["group_predicted"].keys()
+    for g in groups_a:
+        torch.testing.assert_close(groups_a[g], b["method"]["distribution_alignment"]["group_predicted"][g])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

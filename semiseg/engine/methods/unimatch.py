@@ -56,13 +56,14 @@ import contextlib
 import dataclasses
 import math
 import warnings
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from semiseg.config import ConfigError
+from semiseg.data.splits import group_of
 from semiseg.data.transforms import build_strong_augment, mean_rgb_uint8, normalize, strong_augment_batch
 from semiseg.engine.build import class_weights
 from semiseg.engine.methods.base import Method
@@ -129,6 +130,12 @@ class UniMatchOptions:
     distribution_alignment: bool = False
     # Momentum of the two running class distributions distribution alignment keeps.
     da_momentum: float = 0.99
+    # null: one running prediction for all unlabeled images. A separator (CamVid: "_"): images whose names share the
+    # part before it (a video sequence, a camera, a site) keep a running prediction of their own, each aligned to the
+    # labeled frequencies on its own. With one running mean, a group the labels miss can collapse onto a few classes
+    # while the others hold the mean in place (CamVid 12 labels without a dusk frame: dusk predicted 65% building,
+    # 29% car, 1% road after training; BENCHMARKS.md).
+    da_group_by: str | None = None
     # null: one confidence threshold for every class (conf_thresh, the official rule). A share in (0, 1]: per class
     # and batch, the most confident per_class_keep of the pixels the teacher gives that class are kept (DARS-style
     # class-wise thresholds; conf_thresh is then unused). One global threshold keeps nearly all background pixels and
@@ -175,6 +182,12 @@ class UniMatchOptions:
             raise ConfigError(f"method.options.ema_momentum must be in [0, 1), got {self.ema_momentum}")
         if not 0.0 <= self.da_momentum < 1.0:
             raise ConfigError(f"method.options.da_momentum must be in [0, 1), got {self.da_momentum}")
+        if self.da_group_by is not None and not (isinstance(self.da_group_by, str) and self.da_group_by):
+            raise ConfigError(f"method.options.da_group_by must be a non-empty separator such as '_' (or null), "
+                              f"got {self.da_group_by!r}")
+        if self.da_group_by is not None and not self.distribution_alignment:
+            raise ConfigError("method.options.da_group_by groups distribution alignment's running prediction, and "
+                              "distribution_alignment is false: set distribution_alignment=true or da_group_by=null")
         if self.per_class_keep is not None and not 0.0 < self.per_class_keep <= 1.0:
             raise ConfigError(f"method.options.per_class_keep must be in (0, 1] (the share of each class's pixels "
                               f"kept) or null (one global conf_thresh), got {self.per_class_keep}")
@@ -207,12 +220,13 @@ class Targets(NamedTuple):
         return Targets(*(torch.where(box, p, t) for t, p in zip(self, pasted)))
 
 
-def pseudo_labels(logits: torch.Tensor, valid: torch.Tensor, align: "DistributionAlignment | None" = None) -> Targets:
+def pseudo_labels(logits: torch.Tensor, valid: torch.Tensor, align: "DistributionAlignment | None" = None,
+                  names: Sequence[str] | None = None) -> Targets:
     """argmax and max softmax of (N, C, H, W) logits (computed in float32, without gradient), after distribution
-    alignment when ``align`` is given."""
+    alignment when ``align`` is given (``names``: the images', for an alignment per group)."""
     probs = logits.detach().float().softmax(dim=1)
     if align is not None:
-        probs = align(probs, valid)
+        probs = align(probs, valid, names)
     conf, label = probs.max(dim=1)
     return Targets(label, conf, valid)
 
@@ -222,12 +236,17 @@ class DistributionAlignment:
 
     ``labeled_freq`` is a running average of the class frequencies of labeled pixels (:meth:`observe_labels`),
     ``running_mean(p)`` one of the teacher's mean class probabilities over valid unlabeled pixels (updated by each
-    call). Both start at the first observation and are saved with the method's state."""
+    call). Both start at the first observation and are saved with the method's state.
 
-    def __init__(self, num_classes: int, momentum: float, ignore_index: int):
+    ``group_by`` (a separator): one running mean per group of images (a name's part before the separator, as
+    ``data.labeled.stratify``), each image aligned with its group's; calls then pass the images' names."""
+
+    def __init__(self, num_classes: int, momentum: float, ignore_index: int, group_by: str | None = None):
         self.num_classes, self.momentum, self.ignore_index = num_classes, momentum, ignore_index
+        self.group_by = group_by
         self.labeled: torch.Tensor | None = None
         self.predicted: torch.Tensor | None = None
+        self.group_predicted: dict[str, torch.Tensor] = {}
 
     def _ema(self, old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
         return new if old is None else self.momentum * old + (1 - self.momentum) * new
@@ -238,21 +257,36 @@ class DistributionAlignment:
         if counts.sum() > 0:
             self.labeled = self._ema(self.labeled, counts / counts.sum())
 
-    def __call__(self, probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _mean(probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         weights = valid.unsqueeze(1).float()
-        mean = ((probs * weights).sum(dim=(0, 2, 3)) / weights.sum().clamp(min=1)).cpu()
-        self.predicted = self._ema(self.predicted, mean)
+        return ((probs * weights).sum(dim=(0, 2, 3)) / weights.sum().clamp(min=1)).cpu()
+
+    def __call__(self, probs: torch.Tensor, valid: torch.Tensor, names: Sequence[str] | None = None) -> torch.Tensor:
+        if self.group_by is None:
+            self.predicted = self._ema(self.predicted, self._mean(probs, valid))
+            predicted = self.predicted.view(1, -1)
+        else:
+            if names is None or len(names) != probs.shape[0]:
+                raise ValueError("distribution alignment per group needs the name of every image in the batch")
+            groups = [group_of(name, self.group_by) for name in names]
+            for g in dict.fromkeys(groups):
+                rows = torch.tensor([i for i, h in enumerate(groups) if h == g], device=probs.device)
+                self.group_predicted[g] = self._ema(self.group_predicted.get(g),
+                                                    self._mean(probs[rows], valid[rows]))
+            predicted = torch.stack([self.group_predicted[g] for g in groups])
         if self.labeled is None:
             return probs
-        ratio = (self.labeled / self.predicted.clamp(min=1e-6)).to(probs.device).view(1, -1, 1, 1)
-        aligned = probs * ratio
+        ratio = (self.labeled.view(1, -1) / predicted.clamp(min=1e-6)).to(probs.device)
+        aligned = probs * ratio.view(*ratio.shape, 1, 1)
         return aligned / aligned.sum(dim=1, keepdim=True).clamp(min=1e-12)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"labeled": self.labeled, "predicted": self.predicted}
+        return {"labeled": self.labeled, "predicted": self.predicted, "group_predicted": dict(self.group_predicted)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.labeled, self.predicted = state.get("labeled"), state.get("predicted")
+        self.group_predicted = dict(state.get("group_predicted") or {})
 
 
 def consistency_loss(logits: torch.Tensor, targets: Targets, conf_thresh: float | torch.Tensor,
@@ -409,7 +443,7 @@ class UniMatch(Method):
         self.teacher = ctx.add_module("teacher", EMATeacher(ctx.raw_model, o.ema_momentum), ddp=False) \
             if o.teacher == "ema" else None
         self._ema_updated_at = -1
-        self.align = DistributionAlignment(ctx.num_classes, o.da_momentum, ctx.ignore_index) \
+        self.align = DistributionAlignment(ctx.num_classes, o.da_momentum, ctx.ignore_index, o.da_group_by) \
             if o.distribution_alignment else None
 
     def state_dict(self) -> dict[str, Any]:
@@ -439,11 +473,13 @@ class UniMatch(Method):
             return {"loss": loss_x.detach(), "loss_x": loss_x.detach()}
 
         images_u, _ = ctx.to_device(unlabeled_batch)  # the masks of unlabeled images never enter a loss
-        images_m, _ = ctx.to_device(next(self.mix_stream))
+        mix_batch = next(self.mix_stream)
+        images_m, _ = ctx.to_device(mix_batch)
+        names_u, names_m = unlabeled_batch.get("name"), mix_batch.get("name")
         valid_u = ~padding_mask(images_u, ctx.normalization)
         valid_m = ~padding_mask(images_m, ctx.normalization)
         if self.teacher is not None:
-            targets_u, targets_m = self._ema_targets(images_u, valid_u, images_m, valid_m)
+            targets_u, targets_m = self._ema_targets(images_u, valid_u, images_m, valid_m, names_u, names_m)
         else:
             targets_u, targets_m = None, self._eval_targets(images_m, valid_m)
         views = make_strong_views(images_u, images_m, views=o.strong_views, cutmix_prob=o.cutmix_prob,
@@ -456,7 +492,7 @@ class UniMatch(Method):
             with strong_stats:
                 logits_s = ctx.model(self._layout(torch.cat([v for v, _ in views]))).chunk(len(views))
         if targets_u is None:
-            targets_u = pseudo_labels(logits_u, valid_u, self.align)
+            targets_u = pseudo_labels(logits_u, valid_u, self.align, names_u)
         threshold = self._threshold(targets_u)
 
         # Losses in float32 (softmax over bf16 logits loses the small probabilities CE cares about).
@@ -509,12 +545,13 @@ class UniMatch(Method):
             self.teacher.update(self.ctx.raw_model, ema_momentum(iteration, self.options.ema_momentum))
         self._ema_updated_at = iteration
 
-    def _ema_targets(self, images_u, valid_u, images_m, valid_m) -> tuple[Targets, Targets]:
+    def _ema_targets(self, images_u, valid_u, images_m, valid_m, names_u=None, names_m=None) -> tuple[Targets, Targets]:
         """Pseudo labels of the unlabeled and the pasted images from the EMA teacher in one no-grad pass."""
         with torch.no_grad(), self.ctx.autocast():
             logits = self.teacher(torch.cat([images_u, images_m]))
         logits_u, logits_m = logits.split([images_u.shape[0], images_m.shape[0]])
-        return pseudo_labels(logits_u, valid_u, self.align), pseudo_labels(logits_m, valid_m, self.align)
+        return (pseudo_labels(logits_u, valid_u, self.align, names_u),
+                pseudo_labels(logits_m, valid_m, self.align, names_m))
 
     def _eval_targets(self, images: torch.Tensor, valid: torch.Tensor) -> Targets:
         """Pseudo labels of the images CutMix pastes in: eval mode and no gradient, as the official code (so this
