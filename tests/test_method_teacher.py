@@ -302,6 +302,9 @@ def test_grouped_alignment_options_are_checked_and_a_run_resumes_exactly(tmp_pat
         UniMatch({"da_group_by": "_"})
     with pytest.raises(ConfigError, match="non-empty separator"):
         UniMatch({"distribution_alignment": True, "da_group_by": ""})
+    wrong = run_config(tmp_path, "wrong", **{"method.options": "{distribution_alignment: true, da_group_by: '#'}"})
+    with pytest.raises(ConfigError, match="no unlabeled image's name contains it .*'train_0"):
+        Trainer(wrong, wrong.run_dir, progress=False).fit()
     # the tiny data's names train_000 ... : "1" as separator makes several groups (train_00, train_0, train_002, ...)
     options = "{conf_thresh: 0.0, teacher: ema, distribution_alignment: true, da_group_by: '1'}"
     straight = run_config(tmp_path, "straight", **{"method.options": options})

@@ -430,6 +430,8 @@ class UniMatch(Method):
         o = self.options
         if ctx.unlabeled_dataset is None:
             raise ConfigError("unimatch needs unlabeled images; set data.labeled.fraction (or count / id_file)")
+        if o.da_group_by is not None:
+            self._check_da_groups(ctx.unlabeled_dataset, o.da_group_by)
         self.class_weight = self._class_weight(ctx) if o.class_weighted else None
         self.fp = FeaturePerturbation(ctx.raw_model, o.fp_dropout) if o.feature_perturbation else None
         if ctx.cfg.data.photometric:
@@ -517,6 +519,19 @@ class UniMatch(Method):
             out["pseudo_acc"] = pseudo_label_accuracy(targets_u, unlabeled_batch["mask"].to(ctx.device),
                                                       threshold(targets_u), ctx.ignore_index)
         return {"loss": loss.detach(), **out}
+
+    @staticmethod
+    def _check_da_groups(unlabeled, separator: str) -> None:
+        """A separator no unlabeled image's name contains would make every image a group of its own (alignment per
+        image, which forces each image towards the labeled class frequencies): a mistake, refused."""
+        names = getattr(getattr(unlabeled, "dataset", unlabeled), "names", None)
+        if names is None:  # a dataset without names: the first batch fails instead, naming the option
+            return
+        mine = [names[i] for i in getattr(unlabeled, "indices", range(len(names)))]
+        if mine and not any(separator in name for name in mine):
+            raise ConfigError(f"method.options.da_group_by={separator!r}: no unlabeled image's name contains it (e.g. "
+                              f"{mine[0]!r}), so every image would be aligned on its own; set the separator that ends "
+                              "the group part of the names (CamVid: '_' in 0001TP_008550) or da_group_by=null")
 
     @staticmethod
     def _class_weight(ctx) -> torch.Tensor:
