@@ -134,7 +134,8 @@ class UniMatchOptions:
     # part before it (a video sequence, a camera, a site) keep a running prediction of their own, each aligned to the
     # labeled frequencies on its own. With one running mean, a group the labels miss can collapse onto a few classes
     # while the others hold the mean in place (CamVid 12 labels without a dusk frame: dusk predicted 65% building,
-    # 29% car, 1% road after training; BENCHMARKS.md).
+    # 29% car, 1% road after training). Tried in CamVid development round 4 (BENCHMARKS.md): it stopped that collapse
+    # (dusk 6.3 -> 19.8 mIoU on the unlabeled frames) but stayed 0.7 under supervised training overall.
     da_group_by: str | None = None
     # null: one confidence threshold for every class (conf_thresh, the official rule). A share in (0, 1]: per class
     # and batch, the most confident per_class_keep of the pixels the teacher gives that class are kept (DARS-style
