@@ -148,13 +148,19 @@ def test_pseudo_label_accuracy_counts_confident_pixels_only():
     assert float(pseudo_label_accuracy(Targets(label, conf, valid), truth, 0.95, 255)) == 0.5
 
 
-def test_run_with_ema_teacher_and_warm_up_resumes_exactly(tmp_path):
-    options = "{conf_thresh: 0.0, teacher: ema, ema_momentum: 0.9, unsup_start: 2, unsup_rampup: 2, log_pseudo_accuracy: true}"
+def train_straight_and_resumed(tmp_path, options: str):
+    """Two runs with these method options: one straight through, one stopped after 3 iterations and resumed."""
     straight = run_config(tmp_path, "straight", **{"method.options": options})
     Trainer(straight, straight.run_dir, progress=False).fit()
     chunked = run_config(tmp_path, "chunked", **{"method.options": options})
     Trainer(chunked, chunked.run_dir, progress=False).fit(stop_at=3)
     Trainer(chunked, chunked.run_dir, resume=True, progress=False).fit()
+    return straight, chunked
+
+
+def test_run_with_ema_teacher_and_warm_up_resumes_exactly(tmp_path):
+    options = "{conf_thresh: 0.0, teacher: ema, ema_momentum: 0.9, unsup_start: 2, unsup_rampup: 2, log_pseudo_accuracy: true}"
+    straight, chunked = train_straight_and_resumed(tmp_path, options)
     logged = [e for e in read_metrics(straight.run_dir) if e["kind"] == "train"]
     assert [("loss_s" in e) for e in logged] == [False, False, True, True, True, True]
     assert all(0.0 <= e["pseudo_acc"] <= 1.0 for e in logged[2:])
@@ -307,11 +313,7 @@ def test_grouped_alignment_options_are_checked_and_a_run_resumes_exactly(tmp_pat
         Trainer(wrong, wrong.run_dir, progress=False).fit()
     # the tiny data's names train_000 ... : "1" as separator makes several groups (train_00, train_0, train_002, ...)
     options = "{conf_thresh: 0.0, teacher: ema, distribution_alignment: true, da_group_by: '1'}"
-    straight = run_config(tmp_path, "straight", **{"method.options": options})
-    Trainer(straight, straight.run_dir, progress=False).fit()
-    chunked = run_config(tmp_path, "chunked", **{"method.options": options})
-    Trainer(chunked, chunked.run_dir, progress=False).fit(stop_at=3)
-    Trainer(chunked, chunked.run_dir, resume=True, progress=False).fit()
+    straight, chunked = train_straight_and_resumed(tmp_path, options)
     a = load_checkpoint(os.path.join(straight.run_dir, "last.pt"))
     b = load_checkpoint(os.path.join(chunked.run_dir, "last.pt"))
     groups_a = a["method"]["distribution_alignment"]["group_predicted"]
