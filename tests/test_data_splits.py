@@ -56,6 +56,9 @@ def test_a_stratified_split_labels_every_group_in_proportion(tmp_path):
     assert "# stratify: '_': 0001TP 2/62, 0006R0 3/101, 0016E5 7/204" in open(path).read()
     with pytest.raises(DataError, match="drop stratify"):
         make_split(SEQUENCES, id_file=path, stratify="_")
+    # a separator no name contains would make every name a group and the draw not random: refused, with the fix
+    with pytest.raises(DataError, match="(?s)stratify='-': no sample name contains it .*CamVid: '_'"):
+        make_split(SEQUENCES, count=12, seed=0, stratify="-")
 
 
 def test_save_load_round_trip_is_readable(tmp_path):

@@ -153,6 +153,11 @@ def make_split(
     info["total"] = len(names)
     if not stratify:
         return Split(order[:n], order[n:], seed, info)
+    if not any(stratify in name for name in names):
+        # every name would be a group of its own, and the draw would not be random (allocate breaks ties by name)
+        raise DataError(f"stratify={stratify!r}: no sample name contains it (e.g. {names[0]!r}), so there are no "
+                        "groups to draw from", None, "give the separator that ends the group part of the names "
+                        "(CamVid: '_' in 0001TP_008550), or drop stratify")
     groups: dict[str, list[str]] = {}
     for name in order:  # each group in the seeded order
         groups.setdefault(group_of(name, stratify), []).append(name)
