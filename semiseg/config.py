@@ -73,6 +73,7 @@ class DataConfig:
     hflip: bool = True
     rotate90: bool = False  # random quarter turns, for data with no "up" (aerial, microscopy, synthetic); square crops
     photometric: bool = False  # mild colour distortion of training crops (brightness, contrast, saturation, hue)
+    brightness_range: list[float] | None = None  # [min, max] brightness factor of that distortion; null: 0.875-1.125
     normalization: str = "auto"  # auto (what the model's weights expect) | imagenet | caffe (BGR) | caffe_rgb
     batch_size: int = 10  # images per optimizer step summed over all processes and accumulation steps
     num_workers: int = 2  # per process
@@ -473,6 +474,13 @@ def validate(cfg: Config) -> None:
                           f"be batched with unturned ones); set data.crop_size=[{side}, {side}] or data.rotate90=false")
     if d.scale_range is not None and (len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]):
         raise ConfigError(f"data.scale_range must be [min, max] with 0 < min <= max (or null), got {d.scale_range}")
+    if d.brightness_range is not None:
+        if len(d.brightness_range) != 2 or not 0 <= d.brightness_range[0] <= d.brightness_range[1]:
+            raise ConfigError(f"data.brightness_range must be [min, max] with 0 <= min <= max (or null), "
+                              f"got {d.brightness_range}")
+        if not d.photometric:
+            raise ConfigError("data.brightness_range sets the brightness of the photometric distortion, which is off; "
+                              "set data.photometric=true or data.brightness_range=null")
     if d.normalization not in ("auto", "imagenet", "caffe", "caffe_rgb"):  # semiseg.data.transforms.NORMALIZATIONS
         raise ConfigError(f"data.normalization must be auto, imagenet, caffe or caffe_rgb, got {d.normalization!r}")
     if d.batch_size < 1 or t.accum_steps < 1:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from semiseg.config import load_config
+from semiseg.config import ConfigError, load_config
 from semiseg.data import DataError
 from semiseg.data.palettes import voc_colormap
 from semiseg.data.transforms import (
@@ -186,6 +186,33 @@ def test_photometric_distortion_changes_colours_not_geometry_or_mask():
         assert torch.equal(msk, base_msk)  # the mask and the geometry never move
         changed += int(not torch.allclose(img, base_img))
     assert changed >= 4  # four ops at p=0.5 each: at least one applies in ~94% of draws
+
+
+def test_brightness_range_sets_the_photometric_brightness_factor():
+    # A flat grey image: contrast, saturation and hue jitter leave it as it is, so every output pixel is the
+    # brightness factor times 200 - here 0.5x when the jitter applies (p=0.5), 1x when it does not (+-3: the hue
+    # jitter's uint8 round trip through HSV).
+    torch.manual_seed(0)
+    grey = tv_tensors.Image(torch.full((3, 8, 8), 200, dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.zeros(8, 8, dtype=torch.int64))
+    t = build_train_transform(8, scale_range=None, hflip=False, photometric=True, brightness_range=(0.5, 0.5))
+    levels = {round(denormalize(t(grey, mask)[0]).float().mean().item() / 100) * 100 for _ in range(20)}
+    assert levels == {100, 200}
+    for _ in range(20):
+        out = denormalize(t(grey, mask)[0]).int()
+        assert out.max() - out.min() <= 1 and min(abs(out[0, 0, 0] - 100), abs(out[0, 0, 0] - 200)) <= 3
+    with pytest.raises(DataError, match="only by the photometric"):
+        build_train_transform(8, brightness_range=(0.5, 1.0))
+    with pytest.raises(DataError, match="0 <= min <= max"):
+        build_train_transform(8, photometric=True, brightness_range=(1.2, 0.8))
+
+
+def test_brightness_range_config_checks():
+    assert load_config(None, ["data.photometric=true", "data.brightness_range=[0.4,1.25]"]).data.brightness_range == [0.4, 1.25]
+    with pytest.raises(ConfigError, match="photometric distortion, which is off"):
+        load_config(None, ["data.brightness_range=[0.4,1.25]"])
+    with pytest.raises(ConfigError, match=r"data.brightness_range must be \[min, max\]"):
+        load_config(None, ["data.photometric=true", "data.brightness_range=[1.5,0.5]"])
 
 
 def test_quarter_turns_rotate_image_and_mask_together_and_use_all_four_angles():

@@ -161,14 +161,20 @@ def strong_augment_batch(images: torch.Tensor, normalization: str = "imagenet", 
     return torch.stack(out).to(images.device, images.dtype)
 
 
-def build_photometric_distortion() -> v2.Compose:
+def build_photometric_distortion(brightness: Sequence[float] | None = None) -> v2.Compose:
     """Mild colour distortion for supervised training, on uint8 RGB images (the ranges of mmsegmentation's
     PhotoMetricDistortion: brightness +-32/255, contrast and saturation 0.5-1.5, hue +-18 degrees), each
     applied with probability 0.5. Milder than :func:`build_strong_augment`: no grayscale, no blur, so the
     labelled images keep their look while the model stops relying on exact colours and exposure (CamVid's
-    test sequences are filmed at other times of day than most of its training frames)."""
+    test sequences are filmed at other times of day than most of its training frames).
+
+    ``brightness`` = (min, max) widens or narrows the brightness factor (default 1 -+ 32/255, i.e. 0.875-1.125):
+    CamVid's dusk sequence is about half as bright as its daylight ones, a factor the default never reaches."""
+    brightness = (1 - 32 / 255, 1 + 32 / 255) if brightness is None else tuple(float(b) for b in brightness)
+    if len(brightness) != 2 or not 0 <= brightness[0] <= brightness[1]:
+        raise DataError(f"brightness range must be (min, max) with 0 <= min <= max, got {brightness}")
     return v2.Compose([
-        v2.RandomApply([v2.ColorJitter(brightness=32 / 255)], p=0.5),
+        v2.RandomApply([v2.ColorJitter(brightness=brightness)], p=0.5),
         v2.RandomApply([v2.ColorJitter(contrast=0.5)], p=0.5),
         v2.RandomApply([v2.ColorJitter(saturation=0.5)], p=0.5),
         v2.RandomApply([v2.ColorJitter(hue=18 / 360)], p=0.5),
@@ -190,11 +196,13 @@ def build_train_transform(
     rotate90: bool = False,
     strong: bool = False,
     photometric: bool = False,
+    brightness_range: Sequence[float] | None = None,
     normalization: str = "imagenet",
     ignore_index: int = 255,
 ) -> v2.Compose:
     """Random scale -> random crop (padding the image with the mean, the mask with ``ignore_index``)
-    -> horizontal flip -> optional quarter turn (square crops only) -> optional mild (``photometric``) or strong colour augmentation -> normalisation."""
+    -> horizontal flip -> optional quarter turn (square crops only) -> optional mild (``photometric``, its brightness
+    factor drawn from ``brightness_range``) or strong colour augmentation -> normalisation."""
     _check_mode(normalization)
     steps: list = []
     if scale_range is not None:
@@ -210,7 +218,10 @@ def build_train_transform(
                             f"with the others)", None, f"set data.crop_size=[{min(h, w)}, {min(h, w)}] or rotate90=false")
         steps.append(RandomQuarterTurn())
     if photometric:
-        steps.append(build_photometric_distortion())
+        steps.append(build_photometric_distortion(brightness_range))
+    elif brightness_range is not None:
+        raise DataError("a brightness range is used only by the photometric distortion", None,
+                        "pass photometric=True (data.photometric: true) or drop the range")
     if strong:
         steps.append(build_strong_augment())
     steps += [NormalizeImage(normalization), ToPlainTensors()]

@@ -53,7 +53,8 @@ def train_transform(cfg: Config, normalization: str, ignore_index: int):
 
     d = cfg.data
     return build_train_transform(d.crop_size, scale_range=d.scale_range, hflip=d.hflip, rotate90=d.rotate90,
-                                 photometric=d.photometric, normalization=normalization, ignore_index=ignore_index)
+                                 photometric=d.photometric, brightness_range=d.brightness_range,
+                                 normalization=normalization, ignore_index=ignore_index)
 
 
 def eval_transform(normalization: str):
