@@ -1,0 +1,70 @@
+"""benchmarks/miou_by_group.py --unlabeled: the development signal that decided CamVid rounds 2-5 (BENCHMARKS.md).
+
+It must score exactly the images the run's split.txt lists as unlabeled, each group on its own, against their masks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, TinyShapes, tiny_overrides
+from semiseg.config import load_config
+from semiseg.data.splits import Split
+from semiseg.engine.predict import load_trained_model, predict_mask
+from semiseg.engine.trainer import Trainer
+
+_spec = importlib.util.spec_from_file_location("miou_by_group", os.path.join(REPO, "benchmarks", "miou_by_group.py"))
+miou_by_group = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(miou_by_group)
+
+
+class Sequences(TinyShapes):
+    """TinyShapes named like CamVid frames, by sequence: A_000, B_001, A_002, ..."""
+
+    def __init__(self, split: str = "train", **options):
+        super().__init__(split, **options)
+        self.names = [f"{'AB'[i % 2]}_{i:03d}" for i in range(self.length)]
+
+
+def sequences_dataset(root, split, *, transform=None, **options) -> Sequences:
+    return Sequences(split, transform=transform, **options)
+
+
+def _miou_by_hand(loaded, dataset: Sequences, indices: list[int]) -> float:
+    """Pooled per-class IoU over these images, classes in neither truth nor prediction left out (metrics.py's rule)."""
+    inter, union = np.zeros(4), np.zeros(4)
+    for i in indices:
+        sample = dataset[i]
+        pred, true = predict_mask(loaded, sample["image"]), sample["mask"].numpy()
+        for c in range(4):
+            inter[c] += ((pred == c) & (true == c)).sum()
+            union[c] += ((pred == c) | (true == c)).sum()
+    present = union > 0
+    return 100 * float(np.mean(inter[present] / union[present]))
+
+
+def test_unlabeled_miou_by_group_scores_exactly_the_unlabeled_images_per_group(tmp_path):
+    cfg = load_config(None, tiny_overrides(output_dir=str(tmp_path), name="run", **{
+        "data.kind": "test_benchmark_diagnostics:sequences_dataset", "data.labeled.count": 5,
+        "data.labeled.seed": 1, "train.iterations": 8, "train.eval_interval": 0}))
+    Trainer(cfg, cfg.run_dir, progress=False).fit()
+
+    result = miou_by_group.unlabeled_miou_by_group(cfg.run_dir, "_")
+
+    dataset = Sequences("train")  # uint8 images and the true masks, which the run never trained on for these
+    labeled, unlabeled = Split.load(os.path.join(cfg.run_dir, "split.txt")).indices(dataset.names)
+    assert len(labeled) == 5 and len(unlabeled) == 11
+    loaded = load_trained_model(os.path.join(cfg.run_dir, "last.pt"), device=torch.device("cpu"))
+    expected = {"all": unlabeled, "A": [i for i in unlabeled if i % 2 == 0], "B": [i for i in unlabeled if i % 2]}
+    assert set(result) == set(expected)
+    for group, indices in expected.items():
+        images, miou = result[group]
+        assert images == len(indices)
+        assert miou == pytest.approx(_miou_by_hand(loaded, dataset, indices), abs=1e-6)
+    # the labeled images are not in it: scoring all 16 gives another number
+    assert result["all"][1] != pytest.approx(_miou_by_hand(loaded, dataset, list(range(16))), abs=1e-6)
