@@ -13,7 +13,8 @@ from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.logger import read_metrics
 from semiseg.engine.methods import unimatch
 from semiseg.engine.methods.teacher import EMATeacher, dropout_off, ema_momentum, unsupervised_weight
-from semiseg.engine.methods.unimatch import UniMatch, Targets, pseudo_label_accuracy
+from semiseg.engine.methods.pseudo_labels import DistributionAlignment, Targets, pseudo_label_accuracy
+from semiseg.engine.methods.unimatch import UniMatch
 from semiseg.engine.trainer import Trainer
 
 from test_method_unimatch import Constant, direct_context, run_config
@@ -263,7 +264,6 @@ def _constant_probs(*rows: list[float]) -> torch.Tensor:
 
 
 def test_distribution_alignment_scales_by_labeled_over_running_prediction():
-    from semiseg.engine.methods.unimatch import DistributionAlignment
     align = DistributionAlignment(2, momentum=0.5, ignore_index=255)
     probs = _constant_probs([0.8, 0.2], [0.4, 0.6])  # mean prediction [0.6, 0.4]
     valid = torch.ones(2, 2, 2, dtype=torch.bool)
@@ -279,7 +279,6 @@ def test_distribution_alignment_scales_by_labeled_over_running_prediction():
 
 
 def test_distribution_alignment_per_group_aligns_each_group_on_its_own():
-    from semiseg.engine.methods.unimatch import DistributionAlignment
     valid = torch.ones(3, 2, 2, dtype=torch.bool)
     probs = _constant_probs([0.9, 0.1], [0.3, 0.7], [0.9, 0.1])
     names = ["dusk_001", "day_001", "dusk_002"]

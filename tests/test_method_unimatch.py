@@ -18,9 +18,9 @@ from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.context import TrainContext
 from semiseg.engine.logger import read_metrics
 from semiseg.engine.methods import unimatch
-from semiseg.engine.methods.unimatch import (
-    UniMatch, consistency_loss, cutmix_boxes, make_strong_views, mask_ratio, padding_mask, pseudo_labels,
-)
+from semiseg.engine.methods.perturbations import FeaturePerturbation, cutmix_boxes, make_strong_views, padding_mask
+from semiseg.engine.methods.pseudo_labels import consistency_loss, mask_ratio, pseudo_labels
+from semiseg.engine.methods.unimatch import UniMatch
 from semiseg.engine.trainer import Trainer
 from semiseg.models import build_model
 
@@ -274,7 +274,7 @@ def test_fixmatch_settings_do_not_run_the_fp_stream(tmp_path, monkeypatch, varia
 def test_feature_perturbation_on_deeplabv3plus():
     torch.manual_seed(0)
     model = build_model("deeplabv3plus_mobilenetv2", 3).eval()
-    fp = unimatch.FeaturePerturbation(model, 0.5)
+    fp = FeaturePerturbation(model, 0.5)
     decoder_inputs = []  # the low-level (shortcut_conv) and high-level (aspp) features the decoder receives
     for module in (model.shortcut_conv, model.aspp):
         module.register_forward_pre_hook(lambda m, args: decoder_inputs.append(args[0]))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from semiseg.engine.methods.unimatch import FeaturePerturbation
+from semiseg.engine.methods.perturbations import FeaturePerturbation
 from semiseg.models import build_model
 
 

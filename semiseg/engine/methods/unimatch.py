@@ -48,34 +48,32 @@ Choices and differences from the official code (github.com/LiheYoung/UniMatch, u
   a supervised warm-up, distribution alignment, per-class thresholds (``per_class_keep``), an unlabeled loss
   weighted by the recipe's class weights (``class_weighted``), strong views without colour or outside BatchNorm's
   running statistics.
+
+Where the pieces live: this module has the options and the training step; ``pseudo_labels.py`` the targets,
+distribution alignment and the consistency loss; ``perturbations.py`` the strong views, CutMix and the feature
+perturbation; ``teacher.py`` the EMA teacher, the warm-up and the per-class thresholds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import warnings
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from semiseg.config import ConfigError
-from semiseg.data.splits import group_of
-from semiseg.data.transforms import build_strong_augment, mean_rgb_uint8, normalize, strong_augment_batch
+from semiseg.data.transforms import build_strong_augment
 from semiseg.engine.build import class_weights
 from semiseg.engine.methods.base import Method
+from semiseg.engine.methods.perturbations import FeaturePerturbation, make_strong_views, padding_mask
+from semiseg.engine.methods.pseudo_labels import (
+    DistributionAlignment, Targets, consistency_loss, mask_ratio, pseudo_label_accuracy, pseudo_labels,
+)
 from semiseg.engine.methods.teacher import (
     EMATeacher, class_thresholds, dropout_off, ema_momentum, frozen_bn_statistics, unsupervised_weight,
 )
-
-# CutMix box aspect ratios (height / width), drawn uniformly: the official obtain_cutmix_box's 0.3 .. 1/0.3.
-CUTMIX_RATIO = (0.3, 1 / 0.3)
-# Placement attempts before a box that does not fit the crop is clipped to it (the official loop has no bound;
-# only crops more than ~10x wider than high, or the reverse, need it).
-CUTMIX_ATTEMPTS = 1000
 
 
 @dataclasses.dataclass
@@ -204,218 +202,6 @@ class UniMatchOptions:
         if self.weight_strong is not None:
             return self.weight_strong
         return 0.5 if self.feature_perturbation else 1.0
-
-
-# ------------------------------------------------------------------------------------------------ pure helpers
-
-
-class Targets(NamedTuple):
-    """Pseudo labels of a batch: class (N, H, W) int64, confidence (N, H, W) float, valid (N, H, W) bool."""
-
-    label: torch.Tensor
-    conf: torch.Tensor
-    valid: torch.Tensor
-
-    def cutmix(self, box: torch.Tensor, pasted: Targets) -> Targets:
-        """These targets with ``pasted``'s inside ``box``: the targets of an image CutMixed by the same box."""
-        return Targets(*(torch.where(box, p, t) for t, p in zip(self, pasted)))
-
-
-def pseudo_labels(logits: torch.Tensor, valid: torch.Tensor, align: "DistributionAlignment | None" = None,
-                  names: Sequence[str] | None = None) -> Targets:
-    """argmax and max softmax of (N, C, H, W) logits (computed in float32, without gradient), after distribution
-    alignment when ``align`` is given (``names``: the images', for an alignment per group)."""
-    probs = logits.detach().float().softmax(dim=1)
-    if align is not None:
-        probs = align(probs, valid, names)
-    conf, label = probs.max(dim=1)
-    return Targets(label, conf, valid)
-
-
-class DistributionAlignment:
-    """ReMixMatch's distribution alignment for pixels: ``p * labeled_freq / running_mean(p)``, renormalised.
-
-    ``labeled_freq`` is a running average of the class frequencies of labeled pixels (:meth:`observe_labels`),
-    ``running_mean(p)`` one of the teacher's mean class probabilities over valid unlabeled pixels (updated by each
-    call). Both start at the first observation and are saved with the method's state.
-
-    ``group_by`` (a separator): one running mean per group of images (a name's part before the separator, as
-    ``data.labeled.stratify``), each image aligned with its group's; calls then pass the images' names."""
-
-    def __init__(self, num_classes: int, momentum: float, ignore_index: int, group_by: str | None = None):
-        self.num_classes, self.momentum, self.ignore_index = num_classes, momentum, ignore_index
-        self.group_by = group_by
-        self.labeled: torch.Tensor | None = None
-        self.predicted: torch.Tensor | None = None
-        self.group_predicted: dict[str, torch.Tensor] = {}
-
-    def _ema(self, old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
-        return new if old is None else self.momentum * old + (1 - self.momentum) * new
-
-    def observe_labels(self, masks: torch.Tensor) -> None:
-        keep = (masks != self.ignore_index) & (masks >= 0) & (masks < self.num_classes)
-        counts = torch.bincount(masks[keep].flatten(), minlength=self.num_classes).float().cpu()
-        if counts.sum() > 0:
-            self.labeled = self._ema(self.labeled, counts / counts.sum())
-
-    @staticmethod
-    def _mean(probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        weights = valid.unsqueeze(1).float()
-        return ((probs * weights).sum(dim=(0, 2, 3)) / weights.sum().clamp(min=1)).cpu()
-
-    def __call__(self, probs: torch.Tensor, valid: torch.Tensor, names: Sequence[str] | None = None) -> torch.Tensor:
-        if self.group_by is None:
-            self.predicted = self._ema(self.predicted, self._mean(probs, valid))
-            predicted = self.predicted.view(1, -1)
-        else:
-            if names is None or len(names) != probs.shape[0]:
-                raise ValueError("distribution alignment per group needs the name of every image in the batch")
-            groups = [group_of(name, self.group_by) for name in names]
-            for g in dict.fromkeys(groups):
-                rows = torch.tensor([i for i, h in enumerate(groups) if h == g], device=probs.device)
-                self.group_predicted[g] = self._ema(self.group_predicted.get(g),
-                                                    self._mean(probs[rows], valid[rows]))
-            predicted = torch.stack([self.group_predicted[g] for g in groups])
-        if self.labeled is None:
-            return probs
-        ratio = (self.labeled.view(1, -1) / predicted.clamp(min=1e-6)).to(probs.device)
-        aligned = probs * ratio.view(*ratio.shape, 1, 1)
-        return aligned / aligned.sum(dim=1, keepdim=True).clamp(min=1e-12)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"labeled": self.labeled, "predicted": self.predicted, "group_predicted": dict(self.group_predicted)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.labeled, self.predicted = state.get("labeled"), state.get("predicted")
-        self.group_predicted = dict(state.get("group_predicted") or {})
-
-
-def consistency_loss(logits: torch.Tensor, targets: Targets, conf_thresh: float | torch.Tensor,
-                     class_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """The official unsupervised loss: cross-entropy summed over valid pixels whose pseudo label has
-    confidence >= ``conf_thresh`` (a number, or one per pixel), divided by the number of valid pixels (confident
-    or not). With ``class_weight`` (C,) each pixel counts with its pseudo label's weight, in the sum and in the
-    divisor (the weighted mean of ``F.cross_entropy``, unconfident pixels still below the line)."""
-    ce = F.cross_entropy(logits.float(), targets.label, reduction="none")
-    keep = targets.valid & (targets.conf >= conf_thresh)
-    if class_weight is None:
-        return torch.where(keep, ce, torch.zeros_like(ce)).sum() / targets.valid.sum().clamp(min=1)
-    weight = class_weight.to(ce.device, ce.dtype)[targets.label]
-    total = torch.where(targets.valid, weight, torch.zeros_like(weight)).sum()
-    return torch.where(keep, ce * weight, torch.zeros_like(ce)).sum() / total.clamp(min=1e-12)
-
-
-def mask_ratio(targets: Targets, conf_thresh: float | torch.Tensor) -> torch.Tensor:
-    """Fraction of valid pixels whose pseudo label passes the threshold (the official log's "Mask")."""
-    keep = targets.valid & (targets.conf >= conf_thresh)
-    return keep.sum().float() / targets.valid.sum().clamp(min=1)
-
-
-def padding_mask(images: torch.Tensor, normalization: str) -> torch.Tensor:
-    """(N, H, W) True where a normalised crop (N, 3, H, W) holds the train transform's padding.
-
-    The transform pads with the dataset mean as uint8 (``mean_rgb_uint8``) before normalising, so padded
-    pixels hold exactly ``normalize(mean)``; an image pixel of exactly that colour is also taken for padding
-    (and only left out of the unsupervised losses)."""
-    fill = torch.tensor(mean_rgb_uint8(normalization), dtype=torch.uint8).view(3, 1, 1)
-    fill = normalize(fill, normalization).to(images.device, images.dtype).view(1, 3, 1, 1)
-    return (images == fill).all(dim=1)
-
-
-def cutmix_boxes(n: int, height: int, width: int, *, prob: float, area: tuple[float, float] = (0.02, 0.4),
-                 device: torch.device | str | None = None) -> torch.Tensor:
-    """(n, height, width) bool: per image, with probability ``prob``, one box of ``area`` (fraction of the
-    crop, uniform) and aspect ratio in ``CUTMIX_RATIO``; empty otherwise. The official sampler: ratio and
-    position are redrawn until the box fits. Uses torch's global RNG (checkpointed by the loop)."""
-    boxes = torch.zeros(n, height, width, dtype=torch.bool)
-    for i in range(n):
-        if not float(torch.rand(())) < prob:
-            continue
-        size = _uniform(*area) * height * width
-        for _ in range(CUTMIX_ATTEMPTS):
-            ratio = _uniform(*CUTMIX_RATIO)
-            box_w, box_h = int(math.sqrt(size / ratio)), int(math.sqrt(size * ratio))
-            x, y = int(torch.randint(width, ())), int(torch.randint(height, ()))
-            if x + box_w <= width and y + box_h <= height:
-                break
-        else:  # never fitted: clip the last draw to the crop
-            box_w, box_h = min(box_w, width), min(box_h, height)
-            x, y = min(x, width - box_w), min(y, height - box_h)
-        boxes[i, y:y + box_h, x:x + box_w] = True
-    return boxes.to(device)
-
-
-def _uniform(low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand(()))
-
-
-def paste(box: torch.Tensor, images: torch.Tensor, pasted: torch.Tensor) -> torch.Tensor:
-    """``images`` (N, C, H, W) with ``pasted``'s pixels inside ``box`` (N, H, W)."""
-    return torch.where(box.unsqueeze(1), pasted, images)
-
-
-def make_strong_views(images: torch.Tensor, images_mix: torch.Tensor, *, views: int, cutmix_prob: float,
-                      cutmix_area: tuple[float, float], normalization: str,
-                      augment=None, colour: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``views`` strong views of the weak crops ``images``: each an independently colour-augmented copy with
-    a CutMix box (maybe empty) filled from an independently augmented copy of ``images_mix``.
-    Returns (view, box) pairs; a view's targets must be CutMixed with the same box (``Targets.cutmix``).
-    ``colour=False``: no colour augmentation, the views differ from the weak crops by their CutMix boxes only."""
-    augment = augment or build_strong_augment()
-    recolour = (lambda x: strong_augment_batch(x, normalization, augment)) if colour else (lambda x: x.clone())
-    n, _, h, w = images.shape
-    out = []
-    for _ in range(views):
-        strong = recolour(images)
-        box = cutmix_boxes(n, h, w, prob=cutmix_prob, area=cutmix_area, device=images.device)
-        if bool(box.any()):
-            strong = paste(box, strong, recolour(images_mix))
-        out.append((strong, box))
-    return out
-
-
-def _perturb(features: Any, p: float) -> Any:
-    """Append a channel-dropped copy along the batch: ``cat(f, dropout2d(f))`` for every feature tensor."""
-    if isinstance(features, torch.Tensor):
-        return torch.cat([features, F.dropout2d(features, p, training=True)])
-    if isinstance(features, (tuple, list)):
-        return type(features)(_perturb(f, p) for f in features)
-    if isinstance(features, dict):
-        return type(features)((k, _perturb(f, p)) for k, f in features.items())
-    raise TypeError(f"feature perturbation: the backbone returned a {type(features).__name__}; expected tensors "
-                    "(a tensor, tuple, list or dict of them)")
-
-
-class FeaturePerturbation:
-    """UniMatch's fp stream on an unchanged model: inside ``with fp.active():`` a forward hook on
-    ``model.backbone`` makes the decoder see the clean features followed by channel-dropped copies, so a
-    forward of N images returns 2N predictions (clean first). The hook is registered once and is a no-op
-    outside the block (a compiled model then sees a stable set of hooks)."""
-
-    def __init__(self, model: nn.Module, p: float):
-        backbone = getattr(model, "backbone", None)
-        if not isinstance(backbone, nn.Module):
-            raise ConfigError(
-                f"UniMatch's feature perturbation needs a model whose `backbone` module feeds its decoder "
-                f"(DeepLabV3+, FCN-ResNet18); {type(model).__name__} has none. Set "
-                "method.options.feature_perturbation=false (image perturbations only, as FixMatch)")
-        self.p = p
-        self._on = False
-        self._handle = backbone.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: Any, output: Any) -> Any:
-        return _perturb(output, self.p) if self._on else None
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        self._on = True
-        try:
-            yield
-        finally:
-            self._on = False
-
-    def remove(self) -> None:
-        self._handle.remove()
 
 
 # ------------------------------------------------------------------------------------------------ the method
@@ -612,14 +398,4 @@ class UniMatch(Method):
         return images.contiguous(memory_format=torch.channels_last) if self.ctx.channels_last else images
 
 
-def pseudo_label_accuracy(targets: Targets, truth: torch.Tensor, conf_thresh: float | torch.Tensor,
-                          ignore_index: int) -> torch.Tensor:
-    """Share of confident pseudo-labeled pixels whose label is right (pixels the truth ignores left out): a
-    diagnostic of the teacher, never a training signal."""
-    keep = targets.valid & (targets.conf >= conf_thresh) & (truth != ignore_index)
-    right = keep & (targets.label == truth)
-    return right.sum().float() / keep.sum().clamp(min=1)
-
-
-__all__ = ["UniMatch", "UniMatchOptions", "Targets", "pseudo_labels", "consistency_loss", "mask_ratio", "pseudo_label_accuracy",
-           "DistributionAlignment", "padding_mask", "cutmix_boxes", "paste", "make_strong_views", "FeaturePerturbation"]
+__all__ = ["UniMatch", "UniMatchOptions"]
