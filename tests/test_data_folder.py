@@ -454,3 +454,19 @@ def test_option_spelling_is_per_thread_and_always_restored():
         results = list(pool.map(work, range(300)))
     assert results == [("binary=True", "--binary", "data.options.binary=true")[i % 3] for i in range(300)]
     assert option("binary", True) == "binary=True"  # the default again afterwards
+
+
+def test_image_sizes_reads_headers_of_a_subset_in_its_order(tmp_path):
+    from torch.utils.data import Subset
+
+    from semiseg.data.info import image_sizes
+
+    for stem, (h, w) in {"a": (16, 24), "b": (40, 30), "c": (12, 12)}.items():
+        _save_image(tmp_path / "images" / f"{stem}.png", h=h, w=w)
+        _save_mask(tmp_path / "masks" / f"{stem}.png", np.zeros((h, w)))
+    ds = build_dataset("folder", tmp_path, classes="sky,road")
+    assert list(image_sizes(ds)) == [(16, 24), (40, 30), (12, 12)]
+    assert list(image_sizes(Subset(ds, [2, 0]))) == [(12, 12), (16, 24)]
+    synthetic = build_dataset("synthetic", None, length=3, size=[32, 48])
+    assert list(image_sizes(Subset(synthetic, [1, 2]))) == [(32, 48), (32, 48)]
+    assert image_sizes(torch.utils.data.TensorDataset(torch.zeros(2, 3, 8, 8))) is None  # unknown: caller assumes the worst

@@ -4,16 +4,19 @@ CutMix alignment of images and pseudo labels, strong views that keep geometry, t
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
+from torchvision import tv_tensors
 
 from semiseg.config import ConfigError, load_config
-from semiseg.data.transforms import build_train_transform, denormalize, normalize
+from semiseg.data.synthetic import SyntheticShapes
+from semiseg.data.transforms import build_train_transform, crop_can_pad, denormalize, normalize
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.context import TrainContext
 from semiseg.engine.logger import read_metrics
@@ -90,9 +93,9 @@ class Constant(Dataset):
         return {"image": self.image.clone(), "mask": mask, "name": str(i)}
 
 
-def direct_context(tmp_path, model, unlabeled_dataset, batch=2):
+def direct_context(tmp_path, model, unlabeled_dataset, batch=2, **overrides):
     """A real TrainContext around ``model`` without a Trainer, for calling training_step with chosen batches."""
-    cfg = load_config(None, tiny_overrides(output_dir=str(tmp_path), **{"data.batch_size": batch}))
+    cfg = load_config(None, tiny_overrides(output_dir=str(tmp_path), **{"data.batch_size": batch, **overrides}))
     return TrainContext(cfg=cfg, model=model, raw_model=model, criterion=nn.CrossEntropyLoss(ignore_index=255),
                         device=torch.device("cpu"), precision="fp32", channels_last=False, scaler=None, rank=0,
                         world_size=1, per_rank_batch=batch, num_classes=2, ignore_index=255,
@@ -194,12 +197,33 @@ def test_padding_of_the_train_transform_is_recognised():
     torch.manual_seed(0)
     image = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
     transform = build_train_transform([32, 40], scale_range=None, normalization="imagenet")
-    from torchvision import tv_tensors
-
     crop, mask = transform(tv_tensors.Image(image), tv_tensors.Mask(torch.zeros(20, 30, dtype=torch.long)))
     padded = mask == 255  # the transform pads a zero mask with the ignore label exactly where it pads the image
     assert padded.float().mean() > 0.4
     assert torch.equal(padding_mask(crop.unsqueeze(0), "imagenet")[0], padded)
+
+
+def test_crop_can_pad_agrees_with_the_transform():
+    # a 20x30 image at the smallest scale of the range, against crops it just covers or just misses
+    for crop, low, pads in [((16, 24), 0.8, False), ((16, 24), 0.75, True), ((17, 24), 0.8, True)]:
+        transform = build_train_transform(list(crop), scale_range=(low, low), hflip=False)
+        _, mask = transform(tv_tensors.Image(torch.zeros(3, 20, 30, dtype=torch.uint8)),
+                            tv_tensors.Mask(torch.zeros(20, 30, dtype=torch.long)))
+        assert bool((mask == 255).any()) == pads
+        assert crop_can_pad((20, 30), crop, (low, 2.0)) == pads
+
+
+@pytest.mark.parametrize("low_scale, warns", [(0.75, False), (0.5, True)])
+def test_photometric_warning_only_where_unlabeled_crops_can_be_padded(tmp_path, low_scale, warns):
+    # 32x32 unlabeled images, 24x24 crops: at 0.75x they still cover the crop; at 0.5x (16 px) they are padded,
+    # and photometric augmentation would recolour that padding
+    unlabeled = Subset(SyntheticShapes(length=4, size=32), [0, 2])
+    ctx = direct_context(tmp_path, CodedNet(), unlabeled, **{"data.photometric": "true",
+                                                              "data.scale_range": f"[{low_scale},1.0]"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        UniMatch({}).setup(ctx)
+    assert any("recolours the padding" in str(w.message) for w in caught) == warns
 
 
 # ------------------------------------------------------------------------------------------------ (c) CutMix

@@ -9,6 +9,7 @@ default palette) are decided here and nowhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -42,4 +43,27 @@ class DatasetInfo:
         return dict(self.__dict__)
 
 
-__all__ = ["DatasetInfo", "IGNORE_INDEX"]
+def image_sizes(dataset) -> Iterator[tuple[int, int]] | None:
+    """The (height, width) of each image of ``dataset`` (a torch ``Subset`` of one too), from file headers or the
+    dataset's fixed ``size``, without decoding pixels; ``None`` when the dataset does not say (a plugged-in dataset
+    without ``image_paths``), so the caller assumes the worst."""
+    from torch.utils.data import Subset
+
+    indices = None
+    if isinstance(dataset, Subset):
+        dataset, indices = dataset.dataset, list(dataset.indices)
+    paths = getattr(dataset, "image_paths", None)
+    if paths is not None and len(paths) == len(dataset):
+        from semiseg.data.io import header_size
+
+        exif = getattr(dataset, "exif", True)
+        chosen = [paths[i] for i in indices] if indices is not None else paths
+        return ((h, w) for w, h, _, _ in (header_size(path, exif=exif) for path in chosen))
+    size = getattr(dataset, "size", None)  # the synthetic datasets: every image the same (height, width)
+    if isinstance(size, tuple) and len(size) == 2:
+        count = len(indices) if indices is not None else len(dataset)
+        return iter([(int(size[0]), int(size[1]))] * count)
+    return None
+
+
+__all__ = ["DatasetInfo", "IGNORE_INDEX", "image_sizes"]

@@ -188,6 +188,16 @@ def _pair(size) -> list[int]:
     return [int(h), int(w)]
 
 
+def crop_can_pad(image_size: Sequence[int], crop_size: int | Sequence[int],
+                 scale_range: Sequence[float] | None) -> bool:
+    """Whether :func:`build_train_transform` can pad a crop of an image of ``image_size`` (height, width): at the
+    smallest scale of ``scale_range`` (rounded as :class:`RandomScale` rounds) a side is shorter than the crop's."""
+    h, w = image_size
+    crop_h, crop_w = _pair(crop_size)
+    lo = 1.0 if scale_range is None else float(scale_range[0])
+    return max(1, round(h * lo)) < crop_h or max(1, round(w * lo)) < crop_w
+
+
 def build_train_transform(
     crop_size: int | Sequence[int],
     *,

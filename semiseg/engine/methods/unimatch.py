@@ -37,7 +37,8 @@ Choices and differences from the official code (github.com/LiheYoung/UniMatch, u
 * Padding: the unlabeled masks are never read (their labels must not leak into training). Padded pixels
   are recognised by their exact fill value (the transform pads with the dataset mean; ``padding_mask``),
   where the official dataset marks them with 254 in a zero mask. With ``data.photometric`` the padding's
-  colour changes and cannot be recognised; a warning says so.
+  colour changes and cannot be recognised; a warning says so when some unlabeled image is smaller than the crop
+  at the smallest scale (none is in the CamVid recipes: 360x480 at 0.375x still covers the 120x160 crop).
 * The feature perturbation needs no change to the model: a forward hook on ``model.backbone`` appends a
   channel-dropped copy of every backbone output to the batch, which is what the official
   ``DeepLabV3Plus.forward(x, need_fp=True)`` does (``Dropout2d(0.5)`` on the low- and high-level features,
@@ -64,7 +65,8 @@ from typing import Any
 import torch
 
 from semiseg.config import ConfigError
-from semiseg.data.transforms import build_strong_augment
+from semiseg.data.info import image_sizes
+from semiseg.data.transforms import build_strong_augment, crop_can_pad
 from semiseg.engine.build import class_weights
 from semiseg.engine.methods.base import Method
 from semiseg.engine.methods.perturbations import FeaturePerturbation, make_strong_views, padding_mask
@@ -221,7 +223,7 @@ class UniMatch(Method):
             self._check_da_groups(ctx.unlabeled_dataset, o.da_group_by)
         self.class_weight = self._class_weight(ctx) if o.class_weighted else None
         self.fp = FeaturePerturbation(ctx.raw_model, o.fp_dropout) if o.feature_perturbation else None
-        if ctx.cfg.data.photometric:
+        if ctx.cfg.data.photometric and self._unlabeled_crops_can_pad(ctx):
             warnings.warn("data.photometric=true recolours the padding of the crops, so UniMatch cannot tell padded "
                           "pixels of unlabeled crops from image pixels and trains on them too; set "
                           "data.photometric=false (UniMatch's weak view is scale, crop and flip only)", stacklevel=2)
@@ -234,6 +236,14 @@ class UniMatch(Method):
         self._ema_updated_at = -1
         self.align = DistributionAlignment(ctx.num_classes, o.da_momentum, ctx.ignore_index, o.da_group_by) \
             if o.distribution_alignment else None
+
+    @staticmethod
+    def _unlabeled_crops_can_pad(ctx) -> bool:
+        """Whether some unlabeled image is smaller than the crop at the smallest scale, so its crops hold padding
+        (which photometric augmentation recolours). Reads file headers only; unknown sizes count as padding."""
+        data = ctx.cfg.data
+        sizes = image_sizes(ctx.unlabeled_dataset)
+        return sizes is None or any(crop_can_pad(size, data.crop_size, data.scale_range) for size in sizes)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"ema_updated_at": self._ema_updated_at}
