@@ -4,6 +4,7 @@ channels_last) agrees with fp32 in loss, gradients and metrics."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -13,7 +14,7 @@ from semiseg.config import ConfigError, load_config
 from semiseg import runtime as P
 from semiseg.engine.evaluate import evaluate_checkpoint
 from semiseg.engine.logger import read_metrics
-from semiseg.runtime import MODES, Workload, autocast, choose_precision
+from semiseg.runtime import MODES, Workload, autocast, choose_precision, decide
 from semiseg.engine.trainer import Trainer
 from semiseg.models import build_model
 
@@ -280,6 +281,70 @@ def test_measure_modes_scales_a_large_crop_down_to_its_time_target():
     h, wd = w.measured_size
     assert h < 512 and wd < 768 and h % 8 == 0 and wd % 8 == 0 and abs(wd / h - 1.5) < 0.2
     assert "of 1x" in w.text(w.measured_size) and "the 512x768 crop scaled to save time" in w.text(w.measured_size)
+
+
+BF16, BF16_CL, FP32 = ("bf16", False), ("bf16", True), ("fp32", False)
+
+
+def test_a_tie_at_the_probe_is_settled_by_the_full_crop():
+    # the Xeon-with-AMX case: bf16 and bf16 + CL within 5% at the probe, 14% apart at the full crop (4x the area)
+    probe = {FP32: 1.00, BF16: 0.60, BF16_CL: 0.58}
+    timed = []
+
+    def at_full(m):
+        timed.append(m)
+        return {BF16: 2.52, BF16_CL: 2.16}[m]
+
+    settled = P.settle_tie_at_full_crop(probe, at_full, probe_area_share=0.25, affordable=lambda pair: True)
+    assert decide(probe) == BF16 and timed == [BF16, BF16_CL]  # only the tied pair is timed again
+    assert settled == {FP32: 1.00, BF16: 0.63, BF16_CL: 0.54} and decide(settled) == BF16_CL
+    # the probe's noise can also put the simpler mode first: still a tie, still settled at the full crop
+    flipped = {FP32: 1.00, BF16: 0.215, BF16_CL: 0.217}
+    assert decide(P.settle_tie_at_full_crop(flipped, at_full, probe_area_share=0.25,
+                                            affordable=lambda modes: True)) == BF16_CL
+    # still tied at the full crop: the simpler mode stays
+    assert decide(P.settle_tie_at_full_crop(probe, {BF16: 2.40, BF16_CL: 2.36}.get, probe_area_share=0.25,
+                                            affordable=lambda pair: True)) == BF16
+
+
+def test_the_choice_says_when_the_full_crop_settled_a_tie(cache):
+    w = Workload(TinyNet(4), "tiny", "train", (240, 320), 2, 4)
+
+    def measured_with_a_retiming(workload, modes):
+        workload.measured_size, workload.clock, workload.retimed = (120, 160), "CPU time", (BF16, BF16_CL)
+        return {FP32: 1.00, ("fp32", True): 0.95, BF16: 0.63, BF16_CL: 0.54}
+
+    choice = choose_precision("auto", "auto", CPU, w, measure=measured_with_a_retiming)
+    assert (choice.precision, choice.channels_last) == BF16_CL
+    assert "bf16 and bf16+CL were within 5% there and were timed again at the full 240x320 crop" in choice.reason
+
+
+def test_no_tie_or_no_budget_times_nothing_more():
+    def never(m):
+        raise AssertionError("timed again")
+
+    clear = {FP32: 1.0, BF16: 0.5, BF16_CL: 0.3}  # bf16 + CL wins by far more than the margin
+    assert P.settle_tie_at_full_crop(clear, never, probe_area_share=0.25, affordable=lambda pair: True) == clear
+    tied = {FP32: 1.0, BF16: 0.60, BF16_CL: 0.58}
+    assert P.settle_tie_at_full_crop(tied, never, probe_area_share=0.25, affordable=lambda pair: False) == tied
+    with_failed = {FP32: math.inf, BF16: 0.60}
+    assert P.settle_tie_at_full_crop(with_failed, never, probe_area_share=0.25, affordable=lambda pair: True) == with_failed
+
+
+def test_a_scaled_down_probe_hands_the_tie_break_a_full_crop_timer(monkeypatch):
+    seen = {}
+
+    def spy(times, time_at_full, *, probe_area_share, affordable):
+        seen.update(times=times, share=probe_area_share, full=time_at_full(("fp32", True)),
+                    affordable=affordable((("fp32", False), ("fp32", True))))
+        return times
+
+    monkeypatch.setattr(P, "settle_tie_at_full_crop", spy)
+    w = Workload(TinyNet(4), "tiny", "infer", (128, 192), 1, 4)
+    seconds = P.measure_modes(w, [("fp32", False), ("fp32", True)], rounds=1, step_seconds=1e-4)
+    h, wd = w.measured_size
+    assert (h, wd) != (128, 192) and seen["share"] == pytest.approx(h * wd / (128 * 192))
+    assert seen["times"] == seconds and 0 < seen["full"] < 60 and isinstance(seen["affordable"], bool)
 
 
 def test_train_eval_and_the_log_use_the_choice_and_a_cache_hit_changes_no_bit(tmp_path, cache, capsys):
