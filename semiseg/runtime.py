@@ -455,7 +455,7 @@ def settle_tie_at_full_crop(times: dict[tuple[str, bool], float], time_at_full: 
     those again at the full crop (``time_at_full(mode)`` -> seconds) and let that decide.
 
     Why: the two can sit within the margin at the probe and apart at the full crop (Intel Xeon with AMX, CamVid
-    DeepLabV3+ at 240x320: bf16 and bf16 + channels_last within 5% at 120x160, 14% apart at full size). The two
+    DeepLabV3+ at 240x320: bf16 and bf16 + channels_last within 5% at 120x160, 14% apart at full size). The
     full-crop times come back multiplied by ``probe_area_share`` (probe area / crop area), so they stay on the
     probe's scale beside the other modes. Nothing is timed when ``affordable(tied_modes)`` is false; then
     ``times`` itself comes back (callers tell a re-timing by identity)."""
