@@ -321,3 +321,47 @@ def test_grouped_alignment_options_are_checked_and_a_run_resumes_exactly(tmp_pat
     for g in groups_a:
         torch.testing.assert_close(groups_a[g], b["method"]["distribution_alignment"]["group_predicted"][g])
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_alignment_alone_only_for_the_groups_named_the_others_share_one_mean():
+    valid = torch.ones(3, 2, 2, dtype=torch.bool)
+    probs = _constant_probs([0.9, 0.1], [0.3, 0.7], [0.9, 0.1])
+    names = ["dusk_001", "day_001", "noon_001"]
+    align = DistributionAlignment(2, momentum=0.9, ignore_index=255, group_by="_", alone={"dusk"})
+    align.observe_labels(torch.tensor([[0, 1]]))  # labeled frequency [0.5, 0.5]
+    out = align(probs, valid, names)
+    assert set(align.group_predicted) == {"dusk", DistributionAlignment.SHARED}
+    torch.testing.assert_close(out[0], torch.full_like(out[0], 0.5))  # dusk: divided by its own mean
+    # day and noon share the mean [0.6, 0.4]: day [0.3, 0.7] -> [0.25, 0.875], renormalised
+    torch.testing.assert_close(out[1, :, 0, 0], torch.tensor([0.25, 0.875]) / 1.125)
+
+
+def test_da_groups_unlabeled_aligns_alone_the_groups_without_a_labeled_image(tmp_path):
+    from types import SimpleNamespace
+
+    from torch.utils.data import Subset
+
+    from semiseg.config import ConfigError
+
+    named = SimpleNamespace(names=["a_1", "a_2", "a_3", "b_1", "c_1"])  # only the names are read
+    ctx = SimpleNamespace(labeled_dataset=Subset(named, [0, 1]), unlabeled_dataset=Subset(named, [2, 3, 4]))
+    assert UniMatch._unlabeled_groups(ctx, "_") == {"b", "c"}
+    with pytest.raises(ConfigError, match="'all' .* or 'unlabeled'"):
+        UniMatch({"distribution_alignment": True, "da_group_by": "_", "da_groups": "some"})
+    with pytest.raises(ConfigError, match="da_group_by is null"):
+        UniMatch({"distribution_alignment": True, "da_groups": "unlabeled"})
+    # in a run: the tiny data's names train_000 ...; with "1" as separator the labeled half covers some groups only
+    options = "{conf_thresh: 0.0, teacher: ema, distribution_alignment: true, da_group_by: '1', da_groups: unlabeled}"
+    straight, chunked = train_straight_and_resumed(tmp_path, options)
+    a = load_checkpoint(os.path.join(straight.run_dir, "last.pt"))
+    b = load_checkpoint(os.path.join(chunked.run_dir, "last.pt"))
+    groups_a = a["method"]["distribution_alignment"]["group_predicted"]
+    from semiseg.data.splits import group_of, read_names
+
+    split = os.path.join(straight.run_dir, "split.txt")
+    labeled = {group_of(n, "1") for n in read_names(split, "labeled")}
+    unlabeled_only = {group_of(n, "1") for n in read_names(split, "unlabeled")} - labeled
+    assert DistributionAlignment.SHARED in groups_a and set(groups_a) - {DistributionAlignment.SHARED} <= unlabeled_only
+    assert len(groups_a) >= 2
+    assert groups_a.keys() == b["method"]["distribution_alignment"]["group_predicted"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

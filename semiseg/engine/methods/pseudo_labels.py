@@ -42,11 +42,17 @@ class DistributionAlignment:
     call). Both start at the first observation and are saved with the method's state.
 
     ``group_by`` (a separator): one running mean per group of images (a name's part before the separator, as
-    ``data.labeled.stratify``), each image aligned with its group's; calls then pass the images' names."""
+    ``data.labeled.stratify``), each image aligned with its group's; calls then pass the images' names.
+    ``alone`` (with ``group_by``): only these groups keep a running mean of their own; the images of every other
+    group share one (key ``SHARED``), as without ``group_by``."""
 
-    def __init__(self, num_classes: int, momentum: float, ignore_index: int, group_by: str | None = None):
+    SHARED = ""  # the key of the running mean the groups not in ``alone`` share (no group name is empty)
+
+    def __init__(self, num_classes: int, momentum: float, ignore_index: int, group_by: str | None = None,
+                 alone: set[str] | None = None):
         self.num_classes, self.momentum, self.ignore_index = num_classes, momentum, ignore_index
         self.group_by = group_by
+        self.alone = None if alone is None else set(alone)
         self.labeled: torch.Tensor | None = None
         self.predicted: torch.Tensor | None = None
         self.group_predicted: dict[str, torch.Tensor] = {}
@@ -73,6 +79,8 @@ class DistributionAlignment:
             if names is None or len(names) != probs.shape[0]:
                 raise ValueError("distribution alignment per group needs the name of every image in the batch")
             groups = [group_of(name, self.group_by) for name in names]
+            if self.alone is not None:
+                groups = [g if g in self.alone else self.SHARED for g in groups]
             for g in dict.fromkeys(groups):
                 rows = torch.tensor([i for i, h in enumerate(groups) if h == g], device=probs.device)
                 self.group_predicted[g] = self._ema(self.group_predicted.get(g),

@@ -67,6 +67,7 @@ import torch
 from semiseg.config import ConfigError
 from semiseg.data.info import image_sizes
 from semiseg.data.transforms import build_strong_augment, crop_can_pad
+from semiseg.data.splits import group_of
 from semiseg.engine.build import class_weights
 from semiseg.engine.methods.base import Method
 from semiseg.engine.methods.perturbations import FeaturePerturbation, make_strong_views, padding_mask
@@ -137,6 +138,11 @@ class UniMatchOptions:
     # 29% car, 1% road after training). Tried in CamVid development round 4 (BENCHMARKS.md): it stopped that collapse
     # (dusk 6.3 -> 19.8 mIoU on the unlabeled frames) but stayed 0.7 under supervised training overall.
     da_group_by: str | None = None
+    # With da_group_by: "all" aligns every group on its own; "unlabeled" only the groups no labeled image belongs to
+    # (CamVid's random seed-2 split: dusk), the others sharing one running prediction as without da_group_by. Why:
+    # aligning a labeled sequence on its own asks it for the labeled frames' class mix, which it may not have (CamVid
+    # 0006R0: half their building, twice their tree; round 6 lost 2.3 mIoU there, BENCHMARKS.md).
+    da_groups: str = "all"
     # null: one confidence threshold for every class (conf_thresh, the official rule). A share in (0, 1]: per class
     # and batch, the most confident per_class_keep of the pixels the teacher gives that class are kept (DARS-style
     # class-wise thresholds; conf_thresh is then unused). One global threshold keeps nearly all background pixels and
@@ -189,6 +195,12 @@ class UniMatchOptions:
         if self.da_group_by is not None and not self.distribution_alignment:
             raise ConfigError("method.options.da_group_by groups distribution alignment's running prediction, and "
                               "distribution_alignment is false: set distribution_alignment=true or da_group_by=null")
+        if self.da_groups not in ("all", "unlabeled"):
+            raise ConfigError(f"method.options.da_groups must be 'all' (every group aligned on its own) or 'unlabeled' "
+                              f"(only the groups without a labeled image), got {self.da_groups!r}")
+        if self.da_groups != "all" and self.da_group_by is None:
+            raise ConfigError("method.options.da_groups chooses which groups of da_group_by are aligned on their own, "
+                              "and da_group_by is null: set da_group_by (CamVid: '_') or leave da_groups at 'all'")
         if self.per_class_keep is not None and not 0.0 < self.per_class_keep <= 1.0:
             raise ConfigError(f"method.options.per_class_keep must be in (0, 1] (the share of each class's pixels "
                               f"kept) or null (one global conf_thresh), got {self.per_class_keep}")
@@ -234,7 +246,8 @@ class UniMatch(Method):
         self.teacher = ctx.add_module("teacher", EMATeacher(ctx.raw_model, o.ema_momentum), ddp=False) \
             if o.teacher == "ema" else None
         self._ema_updated_at = -1
-        self.align = DistributionAlignment(ctx.num_classes, o.da_momentum, ctx.ignore_index, o.da_group_by) \
+        alone = self._unlabeled_groups(ctx, o.da_group_by) if o.da_groups == "unlabeled" else None
+        self.align = DistributionAlignment(ctx.num_classes, o.da_momentum, ctx.ignore_index, o.da_group_by, alone) \
             if o.distribution_alignment else None
 
     @staticmethod
@@ -329,6 +342,18 @@ class UniMatch(Method):
             raise ConfigError(f"method.options.da_group_by={separator!r}: no unlabeled image's name contains it (e.g. "
                               f"{mine[0]!r}), so every image would be aligned on its own; set the separator that ends "
                               "the group part of the names (CamVid: '_' in 0001TP_008550) or da_group_by=null")
+
+    @staticmethod
+    def _unlabeled_groups(ctx, separator: str) -> set[str]:
+        """The groups of the unlabeled images that no labeled image belongs to (``da_groups: unlabeled``)."""
+        def groups(subset) -> set[str]:
+            names = getattr(getattr(subset, "dataset", subset), "names", None)
+            if names is None:
+                raise ConfigError("method.options.da_groups=unlabeled needs image names to find the groups, and the "
+                                  "dataset has none: leave da_groups at 'all'")
+            return {group_of(names[i], separator) for i in getattr(subset, "indices", range(len(names)))}
+
+        return groups(ctx.unlabeled_dataset) - groups(ctx.labeled_dataset)
 
     @staticmethod
     def _class_weight(ctx) -> torch.Tensor:
