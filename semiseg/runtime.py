@@ -441,33 +441,32 @@ def measure_modes(workload: Workload, modes: list[tuple[str, bool]], *, rounds: 
                 cost = sum(result[m] * area for m in tied) * (rounds + 1)
                 return cost <= budget and time.perf_counter() - start + cost <= wall_budget
 
-            settled = settle_tie_at_full_crop(result, time_at_full, probe_area_share=1 / area,
-                                              affordable=tie_affordable)
-            if settled is not result:
-                workload.retimed = tuple(m for m in settled if settled[m] != result[m]) or None
-            result = settled
+            result, retimed = settle_tie_at_full_crop(result, time_at_full, probe_area_share=1 / area,
+                                                      affordable=tie_affordable)
+            workload.retimed = retimed or None
     return result
 
 
 def settle_tie_at_full_crop(times: dict[tuple[str, bool], float], time_at_full: Callable[[tuple[str, bool]], float], *,
-                            probe_area_share: float, affordable: Callable[[tuple], bool]) -> dict[tuple[str, bool], float]:
+                            probe_area_share: float, affordable: Callable[[tuple], bool]
+                            ) -> tuple[dict[tuple[str, bool], float], tuple[tuple[str, bool], ...]]:
     """Where the probe (a scaled-down crop) puts two or more modes within the noise margin of the fastest, time just
     those again at the full crop (``time_at_full(mode)`` -> seconds) and let that decide.
 
     Why: the two can sit within the margin at the probe and apart at the full crop (Intel Xeon with AMX, CamVid
     DeepLabV3+ at 240x320: bf16 and bf16 + channels_last within 5% at 120x160, 14% apart at full size). The
     full-crop times come back multiplied by ``probe_area_share`` (probe area / crop area), so they stay on the
-    probe's scale beside the other modes. Nothing is timed when ``affordable(tied_modes)`` is false; then
-    ``times`` itself comes back (callers tell a re-timing by identity)."""
+    probe's scale beside the other modes. Returns (times, the modes timed again); nothing is timed again, and
+    ``()`` comes back, when fewer than two modes tie or ``affordable(tied_modes)`` is false."""
     finite = {m: t for m, t in times.items() if math.isfinite(t)}
     best = min(finite.values(), default=math.inf)
     tied = tuple(m for m in MODES if m in finite and finite[m] <= best * (1 + NOISE_MARGIN))
     if len(tied) < 2 or not affordable(tied):
-        return times
+        return times, ()
     settled = dict(times)
     for m in tied:
         settled[m] = time_at_full(m) * probe_area_share
-    return settled
+    return settled, tied
 
 
 def _scaled(size: tuple[int, int], area_ratio: float) -> tuple[int, int]:

@@ -295,16 +295,17 @@ def test_a_tie_at_the_probe_is_settled_by_the_full_crop():
         timed.append(m)
         return {BF16: 2.52, BF16_CL: 2.16}[m]
 
-    settled = P.settle_tie_at_full_crop(probe, at_full, probe_area_share=0.25, affordable=lambda pair: True)
+    settled, retimed = P.settle_tie_at_full_crop(probe, at_full, probe_area_share=0.25, affordable=lambda pair: True)
     assert decide(probe) == BF16 and timed == [BF16, BF16_CL]  # only the tied pair is timed again
+    assert retimed == (BF16, BF16_CL)
     assert settled == {FP32: 1.00, BF16: 0.63, BF16_CL: 0.54} and decide(settled) == BF16_CL
     # the probe's noise can also put the simpler mode first: still a tie, still settled at the full crop
     flipped = {FP32: 1.00, BF16: 0.215, BF16_CL: 0.217}
     assert decide(P.settle_tie_at_full_crop(flipped, at_full, probe_area_share=0.25,
-                                            affordable=lambda modes: True)) == BF16_CL
+                                            affordable=lambda modes: True)[0]) == BF16_CL
     # still tied at the full crop: the simpler mode stays
     assert decide(P.settle_tie_at_full_crop(probe, {BF16: 2.40, BF16_CL: 2.36}.get, probe_area_share=0.25,
-                                            affordable=lambda pair: True)) == BF16
+                                            affordable=lambda pair: True)[0]) == BF16
 
 
 def test_the_choice_says_when_the_full_crop_settled_a_tie(cache):
@@ -324,11 +325,11 @@ def test_no_tie_or_no_budget_times_nothing_more():
         raise AssertionError("timed again")
 
     clear = {FP32: 1.0, BF16: 0.5, BF16_CL: 0.3}  # bf16 + CL wins by far more than the margin
-    assert P.settle_tie_at_full_crop(clear, never, probe_area_share=0.25, affordable=lambda pair: True) == clear
+    assert P.settle_tie_at_full_crop(clear, never, probe_area_share=0.25, affordable=lambda pair: True) == (clear, ())
     tied = {FP32: 1.0, BF16: 0.60, BF16_CL: 0.58}
-    assert P.settle_tie_at_full_crop(tied, never, probe_area_share=0.25, affordable=lambda pair: False) == tied
+    assert P.settle_tie_at_full_crop(tied, never, probe_area_share=0.25, affordable=lambda pair: False) == (tied, ())
     with_failed = {FP32: math.inf, BF16: 0.60}
-    assert P.settle_tie_at_full_crop(with_failed, never, probe_area_share=0.25, affordable=lambda pair: True) == with_failed
+    assert P.settle_tie_at_full_crop(with_failed, never, probe_area_share=0.25, affordable=lambda pair: True) == (with_failed, ())
 
 
 def test_a_scaled_down_probe_hands_the_tie_break_a_full_crop_timer(monkeypatch):
@@ -337,7 +338,7 @@ def test_a_scaled_down_probe_hands_the_tie_break_a_full_crop_timer(monkeypatch):
     def spy(times, time_at_full, *, probe_area_share, affordable):
         seen.update(times=times, share=probe_area_share, full=time_at_full(("fp32", True)),
                     affordable=affordable((("fp32", False), ("fp32", True))))
-        return times
+        return times, ()
 
     monkeypatch.setattr(P, "settle_tie_at_full_crop", spy)
     w = Workload(TinyNet(4), "tiny", "infer", (128, 192), 1, 4)

@@ -218,6 +218,14 @@ class UniMatchOptions:
         return 0.5 if self.feature_perturbation else 1.0
 
 
+def _image_names(subset) -> list[str] | None:
+    """The names of the images of a dataset or of a torch ``Subset`` of one, in its order; None when it has none."""
+    names = getattr(getattr(subset, "dataset", subset), "names", None)
+    if names is None:
+        return None
+    return [names[i] for i in getattr(subset, "indices", range(len(names)))]
+
+
 # ------------------------------------------------------------------------------------------------ the method
 
 
@@ -334,10 +342,9 @@ class UniMatch(Method):
     def _check_da_groups(unlabeled, separator: str) -> None:
         """A separator no unlabeled image's name contains would make every image a group of its own (alignment per
         image, which forces each image towards the labeled class frequencies): a mistake, refused."""
-        names = getattr(getattr(unlabeled, "dataset", unlabeled), "names", None)
-        if names is None:  # a dataset without names: the first batch fails instead, naming the option
+        mine = _image_names(unlabeled)
+        if mine is None:  # a dataset without names: the first batch fails instead, naming the option
             return
-        mine = [names[i] for i in getattr(unlabeled, "indices", range(len(names)))]
         if mine and not any(separator in name for name in mine):
             raise ConfigError(f"method.options.da_group_by={separator!r}: no unlabeled image's name contains it (e.g. "
                               f"{mine[0]!r}), so every image would be aligned on its own; set the separator that ends "
@@ -347,11 +354,11 @@ class UniMatch(Method):
     def _unlabeled_groups(ctx, separator: str) -> set[str]:
         """The groups of the unlabeled images that no labeled image belongs to (``da_groups: unlabeled``)."""
         def groups(subset) -> set[str]:
-            names = getattr(getattr(subset, "dataset", subset), "names", None)
+            names = _image_names(subset)
             if names is None:
                 raise ConfigError("method.options.da_groups=unlabeled needs image names to find the groups, and the "
                                   "dataset has none: leave da_groups at 'all'")
-            return {group_of(names[i], separator) for i in getattr(subset, "indices", range(len(names)))}
+            return {group_of(name, separator) for name in names}
 
         return groups(ctx.unlabeled_dataset) - groups(ctx.labeled_dataset)
 
