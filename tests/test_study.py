@@ -353,6 +353,43 @@ def test_table_only_from_run_folders(tmp_path, capsys):
     assert (out / "study.png").stat().st_size > 0
 
 
+def test_table_only_keeps_results_whose_run_folders_are_gone(tmp_path, capsys):
+    """Deleting run folders (checkpoints are big) or moving machines must not erase finished results from the table;
+    a result is only kept for the same experiment, and an old study.json that cannot be kept is backed up."""
+    import shutil
+
+    path = write_study(tmp_path, STUDY.replace("labels: [0.125, 50]", "labels: [0.125]").replace("seeds: [0, 1]",
+                                                                                                  "seeds: [0]"))
+    out = tmp_path / "out"
+    specs = {s.name: s for s in st.expand(st.load_study(path), str(out))}
+    for name, v in {"supervised_1-8_s0": 0.30, "adv_1-8_s0": 0.34, "supervised_all_s0": 0.5}.items():
+        _fake_run(specs[name], v, labeled=1000 if "all" in name else 125, total=1000)
+    assert main(["study", path, "--out", str(out), "--table-only"]) == 0
+    first = json.loads((out / "study.json").read_text())
+    shutil.rmtree(specs["adv_1-8_s0"].run_dir)
+    capsys.readouterr()
+
+    assert main(["study", path, "--out", str(out), "--table-only"]) == 0
+    md = (out / "study.md").read_text()
+    assert "| adv | 1/8 | 125 | 1 | **34.0** |" in md and "| adv_1-8_s0 | 34.0 (kept) |" in md
+    assert "Kept from the previous study.json (1; their run folders are gone" in md and "Not finished" not in md
+    second = json.loads((out / "study.json").read_text())
+    assert second["rows"] == first["rows"]
+    assert next(r for r in second["runs"] if r["name"] == "adv_1-8_s0")["kept"] is True
+    assert main(["study", path, "--out", str(out), "--table-only"]) == 0  # kept again from the kept record
+    assert "| adv_1-8_s0 | 34.0 (kept) |" in (out / "study.md").read_text()
+
+    # another experiment (the adv arm's learning rate changed): its old result must not fill the new cell
+    changed = write_study(tmp_path, open(path).read().replace("optim.lr=0.02", "optim.lr=0.05"))
+    capsys.readouterr()
+    assert main(["study", changed, "--out", str(out), "--table-only"]) == 0
+    assert "adv_1-8_s0" in capsys.readouterr().out.split("note:", 1)[1]
+    md = (out / "study.md").read_text()
+    assert "Not finished yet (1): adv_1-8_s0" in md and "(kept)" not in md
+    backup = json.loads((out / "study.previous-1.json").read_text())
+    assert next(r for r in backup["runs"] if r["name"] == "adv_1-8_s0")["miou"] == 0.34
+
+
 # ---------------------------------------------------------------------------------------------------
 # end to end: kill -9 the study midway, run it again
 

@@ -24,8 +24,10 @@ Each run is one subprocess that runs ``semiseg train`` into ``OUT/runs/<arm>_<la
 again skips finished runs, resumes runs that have a ``last.pt`` and restarts the others (moving what is there
 aside to ``<run>.failed-N``; nothing is deleted). The results go to ``OUT/study.md``, ``OUT/study.json`` and
 ``OUT/study.png``; with ``group_by`` study.md also has each run's mIoU per group of images (``semiseg eval
---group-by``), so a method that wins on one kind of image and loses on another shows. The table and the plot
-are made by ``semiseg/engine/study_report.py`` (pure functions of the run records ``collect`` reads here); this
+--group-by``), so a method that wins on one kind of image and loses on another shows. A result whose run folder
+is gone (deleted to save space, or left on another machine) stays in the table, marked "kept", when the previous
+study.json recorded it finished with the same settings (``config_digest``); running the study (not
+``--table-only``) trains such a run again. The table and the plot are made by ``semiseg/engine/study_report.py`` (pure functions of the run records ``collect`` reads here); this
 module parses no command line: that is ``semiseg/commands/study.py``.
 """
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import json
 import math
 import os
@@ -149,6 +152,7 @@ class RunSpec:
     iterations: int = 0  # train.iterations of the resolved config: the final iteration
     data: dict = field(default_factory=dict)  # the resolved config's data section
     group_by: str | None = None
+    digest: str | None = None  # of the resolved config without MACHINE_KEYS: which experiment the run is
 
     @property
     def eval_file(self) -> str:
@@ -295,7 +299,8 @@ def expand(study: Study, out_dir: str, *, resolve: bool = True) -> list[RunSpec]
                     check_config(cfg)  # a misspelt method, model or dataset fails here, before any run starts
                 except ConfigError as e:
                     raise StudyError(f"{study.path}: run {name} (recipe {arm.recipe}): {e}") from None
-                spec.iterations, spec.data = cfg.train.iterations, config_to_dict(cfg)["data"]
+                resolved = config_to_dict(cfg)
+                spec.iterations, spec.data, spec.digest = cfg.train.iterations, resolved["data"], config_digest(resolved)
             specs.append(spec)
     return specs
 
@@ -395,13 +400,25 @@ def config_mismatch(spec: RunSpec) -> list[str]:
     except ConfigError as e:
         return [f"its config.yaml cannot be read ({e})"]
     want = config_to_dict(load_config(spec.recipe, spec.overrides))
-    for d in (have, want):
-        for key in MACHINE_KEYS:
-            *parents, leaf = key.split(".")
-            for p in parents:
-                d = d[p]
-            d.pop(leaf, None)
-    return _diff(want, have)
+    return _diff(_without_machine_keys(want), _without_machine_keys(have))
+
+
+def _without_machine_keys(config: dict) -> dict:
+    """A resolved config (as a dict) with the keys that do not make another experiment removed, in place."""
+    for key in MACHINE_KEYS:
+        d = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            d = d[p]
+        d.pop(leaf, None)
+    return config
+
+
+def config_digest(config: dict) -> str:
+    """A short fingerprint of the experiment a resolved config describes (machine keys aside): study.json records
+    it per run, so that a result kept after its run folder is gone is only reused for the same experiment."""
+    text = json.dumps(_without_machine_keys(json.loads(json.dumps(config, default=str))), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _diff(want: dict, have: dict, prefix: str = "") -> list[str]:
@@ -633,15 +650,46 @@ def collect(spec: RunSpec) -> dict:
         "iteration": (result or {}).get("iteration"),
         "train_seconds": train_seconds(events) if done else None,
         "threads": starts[-1].get("threads") if starts else None,
-        "run_dir": spec.run_dir,
+        "run_dir": spec.run_dir, "config_digest": spec.digest,
     }
+
+
+def _kept_results(specs: list[RunSpec], results: list[dict], previous: Any) -> tuple[list[dict], list[str], list[str]]:
+    """Results of runs whose folders are gone (deleted to save space, or left on another machine), taken from the
+    previous study.json when it recorded them finished with the same experiment (config digest). Returns the
+    results with those filled in, the names kept, and the names whose earlier result could not be kept."""
+    before = {r.get("name"): r for r in (previous or {}).get("runs", []) if isinstance(r, dict)} \
+        if isinstance(previous, dict) else {}
+    out, kept, lost = [], [], []
+    for spec, result in zip(specs, results):
+        old = before.get(spec.name)
+        if result["done"] or os.path.exists(spec.run_dir) or not (old and old.get("done")):
+            out.append(result)
+        elif spec.digest is not None and old.get("config_digest") == spec.digest:
+            out.append({**old, "kept": True})
+            kept.append(spec.name)
+        else:
+            out.append(result)
+            lost.append(spec.name)
+    return out, kept, lost
 
 
 def write_results(study: Study, specs: list[RunSpec], out_dir: str, echo: Callable[[str], None] = print) -> dict:
     """study.md, study.json and study.png from the run folders; returns the JSON record."""
     from semiseg.atomic import atomic_write_text
 
-    results = [collect(s) for s in specs]
+    json_path = os.path.join(out_dir, "study.json")
+    previous = _read_json(json_path)
+    results, kept, lost = _kept_results(specs, [collect(s) for s in specs], previous)
+    if lost:  # the old study.json is the only record of those results: keep it beside the new one
+        i = 1
+        while os.path.exists(os.path.join(out_dir, f"study.previous-{i}.json")):
+            i += 1
+        backup = os.path.join(out_dir, f"study.previous-{i}.json")
+        os.replace(json_path, backup)
+        echo(f"note: {len(lost)} finished run(s) in {json_path} have no run folder any more and were made with other "
+             f"settings than the study now asks for (or by an older semiseg): {', '.join(lost)}; "
+             f"the old study.json is kept as {backup}")
     tags = list(dict.fromkeys(s.labels.tag for s in sorted(specs, key=lambda s: s.labels.sort_key())))
     label_text = {s.labels.tag: s.labels.text for s in specs}
     rows = summarize(results, baseline=study.baseline, arms=list(study.arms), labels=tags, seeds=study.seeds)
@@ -652,6 +700,9 @@ def write_results(study: Study, specs: list[RunSpec], out_dir: str, echo: Callab
         text += f"\n## Per class\n\n{class_table(rows, label_text)}\n"
     if study.group_by is not None:
         text += f"\n## Per group\n\n{groups_table(results, study.group_by)}\n"
+    if kept:
+        text += (f"\nKept from the previous study.json ({len(kept)}; their run folders are gone, the settings are the "
+                 f"study's): {', '.join(kept)}.\n")
     if missing:
         text += f"\nNot finished yet ({len(missing)}): {', '.join(missing)}. Run the study again to finish them.\n"
     os.makedirs(out_dir, exist_ok=True)
@@ -661,7 +712,7 @@ def write_results(study: Study, specs: list[RunSpec], out_dir: str, echo: Callab
               "seeds": study.seeds, "rows": rows, "runs": results, "missing": missing}
     from semiseg.metrics import to_json_dict
 
-    atomic_write_text(os.path.join(out_dir, "study.json"), json.dumps(to_json_dict(record), indent=1))
+    atomic_write_text(json_path, json.dumps(to_json_dict(record), indent=1))
     echo(table)
     if missing:
         echo(f"\n{len(missing)} of {len(results)} runs not finished: {', '.join(missing)}")

@@ -149,7 +149,8 @@ def markdown_table(rows: list[dict], *, eval_split: str, label_text: dict[str, s
 def runs_table(results: list[dict]) -> str:
     lines = ["| run | mIoU | iterations | labeled | threads | train time |", "|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['name']} | {_pct(r['miou']) if r['done'] else 'not done'} | {r['iteration'] or '-'} | "
+        miou = (_pct(r["miou"]) + (" (kept)" if r.get("kept") else "")) if r["done"] else "not done"
+        lines.append(f"| {r['name']} | {miou} | {r['iteration'] or '-'} | "
                      f"{r['n_labeled'] if r['n_labeled'] is not None else '-'} | {r['threads'] or '-'} | "
                      f"{format_duration(r['train_seconds'])} |")
     return "\n".join(lines)
