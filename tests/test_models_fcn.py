@@ -20,7 +20,7 @@ from torchvision.models import ResNet18_Weights, VGG16_Weights
 from semiseg.models import build_model
 from semiseg.models import fcn_vgg
 from semiseg.models import weights as layouts  # the layout conversions of the FCN families
-from semiseg.models.layers import bilinear_kernel, init_bilinear_
+from semiseg.models.layers import UpsamplingConvTranspose2d, bilinear_kernel, init_bilinear_
 from semiseg.models.pretrained import cache_path
 
 VGG_NAMES = ["fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16"]
@@ -84,6 +84,33 @@ def test_bilinear_transposed_conv_equals_interpolate_in_the_interior(stride, dep
     with torch.no_grad():
         shifted = unpadded(x)
     torch.testing.assert_close(shifted[..., s // 2 : s // 2 + 5 * s, s // 2 : s // 2 + 7 * s], ours, rtol=0, atol=1e-12)
+
+
+def test_upsampling_layer_runs_in_float32_under_cpu_autocast():
+    """CPU bf16 transposed convolutions with FCN's large kernels take a slow path (30x float32 measured on an AMX
+    Xeon), so the upsampling layers stay float32 under CPU autocast: same values as without autocast, float32
+    gradients, and the same state-dict keys as nn.ConvTranspose2d (released checkpoints load unchanged)."""
+    torch.manual_seed(0)
+    plain = nn.ConvTranspose2d(3, 3, 16, stride=8, padding=4)
+    layer = UpsamplingConvTranspose2d(3, 3, 16, stride=8, padding=4)
+    layer.load_state_dict(plain.state_dict())
+    assert list(layer.state_dict()) == list(plain.state_dict())
+    x = torch.randn(2, 3, 5, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        assert plain(x).dtype == torch.bfloat16  # what the layer avoids
+        low = layer(x.to(torch.bfloat16))  # a bf16 input (the previous layer's output) is widened
+    assert out.dtype == low.dtype == torch.float32
+    assert torch.equal(out, plain(x))
+    out.sum().backward()
+    assert layer.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["fcn_resnet18", "fcn8s_vgg16"])
+def test_fcn_upsampling_layers_are_float32_under_autocast(name):
+    model = build_model(name, 5)
+    ups = [m for m in model.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert ups and all(isinstance(m, UpsamplingConvTranspose2d) for m in ups)
 
 
 def test_init_bilinear_rejects_channel_mixing():

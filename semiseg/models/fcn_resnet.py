@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
-from semiseg.models.layers import init_bilinear_
+from semiseg.models.layers import UpsamplingConvTranspose2d, init_bilinear_
 
 
 # Key prefixes of the classifier; everything else is the ResNet body (what pretrained_backbone loads).
@@ -56,7 +56,7 @@ class FCNResNet18(nn.Module):
         )
         self.final_conv = nn.Conv2d(512, num_classes, kernel_size=1)
         # kernel = 2 * stride and padding = stride / 2 make the output exactly 32x the input (see layers.py).
-        self.transpose_conv = nn.ConvTranspose2d(num_classes, num_classes, kernel_size=64, stride=32, padding=16)
+        self.transpose_conv = UpsamplingConvTranspose2d(num_classes, num_classes, kernel_size=64, stride=32, padding=16)
         # d2l keeps PyTorch's default init for final_conv; the seed's write-up uses Xavier, which we follow.
         nn.init.xavier_uniform_(self.final_conv.weight)
         nn.init.zeros_(self.final_conv.bias)

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VGG16_Weights
 
-from semiseg.models.layers import init_bilinear_
+from semiseg.models.layers import UpsamplingConvTranspose2d, init_bilinear_
 
 # (name, in_channels, out_channels) of the VGG16 convolutions, one list per block; a ceil-mode 2x2 max pool
 # follows each block.
@@ -133,7 +133,7 @@ class FCNVGG16(nn.Module):
             self.score_pool4 = nn.Conv2d(512, num_classes, 1)
 
         def up(factor: int) -> nn.ConvTranspose2d:
-            return nn.ConvTranspose2d(num_classes, num_classes, 2 * factor, stride=factor, bias=False)
+            return UpsamplingConvTranspose2d(num_classes, num_classes, 2 * factor, stride=factor, bias=False)
 
         # Attribute names are pytorch-fcn's (they are the state-dict keys of its released weights).
         if output_stride == 32:

@@ -72,4 +72,21 @@ def init_bilinear_(conv_transpose: nn.ConvTranspose2d) -> nn.ConvTranspose2d:
     return conv_transpose
 
 
-__all__ = ["bilinear_kernel", "init_bilinear_"]
+class UpsamplingConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (same parameters, same state-dict keys) that runs in float32 under CPU autocast.
+
+    Why: the FCN upsampling layers have large kernels (2 x stride: up to 64x64), and on CPU torch's bfloat16
+    transposed convolution takes a slow path for them: about 30x its float32 time on an Intel Xeon with AMX
+    (2x11x8x10 -> 256x320, 1 thread), which made bf16 autocast slow the whole FCN-ResNet-18 down 2.6x (training)
+    and 8x (inference) although the backbone's convolutions run 5-8x faster in bf16 there (BENCHMARKS.md). The
+    layer is a small share of the FLOPs, so float32 costs nothing measurable; on CUDA autocast is left alone.
+    """
+
+    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if input.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(input.float(), output_size)
+        return super().forward(input, output_size)
+
+
+__all__ = ["bilinear_kernel", "init_bilinear_", "UpsamplingConvTranspose2d"]
