@@ -308,6 +308,18 @@ def test_a_tie_at_the_probe_is_settled_by_the_full_crop():
                                             affordable=lambda pair: True)[0]) == BF16
 
 
+def test_a_probe_lead_short_of_the_probe_margin_is_checked_at_the_full_crop():
+    # the CamVid FCN-ResNet-18 case (AMX Xeon): plain bf16 12% ahead at the probe, channels_last 12% ahead at full size
+    probe = {FP32: 0.147, ("fp32", True): 0.161, BF16: 0.112, BF16_CL: 0.125}
+    settled, retimed = P.settle_tie_at_full_crop(probe, {BF16: 0.89, BF16_CL: 0.79}.get, probe_area_share=0.125,
+                                                 affordable=lambda modes: True)
+    assert decide(probe) == BF16 and retimed == (BF16, BF16_CL)  # fp32 (31% slower) is not timed again
+    assert decide(settled) == BF16_CL and settled[FP32] == 0.147
+    # beyond the margin the probe's order stands and nothing more is timed
+    far = {FP32: 1.0, BF16: 0.70, BF16_CL: 0.55}
+    assert P.settle_tie_at_full_crop(far, {}.get, probe_area_share=0.125, affordable=lambda m: True) == (far, ())
+
+
 def test_the_choice_says_when_the_full_crop_settled_a_tie(cache):
     w = Workload(TinyNet(4), "tiny", "train", (240, 320), 2, 4)
 
@@ -317,7 +329,7 @@ def test_the_choice_says_when_the_full_crop_settled_a_tie(cache):
 
     choice = choose_precision("auto", "auto", CPU, w, measure=measured_with_a_retiming)
     assert (choice.precision, choice.channels_last) == BF16_CL
-    assert "bf16 and bf16+CL were within 5% there and were timed again at the full 240x320 crop" in choice.reason
+    assert "bf16 and bf16+CL were within 25% there and were timed again at the full 240x320 crop" in choice.reason
 
 
 def test_no_tie_or_no_budget_times_nothing_more():
