@@ -52,6 +52,10 @@ NOISE_MARGIN = 0.05  # a mode must beat a simpler one by more than 5% to be chos
 # 12% ahead at the probe, channels_last 12% ahead at full size). Modes this close to the fastest at a scaled-down
 # probe are timed again at the full crop (where the budget allows) before the choice.
 PROBE_MARGIN = 0.25
+# Re-timing at the full crop may cost up to this many full-crop fp32 steps (or ``budget``, if more): for a model
+# whose step is slow anyway (FCN-VGG16: 4-10 s per step at 512x512 on one core) a few steps' measuring, cached per
+# machine, is small beside the run, and its 64x64 probe times mostly what does not grow with the image.
+RETIME_STEPS = 6
 DROP_RATIO = 1.5  # after a timed round, modes slower than 1.5x the best so far are not timed again
 CACHE_FORMAT = 1
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "avx_vnni", "avx512_vnni")
@@ -435,21 +439,46 @@ def measure_modes(workload: Workload, modes: list[tuple[str, bool]], *, rounds: 
             if len(active) <= 1 or time.perf_counter() - start > wall_budget:
                 break
         result = {m: timed.get(m, warm[m]) for m in modes}
-        if size != full:
-            area = (full[0] * full[1]) / (size[0] * size[1])
+        if size != full and math.isfinite(result.get(fp32, math.inf)):
+            # How much a step grows from the probe to the full crop: a fixed part plus a part per pixel, fitted to
+            # fp32 at two sizes (the calibration and the probe, or one more step at 4x the calibration's area).
+            # Area alone overstates it where a fixed part dominates the probe (FCN-VGG16's fc6/fc7 and optimizer).
+            points = [(small, calibration), (size, result[fp32])]
+            if size == small:
+                mid = _scaled(full, 4 * small[0] * small[1] / (full[0] * full[1]))
+                step(*fp32, mid)  # warm-up at the new shape
+                points[1] = (mid, step(*fp32, mid))
+            growth = _growth(points, full, size)
+            full_fp32 = result[fp32] * growth
+            allowed = max(budget, RETIME_STEPS * full_fp32)
 
             def time_at_full(m: tuple[str, bool]) -> float:
                 step(*m, full)  # warm-up: the kernels for the new shape are built here
-                return min(step(*m, full) for _ in range(rounds))
+                return min(step(*m, full) for _ in range(retime_rounds))
 
-            def tie_affordable(tied: tuple) -> bool:  # warm-up + `rounds` steps each, at the probe's cost per pixel
-                cost = sum(result[m] * area for m in tied) * (rounds + 1)
-                return cost <= budget and time.perf_counter() - start + cost <= wall_budget
+            retime_rounds = rounds if full_fp32 <= step_seconds else 1  # a slow step is timed steadily enough once
 
-            result, retimed = settle_tie_at_full_crop(result, time_at_full, probe_area_share=1 / area,
+            def tie_affordable(tied: tuple) -> bool:  # warm-up + timed steps each, at the fitted full-crop cost
+                cost = sum(result[m] * growth for m in tied) * (retime_rounds + 1)
+                return cost <= allowed and time.perf_counter() - start + cost <= max(wall_budget, 2 * allowed)
+
+            result, retimed = settle_tie_at_full_crop(result, time_at_full, probe_area_share=1 / growth,
                                                       affordable=tie_affordable)
             workload.retimed = retimed or None
     return result
+
+
+def _growth(points: list[tuple[tuple[int, int], float]], full: tuple[int, int], probe: tuple[int, int]) -> float:
+    """Full-crop step time over probe step time, from step times at two sizes fitted as fixed + per-pixel cost
+    (each part at least 0; area scaling when the two sizes coincide)."""
+    (s1, t1), (s2, t2) = points
+    a1, a2, af, ap = s1[0] * s1[1], s2[0] * s2[1], full[0] * full[1], probe[0] * probe[1]
+    if a2 == a1:
+        return af / ap
+    per_pixel = max(0.0, (t2 - t1) / (a2 - a1))
+    fixed = max(0.0, t1 - per_pixel * a1)
+    at_probe = fixed + per_pixel * ap
+    return (fixed + per_pixel * af) / at_probe if at_probe > 0 else af / ap
 
 
 def settle_tie_at_full_crop(times: dict[tuple[str, bool], float], time_at_full: Callable[[tuple[str, bool]], float], *,
