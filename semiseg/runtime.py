@@ -452,14 +452,18 @@ def measure_modes(workload: Workload, modes: list[tuple[str, bool]], *, rounds: 
             full_fp32 = result[fp32] * growth
             allowed = max(budget, RETIME_STEPS * full_fp32)
 
+            # a step slower than step_seconds is timed once, its kernel set-up included (a small part of it), as
+            # the probe times such models; a faster one gets a warm-up step and `rounds` timed steps
+            steps_each = rounds + 1 if full_fp32 <= step_seconds else 1
+
             def time_at_full(m: tuple[str, bool]) -> float:
+                if steps_each == 1:
+                    return step(*m, full)
                 step(*m, full)  # warm-up: the kernels for the new shape are built here
-                return min(step(*m, full) for _ in range(retime_rounds))
+                return min(step(*m, full) for _ in range(steps_each - 1))
 
-            retime_rounds = rounds if full_fp32 <= step_seconds else 1  # a slow step is timed steadily enough once
-
-            def tie_affordable(tied: tuple) -> bool:  # warm-up + timed steps each, at the fitted full-crop cost
-                cost = sum(result[m] * growth for m in tied) * (retime_rounds + 1)
+            def tie_affordable(tied: tuple) -> bool:  # at the fitted full-crop cost
+                cost = sum(result[m] * growth for m in tied) * steps_each
                 return cost <= allowed and time.perf_counter() - start + cost <= max(wall_budget, 2 * allowed)
 
             result, retimed = settle_tie_at_full_crop(result, time_at_full, probe_area_share=1 / growth,
