@@ -424,13 +424,11 @@ def measure_modes(workload: Workload, modes: list[tuple[str, bool]], *, rounds: 
             except RuntimeError as e:  # an op without a kernel for this mode: that mode cannot win
                 warnings.warn(f"precision auto: {mode_name(*m)} does not run ({e})", stacklevel=2)
                 warm[m] = math.inf
-        if not warmup:  # too slow for more: each mode's first step is its time
-            return warm
         runnable = [t for t in warm.values() if math.isfinite(t)]
         if not runnable:
             return warm
         active = [m for m in modes if warm[m] <= 4 * min(runnable)]
-        for _ in range(rounds):
+        for _ in range(rounds if warmup else 0):  # too slow for more: each mode's first step is its time
             for m in active:
                 t = step(*m, size)
                 timed[m] = min(timed.get(m, t), t)
