@@ -13,7 +13,10 @@ AVX-512 CPU, including those that only emulate it, where bf16 + channels_last ra
 fp32 (a 2-core Xeon without avx512_bf16). :func:`choose_precision` times a copy of the run's own model at
 the run's crop (scaled down when a step there would take over ~0.5 s) in each candidate mode -- fp32,
 fp32 + channels_last, bf16, bf16 + channels_last -- a training step (forward, loss, backward, SGD step) for
-training, a no-grad forward for evaluation and prediction, and keeps the fastest. Exact fp32 and the default layout win ties: a mode is chosen over a simpler one only when
+training, a no-grad forward for evaluation and prediction, and keeps the fastest. A scaled-down probe can rank
+close modes wrongly (on an AMX Xeon it ranked fp32 first for FCN-VGG16, which runs 4-5x faster in bf16 at its
+crop), so the modes within :data:`PROBE_MARGIN` of its fastest are timed again at the full crop when that costs
+at most :data:`RETIME_STEPS` full-crop steps. Exact fp32 and the default layout win ties: a mode is chosen over a simpler one only when
 it is faster by more than :data:`NOISE_MARGIN`. The times are cached per machine (CPU model and flags, torch
 version, thread count) and workload (model, classes, crop, batch, train/infer) in
 ``$SEMISEG_CACHE/precision.json`` (default ``$XDG_CACHE_HOME/semiseg`` or ``~/.cache/semiseg``), so a
