@@ -55,7 +55,7 @@ NOISE_MARGIN = 0.05  # a mode must beat a simpler one by more than 5% to be chos
 # 12% ahead at the probe, channels_last 12% ahead at full size). Modes this close to the fastest at a scaled-down
 # probe are timed again at the full crop (where the budget allows) before the choice.
 PROBE_MARGIN = 0.25
-# Re-timing at the full crop may cost up to this many full-crop fp32 steps (or ``budget``, if more): for a model
+# Re-timing at the full crop may cost up to this many full-crop steps of the probe's fastest mode (or ``budget``): for a model
 # whose step is slow anyway (FCN-VGG16: 4-10 s per step at 512x512 on one core) a few steps' measuring, cached per
 # machine, is small beside the run, and its 64x64 probe times mostly what does not grow with the image.
 RETIME_STEPS = 6
@@ -440,22 +440,24 @@ def measure_modes(workload: Workload, modes: list[tuple[str, bool]], *, rounds: 
             if len(active) <= 1 or time.perf_counter() - start > wall_budget:
                 break
         result = {m: timed.get(m, warm[m]) for m in modes}
-        if size != full and math.isfinite(result.get(fp32, math.inf)):
+        if size != full:
             # How much a step grows from the probe to the full crop: a fixed part plus a part per pixel, fitted to
             # fp32 at two sizes (the calibration and the probe, or one more step at 4x the calibration's area).
             # Area alone overstates it where a fixed part dominates the probe (FCN-VGG16's fc6/fc7 and optimizer).
-            points = [(small, calibration), (size, result[fp32])]
-            if size == small:
-                mid = _scaled(full, 4 * small[0] * small[1] / (full[0] * full[1]))
-                step(*fp32, mid)  # warm-up at the new shape
-                points[1] = (mid, step(*fp32, mid))
-            growth = _growth(points, full, size)
-            full_fp32 = result[fp32] * growth
-            allowed = max(budget, RETIME_STEPS * full_fp32)
+            growth = (full[0] * full[1]) / (size[0] * size[1])
+            if math.isfinite(result.get(fp32, math.inf)):
+                points = [(small, calibration), (size, result[fp32])]
+                if size == small:
+                    mid = _scaled(full, 4 * small[0] * small[1] / (full[0] * full[1]))
+                    step(*fp32, mid)  # warm-up at the new shape
+                    points[1] = (mid, step(*fp32, mid))
+                growth = _growth(points, full, size)
+            full_step = min(t for t in result.values() if math.isfinite(t)) * growth  # the probe's fastest, full crop
+            allowed = max(budget, RETIME_STEPS * full_step)
 
             # a step slower than step_seconds is timed once, its kernel set-up included (a small part of it), as
             # the probe times such models; a faster one gets a warm-up step and `rounds` timed steps
-            steps_each = rounds + 1 if full_fp32 <= step_seconds else 1
+            steps_each = rounds + 1 if full_step <= step_seconds else 1
 
             def time_at_full(m: tuple[str, bool]) -> float:
                 if steps_each == 1:
@@ -495,8 +497,8 @@ def settle_tie_at_full_crop(times: dict[tuple[str, bool], float], time_at_full: 
     Why: the probe's ranking of close modes does not hold at the full crop (Intel Xeon with AMX, CamVid DeepLabV3+
     at 240x320: bf16 and bf16 + channels_last within 5% at 120x160, 14% apart at full size; CamVid FCN-ResNet-18:
     plain bf16 12% ahead at the probe, bf16 + channels_last 12% ahead at full size). The
-    full-crop times come back multiplied by ``probe_area_share`` (probe area / crop area), so they stay on the
-    probe's scale beside the other modes. Returns (times, the modes timed again); nothing is timed again, and
+    full-crop times come back multiplied by ``probe_area_share`` (a probe step's share of a full-crop step: the
+    area share, or the fitted fixed + per-pixel cost's), so they stay on the probe's scale beside the other modes. Returns (times, the modes timed again); nothing is timed again, and
     ``()`` comes back, when fewer than two modes tie or ``affordable(tied_modes)`` is false."""
     finite = {m: t for m, t in times.items() if math.isfinite(t)}
     best = min(finite.values(), default=math.inf)
