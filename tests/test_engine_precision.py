@@ -356,7 +356,8 @@ def test_no_tie_or_no_budget_times_nothing_more():
     assert P.settle_tie_at_full_crop(with_failed, never, probe_area_share=0.25, affordable=lambda pair: True) == (with_failed, ())
 
 
-def test_a_scaled_down_probe_hands_the_tie_break_a_full_crop_timer(monkeypatch):
+@pytest.mark.parametrize("budget", [8.0, 1e-9])  # 1e-9: too slow for warm-up steps at the probe (FCN-VGG16's case)
+def test_a_scaled_down_probe_hands_the_tie_break_a_full_crop_timer(monkeypatch, budget):
     seen = {}
 
     def spy(times, time_at_full, *, probe_area_share, affordable):
@@ -366,7 +367,8 @@ def test_a_scaled_down_probe_hands_the_tie_break_a_full_crop_timer(monkeypatch):
 
     monkeypatch.setattr(P, "settle_tie_at_full_crop", spy)
     w = Workload(TinyNet(4), "tiny", "infer", (128, 192), 1, 4)
-    seconds = P.measure_modes(w, [("fp32", False), ("fp32", True)], rounds=1, step_seconds=1e-4)
+    seconds = P.measure_modes(w, [("fp32", False), ("fp32", True)], rounds=1, step_seconds=1e-4, budget=budget)
+    assert seen, "the full-crop tie break was not reached"
     h, wd = w.measured_size
     # the share of the full crop's step the probe's step is: between the area share (all cost per pixel) and 1
     assert (h, wd) != (128, 192) and h * wd / (128 * 192) - 1e-9 <= seen["share"] <= 1
