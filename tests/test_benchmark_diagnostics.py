@@ -68,3 +68,36 @@ def test_unlabeled_miou_by_group_scores_exactly_the_unlabeled_images_per_group(t
         assert miou == pytest.approx(_miou_by_hand(loaded, dataset, indices), abs=1e-6)
     # the labeled images are not in it: scoring all 16 gives another number
     assert result["all"][1] != pytest.approx(_miou_by_hand(loaded, dataset, list(range(16))), abs=1e-6)
+
+
+_spec = importlib.util.spec_from_file_location("bn_adaptation_probe",
+                                               os.path.join(REPO, "benchmarks", "bn_adaptation_probe.py"))
+bn_adaptation_probe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bn_adaptation_probe)
+
+
+def test_group_statistics_are_the_average_over_the_groups_batches_and_leave_the_model_alone():
+    """AdaBN as the CamVid diagnostic uses it: running mean = the mean of the batch means over the group's images,
+    running variance = the mean of the batch (unbiased) variances; a lone last image is skipped (ASPP's pooled branch
+    cannot normalise one value); the trained model keeps its own statistics."""
+    from semiseg.engine.evaluate import make_eval_loader
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).eval()
+    images = [torch.randn(3, 5, 6) * (i + 1) + i for i in range(5)]
+    samples = [{"image": x, "mask": torch.zeros(5, 6, dtype=torch.long), "name": f"A_{i}"} for i, x in enumerate(images)]
+    loader = make_eval_loader(samples, batch_size=2)  # batches of 2, 2 and 1: the last is skipped
+
+    adapted = bn_adaptation_probe.with_group_statistics(model, loader, precision="fp32", channels_last=False,
+                                                        inference=None)
+
+    with torch.no_grad():
+        features = [model[0](torch.stack(images[i:i + 2])) for i in (0, 2)]
+    means = torch.stack([f.mean((0, 2, 3)) for f in features]).mean(0)
+    variances = torch.stack([f.transpose(0, 1).flatten(1).var(1, unbiased=True) for f in features]).mean(0)
+    bn = adapted[1]
+    assert not adapted.training and not bn.training
+    torch.testing.assert_close(bn.running_mean, means)
+    torch.testing.assert_close(bn.running_var, variances)
+    torch.testing.assert_close(model[1].running_mean, torch.zeros(4))  # the original is untouched
+    torch.testing.assert_close(model[1].running_var, torch.ones(4))
