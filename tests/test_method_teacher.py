@@ -345,7 +345,7 @@ def test_da_groups_unlabeled_aligns_alone_the_groups_without_a_labeled_image(tmp
 
     named = SimpleNamespace(names=["a_1", "a_2", "a_3", "b_1", "c_1"])  # only the names are read
     ctx = SimpleNamespace(labeled_dataset=Subset(named, [0, 1]), unlabeled_dataset=Subset(named, [2, 3, 4]))
-    assert UniMatch._unlabeled_groups(ctx, "_") == {"b", "c"}
+    assert UniMatch._unlabeled_groups(ctx, "_", "da_groups=unlabeled") == {"b", "c"}
     with pytest.raises(ConfigError, match="'all' .* or 'unlabeled'"):
         UniMatch({"distribution_alignment": True, "da_group_by": "_", "da_groups": "some"})
     with pytest.raises(ConfigError, match="da_group_by is null"):
@@ -364,4 +364,105 @@ def test_da_groups_unlabeled_aligns_alone_the_groups_without_a_labeled_image(tmp
     assert DistributionAlignment.SHARED in groups_a and set(groups_a) - {DistributionAlignment.SHARED} <= unlabeled_only
     assert len(groups_a) >= 2
     assert groups_a.keys() == b["method"]["distribution_alignment"]["group_predicted"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+# ------------------------------------------------------------------------------------------------ group statistics
+
+
+def test_group_statistics_move_towards_each_batch_and_leave_the_shared_ones_alone():
+    from semiseg.engine.methods.teacher import GroupStatistics
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).eval()
+    model[1].running_mean.fill_(1.0)
+    model[1].running_var.fill_(2.0)
+    stats = GroupStatistics(model, {"dusk"}, momentum=0.25)
+    x = torch.randn(3, 3, 5, 5) * 3 + 2
+    with torch.no_grad():
+        features = model[0](x).transpose(0, 1).flatten(1)
+        mean = 1.0 + 0.25 * (features.mean(1) - 1.0)  # the group starts from the shared statistics
+        var = 2.0 + 0.25 * (features.var(1, unbiased=True) - 2.0)
+        with stats.use("dusk"):
+            out = model(x)
+    # the forward normalised with the group's statistics, already moved towards this batch
+    expected = (model[0](x) - mean.view(1, -1, 1, 1)) / (var.view(1, -1, 1, 1) + model[1].eps).sqrt() \
+        * model[1].weight.view(1, -1, 1, 1) + model[1].bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(out, expected.detach())
+    torch.testing.assert_close(stats.stats["dusk"][0][0], mean)
+    torch.testing.assert_close(stats.stats["dusk"][0][1], var)
+    assert torch.equal(model[1].running_mean, torch.full((4,), 1.0))  # the model's own are back
+    assert torch.equal(model[1].running_var, torch.full((4,), 2.0))
+    assert not model._forward_pre_hooks and not model[1]._forward_pre_hooks
+    # the second batch starts from the group's statistics, not from the shared ones
+    with torch.no_grad(), stats.use("dusk"):
+        model(x)
+    torch.testing.assert_close(stats.stats["dusk"][0][0], mean + 0.25 * (features.mean(1) - mean))
+    # one value per channel (an image-pooling branch with one image) leaves the statistics where they are
+    before = [t.clone() for t in stats.stats["dusk"][0]]
+    with torch.no_grad(), stats.use("dusk"):
+        model(torch.randn(1, 3, 1, 1))
+    assert all(torch.equal(a, b) for a, b in zip(before, stats.stats["dusk"][0]))
+    with pytest.raises(KeyError, match="'day' has no statistics"):
+        with stats.use("day"):
+            pass
+    restored = GroupStatistics(model, {"dusk"}, momentum=0.25)
+    restored.load_state_dict(stats.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(restored.stats["dusk"][0], stats.stats["dusk"][0]))
+
+
+def test_teacher_predicts_each_group_without_labels_with_its_own_statistics():
+    import copy
+
+    from semiseg.engine.methods.teacher import GroupStatistics
+
+    torch.manual_seed(0)
+    method = UniMatch({"teacher": "ema", "teacher_bn_group_by": "_"})
+    method.teacher = EMATeacher(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)), 0.9)
+    method.group_stats = GroupStatistics(method.teacher.model, {"dusk"}, momentum=0.5)
+    images = torch.randn(4, 3, 6, 6)
+    images[[1, 3]] = images[[1, 3]] * 0.2 - 1.5  # the dusk frames look different
+    names = ["day_1", "dusk_1", "noon_1", "dusk_2"]
+    reference = copy.deepcopy(method.group_stats), copy.deepcopy(method.teacher)
+
+    logits = method._teacher_by_group(images, names)
+
+    stats, teacher = reference
+    stats.layers = [m for m in teacher.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with stats.use("dusk"):
+        dusk = teacher(images[[1, 3]])
+    torch.testing.assert_close(logits[[1, 3]], dusk)  # both dusk frames in one pass with the dusk statistics
+    torch.testing.assert_close(logits[[0, 2]], teacher(images[[0, 2]]))  # the others with the shared ones
+    assert not torch.allclose(dusk, teacher(images[[1, 3]]))  # and the dusk statistics did change them
+    with pytest.raises(ValueError, match="name of every unlabeled image"):
+        method._teacher_by_group(images, names[:3])
+
+
+def test_teacher_bn_group_by_options_are_checked_and_a_run_resumes_exactly(tmp_path):
+    from semiseg.config import ConfigError
+    from semiseg.data.splits import group_of, read_names
+
+    with pytest.raises(ConfigError, match="teacher=ema or teacher_bn_group_by=null"):
+        UniMatch({"teacher_bn_group_by": "_"})
+    with pytest.raises(ConfigError, match="teacher_bn_group_by must be a non-empty separator"):
+        UniMatch({"teacher": "ema", "teacher_bn_group_by": ""})
+    with pytest.raises(ConfigError, match="teacher_bn_momentum must be in"):
+        UniMatch({"teacher": "ema", "teacher_bn_group_by": "_", "teacher_bn_momentum": 0.0})
+    wrong = run_config(tmp_path, "wrong", **{"method.options": "{teacher: ema, teacher_bn_group_by: '#'}"})
+    with pytest.raises(ConfigError, match="teacher_bn_group_by='#': no unlabeled image's name contains it"):
+        Trainer(wrong, wrong.run_dir, progress=False).fit()
+    # the tiny data's names train_000 ...; with "1" as separator the labeled half covers some groups only
+    options = "{conf_thresh: 0.0, teacher: ema, teacher_bn_group_by: '1'}"
+    straight, chunked = train_straight_and_resumed(tmp_path, options)
+    a = load_checkpoint(os.path.join(straight.run_dir, "last.pt"))
+    b = load_checkpoint(os.path.join(chunked.run_dir, "last.pt"))
+    split = os.path.join(straight.run_dir, "split.txt")
+    unlabeled_only = ({group_of(n, "1") for n in read_names(split, "unlabeled")}
+                      - {group_of(n, "1") for n in read_names(split, "labeled")})
+    own = a["method"]["teacher_group_statistics"]["stats"]
+    assert own and set(own) <= unlabeled_only  # statistics of their own only for groups no label comes from
+    assert own.keys() == b["method"]["teacher_group_statistics"]["stats"].keys()
+    for g in own:
+        for (m1, v1), (m2, v2) in zip(own[g], b["method"]["teacher_group_statistics"]["stats"][g]):
+            assert torch.equal(m1, m2) and torch.equal(v1, v2)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -10,6 +10,10 @@
 * :func:`unsupervised_weight` - 0 before ``start``, then a linear ramp to 1 over ``rampup`` iterations: a supervised
   warm-up, so the first pseudo labels come from a model that has seen the labels (from scratch, the first
   confident pixels are almost all background and teach nothing else; see BENCHMARKS.md).
+* :class:`GroupStatistics` - BatchNorm running statistics of the teacher kept per group of images (a video
+  sequence, a camera) for the groups no label comes from, re-estimated from the teacher's own passes over them
+  (AdaBN per group, Li et al. 2016): the shared statistics are the labeled images' world, and a group that looks
+  different (CamVid's dusk sequence) is predicted with features normalised as for daylight.
 * :func:`class_thresholds` - a confidence threshold per class such that each class keeps the same share of the
   pixels the teacher gives it (DARS, He et al. ICCV 2021): one global threshold keeps nearly every pixel of the
   class the teacher is surest of (background) and few of the others, and the unlabeled loss then shrinks them.
@@ -20,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -102,6 +106,60 @@ def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(tracked)
 
 
+class GroupStatistics:
+    """BatchNorm running statistics of a (teacher) model per group of images, for the groups in ``groups``.
+
+    ``with stats.use(group): model(images)`` runs the eval-mode model with that group's running means and variances
+    in its BatchNorm layers, each first moved towards the statistics of this batch's input to the layer
+    (``running += momentum * (batch - running)``, the batch variance unbiased, as BatchNorm's own update), and puts
+    the shared statistics back afterwards. A group starts from the shared statistics of its first batch. A layer
+    whose input has one value per channel (an image-pooling branch with one image) is left at its running values.
+    The model's own statistics (the EMA of the student's) are never changed. Under DDP each process keeps its own
+    (from its own images), as the teacher is per process."""
+
+    def __init__(self, model: nn.Module, groups: set[str], momentum: float):
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"group statistics momentum must be in (0, 1], got {momentum}")
+        self.groups, self.momentum = set(groups), momentum
+        self.layers = [m for m in model.modules()
+                       if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        self.stats: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def _observe(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].detach().float().transpose(0, 1).flatten(1)  # (C, N*H*W)
+        if x.shape[1] < 2:
+            return
+        layer.running_mean.lerp_(x.mean(1), self.momentum)
+        layer.running_var.lerp_(x.var(1, unbiased=True), self.momentum)
+
+    @contextlib.contextmanager
+    def use(self, group: str) -> Iterator[None]:
+        if group not in self.groups:
+            raise KeyError(f"group {group!r} has no statistics of its own (groups: {sorted(self.groups)})")
+        shared = [(m.running_mean.clone(), m.running_var.clone()) for m in self.layers]
+        own = self.stats.get(group, shared)
+        hooks = []
+        try:
+            for m, (mean, var) in zip(self.layers, own):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                hooks.append(m.register_forward_pre_hook(self._observe))
+            yield
+            self.stats[group] = [(m.running_mean.clone(), m.running_var.clone()) for m in self.layers]
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, (mean, var) in zip(self.layers, shared):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stats": {g: [[mean, var] for mean, var in layers] for g, layers in self.stats.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stats = {g: [(mean, var) for mean, var in layers] for g, layers in state.get("stats", {}).items()}
+
+
 def unsupervised_weight(iteration: int, start: int, rampup: int) -> float:
     """Weight of the unlabeled loss at ``iteration`` (0-based): 0 before ``start``, then linear to 1 over ``rampup``
     iterations (1 at once when ``rampup`` is 0)."""
@@ -129,5 +187,5 @@ def class_thresholds(conf: torch.Tensor, label: torch.Tensor, valid: torch.Tenso
     return thresholds
 
 
-__all__ = ["EMATeacher", "class_thresholds", "dropout_off", "frozen_bn_statistics", "ema_momentum",
+__all__ = ["EMATeacher", "GroupStatistics", "class_thresholds", "dropout_off", "frozen_bn_statistics", "ema_momentum",
            "unsupervised_weight"]

@@ -46,7 +46,8 @@ Choices and differences from the official code (github.com/LiheYoung/UniMatch, u
   family) cannot use it; the method then refuses to start and says to set ``feature_perturbation: false``.
 * Zero valid unlabeled pixels (only possible with tiny images) give a zero loss instead of the official 0/0.
 * Not in the official code, all off by default (engine/methods/teacher.py has the shared pieces): an EMA teacher,
-  a supervised warm-up, distribution alignment, per-class thresholds (``per_class_keep``), an unlabeled loss
+  a supervised warm-up, distribution alignment, BatchNorm statistics of the teacher's own for the groups of images
+  no label comes from (``teacher_bn_group_by``), per-class thresholds (``per_class_keep``), an unlabeled loss
   weighted by the recipe's class weights (``class_weighted``), strong views without colour or outside BatchNorm's
   running statistics.
 
@@ -75,7 +76,7 @@ from semiseg.engine.methods.pseudo_labels import (
     DistributionAlignment, Targets, consistency_loss, mask_ratio, pseudo_label_accuracy, pseudo_labels,
 )
 from semiseg.engine.methods.teacher import (
-    EMATeacher, class_thresholds, dropout_off, ema_momentum, frozen_bn_statistics, unsupervised_weight,
+    EMATeacher, GroupStatistics, class_thresholds, dropout_off, ema_momentum, frozen_bn_statistics, unsupervised_weight,
 )
 
 
@@ -143,6 +144,14 @@ class UniMatchOptions:
     # aligning a labeled sequence on its own asks it for the labeled frames' class mix, which it may not have (CamVid
     # 0006R0: half their building, twice their tree; round 6 lost 2.3 mIoU there, BENCHMARKS.md).
     da_groups: str = "all"
+    # null: the EMA teacher predicts every image with its running BatchNorm statistics. A separator (CamVid: "_"):
+    # the images of a group no labeled image belongs to are predicted with BatchNorm statistics of that group's own,
+    # running averages (momentum teacher_bn_momentum per batch) of the teacher's inputs on that group's images
+    # (teacher.GroupStatistics; AdaBN per group). Why: on CamVid models that never saw a dusk label scored 5-6 mIoU
+    # higher on the dusk frames with the dusk frames' own statistics, and lower on the labeled sequences
+    # (BENCHMARKS.md, "the dusk sequence's own BatchNorm statistics"). Needs teacher: ema.
+    teacher_bn_group_by: str | None = None
+    teacher_bn_momentum: float = 0.1
     # null: one confidence threshold for every class (conf_thresh, the official rule). A share in (0, 1]: per class
     # and batch, the most confident per_class_keep of the pixels the teacher gives that class are kept (DARS-style
     # class-wise thresholds; conf_thresh is then unused). One global threshold keeps nearly all background pixels and
@@ -189,12 +198,20 @@ class UniMatchOptions:
             raise ConfigError(f"method.options.ema_momentum must be in [0, 1), got {self.ema_momentum}")
         if not 0.0 <= self.da_momentum < 1.0:
             raise ConfigError(f"method.options.da_momentum must be in [0, 1), got {self.da_momentum}")
-        if self.da_group_by is not None and not (isinstance(self.da_group_by, str) and self.da_group_by):
-            raise ConfigError(f"method.options.da_group_by must be a non-empty separator such as '_' (or null), "
-                              f"got {self.da_group_by!r}")
         if self.da_group_by is not None and not self.distribution_alignment:
             raise ConfigError("method.options.da_group_by groups distribution alignment's running prediction, and "
                               "distribution_alignment is false: set distribution_alignment=true or da_group_by=null")
+        for key in ("da_group_by", "teacher_bn_group_by"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ConfigError(f"method.options.{key} must be a non-empty separator such as '_' (or null), "
+                                  f"got {value!r}")
+        if self.teacher_bn_group_by is not None and self.teacher != "ema":
+            raise ConfigError("method.options.teacher_bn_group_by gives the EMA teacher BatchNorm statistics per "
+                              "group, and teacher is 'model' (its pseudo labels come from the training pass): set "
+                              "teacher=ema or teacher_bn_group_by=null")
+        if not 0.0 < self.teacher_bn_momentum <= 1.0:
+            raise ConfigError(f"method.options.teacher_bn_momentum must be in (0, 1], got {self.teacher_bn_momentum}")
         if self.da_groups not in ("all", "unlabeled"):
             raise ConfigError(f"method.options.da_groups must be 'all' (every group aligned on its own) or 'unlabeled' "
                               f"(only the groups without a labeled image), got {self.da_groups!r}")
@@ -239,8 +256,9 @@ class UniMatch(Method):
         o = self.options
         if ctx.unlabeled_dataset is None:
             raise ConfigError("unimatch needs unlabeled images; set data.labeled.fraction (or count / id_file)")
-        if o.da_group_by is not None:
-            self._check_da_groups(ctx.unlabeled_dataset, o.da_group_by)
+        for key in ("da_group_by", "teacher_bn_group_by"):
+            if getattr(o, key) is not None:
+                self._check_groups(ctx.unlabeled_dataset, key, getattr(o, key))
         self.class_weight = self._class_weight(ctx) if o.class_weighted else None
         self.fp = FeaturePerturbation(ctx.raw_model, o.fp_dropout) if o.feature_perturbation else None
         if ctx.cfg.data.photometric and self._unlabeled_crops_can_pad(ctx):
@@ -254,9 +272,18 @@ class UniMatch(Method):
         self.teacher = ctx.add_module("teacher", EMATeacher(ctx.raw_model, o.ema_momentum), ddp=False) \
             if o.teacher == "ema" else None
         self._ema_updated_at = -1
-        alone = self._unlabeled_groups(ctx, o.da_group_by) if o.da_groups == "unlabeled" else None
+        alone = self._unlabeled_groups(ctx, o.da_group_by, "da_groups=unlabeled") if o.da_groups == "unlabeled" \
+            else None
         self.align = DistributionAlignment(ctx.num_classes, o.da_momentum, ctx.ignore_index, o.da_group_by, alone) \
             if o.distribution_alignment else None
+        self.group_stats = None
+        if o.teacher_bn_group_by is not None:
+            groups = self._unlabeled_groups(ctx, o.teacher_bn_group_by, "teacher_bn_group_by")
+            if not groups:
+                warnings.warn(f"method.options.teacher_bn_group_by={o.teacher_bn_group_by!r}: every group of unlabeled "
+                              "images has a labeled image, so the teacher keeps its shared BatchNorm statistics for "
+                              "all of them (the option changes nothing here)", stacklevel=2)
+            self.group_stats = GroupStatistics(self.teacher.model, groups, o.teacher_bn_momentum)
 
     @staticmethod
     def _unlabeled_crops_can_pad(ctx) -> bool:
@@ -270,12 +297,16 @@ class UniMatch(Method):
         state: dict[str, Any] = {"ema_updated_at": self._ema_updated_at}
         if self.align is not None:
             state["distribution_alignment"] = self.align.state_dict()
+        if self.group_stats is not None:
+            state["teacher_group_statistics"] = self.group_stats.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._ema_updated_at = int(state.get("ema_updated_at", -1))
         if self.align is not None and "distribution_alignment" in state:
             self.align.load_state_dict(state["distribution_alignment"])
+        if self.group_stats is not None and "teacher_group_statistics" in state:
+            self.group_stats.load_state_dict(state["teacher_group_statistics"])
 
     # ------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, unlabeled_batch: dict | None, iteration: int) -> dict[str, torch.Tensor]:
@@ -339,25 +370,26 @@ class UniMatch(Method):
         return {"loss": loss.detach(), **out}
 
     @staticmethod
-    def _check_da_groups(unlabeled, separator: str) -> None:
-        """A separator no unlabeled image's name contains would make every image a group of its own (alignment per
-        image, which forces each image towards the labeled class frequencies): a mistake, refused."""
+    def _check_groups(unlabeled, key: str, separator: str) -> None:
+        """A separator no unlabeled image's name contains would make every image a group of its own (alignment or
+        BatchNorm statistics per image): a mistake, refused."""
         mine = _image_names(unlabeled)
         if mine is None:  # a dataset without names: the first batch fails instead, naming the option
             return
         if mine and not any(separator in name for name in mine):
-            raise ConfigError(f"method.options.da_group_by={separator!r}: no unlabeled image's name contains it (e.g. "
-                              f"{mine[0]!r}), so every image would be aligned on its own; set the separator that ends "
-                              "the group part of the names (CamVid: '_' in 0001TP_008550) or da_group_by=null")
+            raise ConfigError(f"method.options.{key}={separator!r}: no unlabeled image's name contains it (e.g. "
+                              f"{mine[0]!r}), so every image would be a group of its own; set the separator that ends "
+                              f"the group part of the names (CamVid: '_' in 0001TP_008550) or {key}=null")
 
     @staticmethod
-    def _unlabeled_groups(ctx, separator: str) -> set[str]:
-        """The groups of the unlabeled images that no labeled image belongs to (``da_groups: unlabeled``)."""
+    def _unlabeled_groups(ctx, separator: str, option: str) -> set[str]:
+        """The groups of the unlabeled images that no labeled image belongs to (``da_groups: unlabeled``,
+        ``teacher_bn_group_by``)."""
         def groups(subset) -> set[str]:
             names = _image_names(subset)
             if names is None:
-                raise ConfigError("method.options.da_groups=unlabeled needs image names to find the groups, and the "
-                                  "dataset has none: leave da_groups at 'all'")
+                raise ConfigError(f"method.options.{option} needs image names to find the groups, and the dataset "
+                                  "has none: leave it unset")
             return {group_of(name, separator) for name in names}
 
         return groups(ctx.unlabeled_dataset) - groups(ctx.labeled_dataset)
@@ -391,11 +423,30 @@ class UniMatch(Method):
 
     def _ema_targets(self, images_u, valid_u, images_m, valid_m, names_u=None, names_m=None) -> tuple[Targets, Targets]:
         """Pseudo labels of the unlabeled and the pasted images from the EMA teacher in one no-grad pass."""
+        images = torch.cat([images_u, images_m])
         with torch.no_grad(), self.ctx.autocast():
-            logits = self.teacher(torch.cat([images_u, images_m]))
+            logits = self.teacher(images) if self.group_stats is None else \
+                self._teacher_by_group(images, [*(names_u or ()), *(names_m or ())])
         logits_u, logits_m = logits.split([images_u.shape[0], images_m.shape[0]])
         return (pseudo_labels(logits_u, valid_u, self.align, names_u),
                 pseudo_labels(logits_m, valid_m, self.align, names_m))
+
+    def _teacher_by_group(self, images: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """The teacher's logits, the images of each group with statistics of its own (``teacher_bn_group_by``)
+        predicted in a pass of their own with those statistics, the others together with the shared ones."""
+        if len(names) != images.shape[0]:
+            raise ValueError("method.options.teacher_bn_group_by needs the name of every unlabeled image in the batch")
+        keys = [g if g in self.group_stats.groups else None
+                for g in (group_of(name, self.options.teacher_bn_group_by) for name in names)]
+        logits = None
+        for key in dict.fromkeys(keys):
+            rows = torch.tensor([i for i, k in enumerate(keys) if k == key], device=images.device)
+            with self.group_stats.use(key) if key is not None else contextlib.nullcontext():
+                out = self.teacher(images[rows])
+            if logits is None:
+                logits = out.new_empty((images.shape[0], *out.shape[1:]))
+            logits[rows] = out
+        return logits
 
     def _eval_targets(self, images: torch.Tensor, valid: torch.Tensor) -> Targets:
         """Pseudo labels of the images CutMix pastes in: eval mode and no gradient, as the official code (so this
