@@ -436,6 +436,9 @@ def test_teacher_predicts_each_group_without_labels_with_its_own_statistics():
     assert not torch.allclose(dusk, teacher(images[[1, 3]]))  # and the dusk statistics did change them
     with pytest.raises(ValueError, match="name of every unlabeled image"):
         method._teacher_by_group(images, names[:3])
+    # no image of a group without labels: one pass, exactly the plain teacher (a split that covers every group)
+    day = method._teacher_by_group(images, ["day_1", "noon_1", "day_2", "noon_2"])
+    assert torch.equal(day, method.teacher(images))
 
 
 def test_teacher_bn_group_by_options_are_checked_and_a_run_resumes_exactly(tmp_path):
