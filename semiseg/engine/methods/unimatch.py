@@ -422,7 +422,8 @@ class UniMatch(Method):
         self._ema_updated_at = iteration
 
     def _ema_targets(self, images_u, valid_u, images_m, valid_m, names_u=None, names_m=None) -> tuple[Targets, Targets]:
-        """Pseudo labels of the unlabeled and the pasted images from the EMA teacher in one no-grad pass."""
+        """Pseudo labels of the unlabeled and the pasted images from the EMA teacher in one no-grad pass (with
+        ``teacher_bn_group_by``, one more per group with statistics of its own that the batch holds)."""
         images = torch.cat([images_u, images_m])
         with torch.no_grad(), self.ctx.autocast():
             logits = self.teacher(images) if self.group_stats is None else \
