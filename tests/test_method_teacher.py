@@ -469,3 +469,52 @@ def test_teacher_bn_group_by_options_are_checked_and_a_run_resumes_exactly(tmp_p
         for (m1, v1), (m2, v2) in zip(own[g], b["method"]["teacher_group_statistics"]["stats"][g]):
             assert torch.equal(m1, m2) and torch.equal(v1, v2)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_flip_averaged_log_probs_are_logits_of_the_mean_softmax():
+    from semiseg.engine.methods.unimatch import flip_averaged_log_probs
+
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    out = flip_averaged_log_probs(a.bfloat16(), b.bfloat16())
+    assert out.dtype == torch.float32
+    mean = (a.bfloat16().float().softmax(1) + b.bfloat16().float().flip(-1).softmax(1)) / 2
+    torch.testing.assert_close(out.softmax(1), mean)
+
+
+def test_flip_teacher_labels_the_mean_of_both_views_and_is_mirror_symmetric(tmp_path):
+    torch.manual_seed(0)
+    # no BatchNorm, no dropout: teacher == model; 5x5 kernels are not left-right symmetric
+    model = nn.Sequential(nn.Conv2d(3, 3, 5, padding=2), nn.ReLU(), nn.Conv2d(3, 2, 5, padding=2))
+
+    def targets(flip, u, m):
+        method = UniMatch({"strong_views": 1, "feature_perturbation": False, "teacher": "ema", "teacher_flip": flip})
+        method.setup(direct_context(tmp_path, model, Constant(200)))
+        valid = torch.ones(u.shape[0], *u.shape[2:], dtype=torch.bool)
+        return method._ema_targets(u, valid, m, valid)
+
+    u, m = torch.randn(2, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    target_u, target_m = targets(True, u, m)
+    with torch.no_grad():
+        for images, target in ((u, target_u), (m, target_m)):
+            probs = (model(images).softmax(1) + model(images.flip(-1)).flip(-1).softmax(1)) / 2
+            assert torch.equal(target.label, probs.argmax(1))
+            torch.testing.assert_close(target.conf, probs.amax(1))
+    mirrored, _ = targets(True, u.flip(-1), m)
+    assert torch.equal(mirrored.label, target_u.label.flip(-1))  # the mirror image gets the mirrored labels
+    plain, _ = targets(False, u, m)
+    plain_mirrored, _ = targets(False, u.flip(-1), m)
+    assert not torch.equal(plain_mirrored.label, plain.label.flip(-1))  # which the plain teacher does not give
+
+
+def test_flip_teacher_needs_the_ema_teacher_and_trains_with_group_statistics(tmp_path):
+    from semiseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher=ema or teacher_flip=false"):
+        UniMatch({"teacher_flip": True})
+    cfg = run_config(tmp_path, "flip", **{"method.options":
+                                         "{conf_thresh: 0.0, teacher: ema, teacher_flip: true, teacher_bn_group_by: '1'}"})
+    Trainer(cfg, cfg.run_dir, progress=False).fit()
+    logged = [e for e in read_metrics(cfg.run_dir) if e["kind"] == "train"]
+    assert len(logged) == 6 and all(e["mask_ratio"] == 1.0 and e["loss_s"] > 0 for e in logged)
+    assert load_checkpoint(os.path.join(cfg.run_dir, "last.pt"))["method"]["teacher_group_statistics"]["stats"]

@@ -47,7 +47,7 @@ Choices and differences from the official code (github.com/LiheYoung/UniMatch, u
 * Zero valid unlabeled pixels (only possible with tiny images) give a zero loss instead of the official 0/0.
 * Not in the official code, all off by default (engine/methods/teacher.py has the shared pieces): an EMA teacher,
   a supervised warm-up, distribution alignment, BatchNorm statistics of the teacher's own for the groups of images
-  no label comes from (``teacher_bn_group_by``), per-class thresholds (``per_class_keep``), an unlabeled loss
+  no label comes from (``teacher_bn_group_by``), a flip-averaged teacher (``teacher_flip``), per-class thresholds (``per_class_keep``), an unlabeled loss
   weighted by the recipe's class weights (``class_weighted``), strong views without colour or outside BatchNorm's
   running statistics.
 
@@ -152,6 +152,12 @@ class UniMatchOptions:
     # (BENCHMARKS.md, "the dusk sequence's own BatchNorm statistics"). Needs teacher: ema.
     teacher_bn_group_by: str | None = None
     teacher_bn_momentum: float = 0.1
+    # true: the EMA teacher's pseudo labels come from the mean of its softmax on each image and on its mirror image
+    # (horizontal-flip test-time augmentation, as `semiseg eval --flip`), one more no-grad teacher pass per image.
+    # Why: averaging two views makes the teacher's labels more often right, and its confidence honest where the two
+    # disagree; the pseudo labels are then left-right symmetric in the way the weak view's random flip is. Needs
+    # teacher: ema.
+    teacher_flip: bool = False
     # null: one confidence threshold for every class (conf_thresh, the official rule). A share in (0, 1]: per class
     # and batch, the most confident per_class_keep of the pixels the teacher gives that class are kept (DARS-style
     # class-wise thresholds; conf_thresh is then unused). One global threshold keeps nearly all background pixels and
@@ -210,6 +216,10 @@ class UniMatchOptions:
             raise ConfigError("method.options.teacher_bn_group_by gives the EMA teacher BatchNorm statistics per "
                               "group, and teacher is 'model' (its pseudo labels come from the training pass): set "
                               "teacher=ema or teacher_bn_group_by=null")
+        if self.teacher_flip and self.teacher != "ema":
+            raise ConfigError("method.options.teacher_flip averages the EMA teacher's prediction with its mirror "
+                              "image's, and teacher is 'model' (its pseudo labels come from the training pass): set "
+                              "teacher=ema or teacher_flip=false")
         if not 0.0 < self.teacher_bn_momentum <= 1.0:
             raise ConfigError(f"method.options.teacher_bn_momentum must be in (0, 1], got {self.teacher_bn_momentum}")
         if self.da_groups not in ("all", "unlabeled"):
@@ -233,6 +243,13 @@ class UniMatchOptions:
         if self.weight_strong is not None:
             return self.weight_strong
         return 0.5 if self.feature_perturbation else 1.0
+
+
+def flip_averaged_log_probs(logits: torch.Tensor, logits_mirrored: torch.Tensor) -> torch.Tensor:
+    """log of the mean softmax of an image's logits and of its mirror image's (flipped back), in float32: logits whose
+    softmax is that mean, so pseudo labels, confidences and distribution alignment see the averaged prediction."""
+    probs = (logits.float().softmax(1) + logits_mirrored.float().flip(-1).softmax(1)) / 2
+    return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
 
 
 def _image_names(subset) -> list[str] | None:
@@ -425,9 +442,13 @@ class UniMatch(Method):
         """Pseudo labels of the unlabeled and the pasted images from the EMA teacher in one no-grad pass (with
         ``teacher_bn_group_by``, one more per group with statistics of its own that the batch holds)."""
         images = torch.cat([images_u, images_m])
+        names = [*(names_u or ()), *(names_m or ())]
+        if self.options.teacher_flip:  # the mirror images in the same pass (and the same group's statistics)
+            images, names = torch.cat([images, images.flip(-1)]), names * 2
         with torch.no_grad(), self.ctx.autocast():
-            logits = self.teacher(images) if self.group_stats is None else \
-                self._teacher_by_group(images, [*(names_u or ()), *(names_m or ())])
+            logits = self.teacher(images) if self.group_stats is None else self._teacher_by_group(images, names)
+        if self.options.teacher_flip:
+            logits = flip_averaged_log_probs(*logits.chunk(2))
         logits_u, logits_m = logits.split([images_u.shape[0], images_m.shape[0]])
         return (pseudo_labels(logits_u, valid_u, self.align, names_u),
                 pseudo_labels(logits_m, valid_m, self.align, names_m))
