@@ -1,6 +1,6 @@
 """How good are a semi-supervised run's pseudo labels? Per class, on the run's *unlabeled* training images.
 
-    python benchmarks/pseudo_label_quality.py RUN_DIR [RUN_DIR ...] [--threshold 0.8] [--limit 256] [--prefix P]
+    python benchmarks/pseudo_label_quality.py RUN_DIR [RUN_DIR ...] [--threshold 0.8] [--limit 256] [--prefix P] [--flip]
 
 For each run folder: loads last.pt, the EMA teacher when the run has one (else the model itself), predicts the
 unlabeled training images named in split.txt (no augmentation; the way the run's recipe evaluates, so a recipe
@@ -11,12 +11,14 @@ diagnostic only: the masks of unlabeled images never enter training.
 
 An AdvSemiSeg run selects its pseudo labels the way it trained: the model's argmax where its discriminator's
 confidence ``sigmoid(D(softmax))`` exceeds the run's ``mask_T`` (0.2 in the paper), not by the softmax; the
-discriminator comes from the same checkpoint. ``--threshold`` then replaces ``mask_T``.
+discriminator comes from the same checkpoint. ``--threshold`` then replaces ``mask_T``. ``--flip`` labels each image
+with the mean softmax of it and its mirror image (as ``method.options.teacher_flip`` does in training).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 import torch
@@ -65,7 +67,7 @@ def discriminator_confidence(d: torch.nn.Module, probs: torch.Tensor, scale: flo
     return F.interpolate(conf, size=probs.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
 
 
-def quality(run_dir: str, threshold: float | None, limit: int, prefix: str = "") -> None:
+def quality(run_dir: str, threshold: float | None, limit: int, prefix: str = "", flip: bool = False) -> None:
     ckpt = load_checkpoint(os.path.join(run_dir, "last.pt"))
     cfg = config_from_dict(ckpt["config"])
     info = DatasetInfo(**ckpt["dataset"])
@@ -88,6 +90,9 @@ def quality(run_dir: str, threshold: float | None, limit: int, prefix: str = "")
     right = torch.zeros(c)
     confident = total = 0
     options = inference_options(cfg)
+    if flip:
+        options = dataclasses.replace(options, flip=True)
+        source += ", flip-averaged"
     precision = "bf16" if cfg.train.precision == "bf16" else "fp32"
     with torch.no_grad():
         for i in unlabeled:
@@ -123,11 +128,12 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=256, help="at most this many unlabeled images")
     p.add_argument("--prefix", default="", help="only the unlabeled images whose names start with this (e.g. a "
                                                  "CamVid sequence, 0001TP)")
+    p.add_argument("--flip", action="store_true", help="the mean prediction of each image and its mirror image")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     for run in a.runs:
-        quality(run, a.threshold, a.limit, a.prefix)
+        quality(run, a.threshold, a.limit, a.prefix, a.flip)
 
 
 if __name__ == "__main__":
