@@ -518,3 +518,19 @@ def test_flip_teacher_needs_the_ema_teacher_and_trains_with_group_statistics(tmp
     logged = [e for e in read_metrics(cfg.run_dir) if e["kind"] == "train"]
     assert len(logged) == 6 and all(e["mask_ratio"] == 1.0 and e["loss_s"] > 0 for e in logged)
     assert load_checkpoint(os.path.join(cfg.run_dir, "last.pt"))["method"]["teacher_group_statistics"]["stats"]
+
+
+def test_teacher_bn_group_by_trains_exactly_as_without_it_when_every_group_has_labels(tmp_path):
+    """Why the study's cells whose labels cover every CamVid sequence keep their consistency_sum results under
+    teacher_bn_group_by: the run is the same, weight for weight."""
+    plain = run_config(tmp_path, "plain", **{"method.options": "{conf_thresh: 0.0, teacher: ema}"})
+    Trainer(plain, plain.run_dir, progress=False).fit()
+    # the tiny data's names are train_000 ...: with "_" every image is in group "train", which has labels
+    grouped = run_config(tmp_path, "grouped", **{"method.options": "{conf_thresh: 0.0, teacher: ema, teacher_bn_group_by: _}"})
+    with pytest.warns(UserWarning, match="the option changes nothing here"):
+        Trainer(grouped, grouped.run_dir, progress=False).fit()
+    a = load_checkpoint(os.path.join(plain.run_dir, "last.pt"))
+    b = load_checkpoint(os.path.join(grouped.run_dir, "last.pt"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["modules"]["teacher"][k], b["modules"]["teacher"][k]) for k in a["modules"]["teacher"])
+    assert b["method"]["teacher_group_statistics"]["stats"] == {}
