@@ -1,6 +1,7 @@
 """How good are a semi-supervised run's pseudo labels? Per class, on the run's *unlabeled* training images.
 
-    python benchmarks/pseudo_label_quality.py RUN_DIR [RUN_DIR ...] [--threshold 0.8] [--limit 256] [--prefix P] [--flip]
+    python benchmarks/pseudo_label_quality.py RUN_DIR [RUN_DIR ...] [--threshold 0.8] [--limit 256] [--prefix P]
+                                              [--flip]
 
 For each run folder: loads last.pt, the EMA teacher when the run has one (else the model itself), predicts the
 unlabeled training images named in split.txt (no augmentation; the way the run's recipe evaluates, so a recipe

@@ -512,8 +512,8 @@ def test_flip_teacher_needs_the_ema_teacher_and_trains_with_group_statistics(tmp
 
     with pytest.raises(ConfigError, match="teacher=ema or teacher_flip=false"):
         UniMatch({"teacher_flip": True})
-    cfg = run_config(tmp_path, "flip", **{"method.options":
-                                         "{conf_thresh: 0.0, teacher: ema, teacher_flip: true, teacher_bn_group_by: '1'}"})
+    options = "{conf_thresh: 0.0, teacher: ema, teacher_flip: true, teacher_bn_group_by: '1'}"
+    cfg = run_config(tmp_path, "flip", **{"method.options": options})
     Trainer(cfg, cfg.run_dir, progress=False).fit()
     logged = [e for e in read_metrics(cfg.run_dir) if e["kind"] == "train"]
     assert len(logged) == 6 and all(e["mask_ratio"] == 1.0 and e["loss_s"] > 0 for e in logged)
@@ -526,7 +526,8 @@ def test_teacher_bn_group_by_trains_exactly_as_without_it_when_every_group_has_l
     plain = run_config(tmp_path, "plain", **{"method.options": "{conf_thresh: 0.0, teacher: ema}"})
     Trainer(plain, plain.run_dir, progress=False).fit()
     # the tiny data's names are train_000 ...: with "_" every image is in group "train", which has labels
-    grouped = run_config(tmp_path, "grouped", **{"method.options": "{conf_thresh: 0.0, teacher: ema, teacher_bn_group_by: _}"})
+    options = "{conf_thresh: 0.0, teacher: ema, teacher_bn_group_by: _}"
+    grouped = run_config(tmp_path, "grouped", **{"method.options": options})
     with pytest.warns(UserWarning, match="the option changes nothing here"):
         Trainer(grouped, grouped.run_dir, progress=False).fit()
     a = load_checkpoint(os.path.join(plain.run_dir, "last.pt"))

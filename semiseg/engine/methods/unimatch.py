@@ -47,9 +47,9 @@ Choices and differences from the official code (github.com/LiheYoung/UniMatch, u
 * Zero valid unlabeled pixels (only possible with tiny images) give a zero loss instead of the official 0/0.
 * Not in the official code, all off by default (engine/methods/teacher.py has the shared pieces): an EMA teacher,
   a supervised warm-up, distribution alignment, BatchNorm statistics of the teacher's own for the groups of images
-  no label comes from (``teacher_bn_group_by``), a flip-averaged teacher (``teacher_flip``), per-class thresholds (``per_class_keep``), an unlabeled loss
-  weighted by the recipe's class weights (``class_weighted``), strong views without colour or outside BatchNorm's
-  running statistics.
+  no label comes from (``teacher_bn_group_by``), a flip-averaged teacher (``teacher_flip``), per-class thresholds
+  (``per_class_keep``), an unlabeled loss weighted by the recipe's class weights (``class_weighted``), strong views
+  without colour or outside BatchNorm's running statistics.
 
 Where the pieces live: this module has the options and the training step; ``pseudo_labels.py`` the targets,
 distribution alignment and the consistency loss; ``perturbations.py`` the strong views, CutMix and the feature
