@@ -109,8 +109,13 @@ def infer(model: nn.Module, images: torch.Tensor, options: InferenceOptions | No
             probs = _resize(logits, size).softmax(1)
             prob_sum = probs if prob_sum is None else prob_sum.add_(probs)
     views = len(options.scales) * (2 if options.flip else 1)
-    # tiny floor: a probability that underflowed to 0 gives a very negative finite logit, not -inf
-    return (prob_sum / views).clamp_min_(torch.finfo(torch.float32).tiny).log_()
+    return logits_of_probabilities(prob_sum / views)
+
+
+def logits_of_probabilities(probs: torch.Tensor) -> torch.Tensor:
+    """``log(probs)``: logits whose softmax is ``probs`` (an average of views' softmax) and whose argmax is theirs.
+    A tiny floor makes a probability that underflowed to 0 a very negative finite logit, not -inf."""
+    return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
 
 
 def _forward(model: nn.Module, x: torch.Tensor, precision: str, channels_last: bool) -> torch.Tensor:
@@ -167,4 +172,4 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-__all__ = ["MODES", "MMSEG_SCALES", "InferenceOptions", "infer", "window_spans"]
+__all__ = ["MODES", "MMSEG_SCALES", "InferenceOptions", "infer", "logits_of_probabilities", "window_spans"]

@@ -78,6 +78,7 @@ from semiseg.engine.methods.pseudo_labels import (
 from semiseg.engine.methods.teacher import (
     EMATeacher, GroupStatistics, class_thresholds, dropout_off, ema_momentum, frozen_bn_statistics, unsupervised_weight,
 )
+from semiseg.inference import logits_of_probabilities
 
 
 @dataclasses.dataclass
@@ -248,8 +249,7 @@ class UniMatchOptions:
 def flip_averaged_log_probs(logits: torch.Tensor, logits_mirrored: torch.Tensor) -> torch.Tensor:
     """log of the mean softmax of an image's logits and of its mirror image's (flipped back), in float32: logits whose
     softmax is that mean, so pseudo labels, confidences and distribution alignment see the averaged prediction."""
-    probs = (logits.float().softmax(1) + logits_mirrored.float().flip(-1).softmax(1)) / 2
-    return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+    return logits_of_probabilities((logits.float().softmax(1) + logits_mirrored.float().flip(-1).softmax(1)) / 2)
 
 
 def _image_names(subset) -> list[str] | None:
