@@ -62,16 +62,27 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def plot_curves(records: list[dict], path: str) -> bool:
-    """Training loss, learning rate and validation mIoU against the iteration; False when nothing to plot."""
+# What the semi-supervised methods log per step, as shares in [0, 1]; plotted in % when a run has them.
+PSEUDO_LABEL_CURVES = {
+    "mask_ratio": "confident share (kept pseudo labels)",
+    "pseudo_acc": "kept pseudo labels right",   # only when the unlabeled images' masks are known (diagnostics)
+    "semi_ratio": "self-taught share (AdvSemiSeg)",
+}
+
+
+def curves_figure(records: list[dict]):
+    """Training loss, learning rate and validation mIoU against the iteration, plus a fourth panel with the pseudo
+    labels' confident share and accuracy when a semi-supervised run logged them; None when there is nothing to plot."""
     train = [r for r in records if r.get("kind") == "train" and "loss" in r]
     evals = [r for r in records if r.get("kind") == "eval" and r.get("miou") is not None]
     if not train and not evals:
-        return False
-    fig = _figure(12, 3.2)
-    ax_loss, ax_lr, ax_miou = fig.subplots(1, 3)
+        return None
+    pseudo = [k for k in PSEUDO_LABEL_CURVES if any(k in r for r in train)]
+    fig = _figure(16 if pseudo else 12, 3.2)
+    axes = fig.subplots(1, 4 if pseudo else 3)
+    ax_loss, ax_lr, ax_miou = axes[:3]
+    its = [r["iteration"] for r in train]
     if train:
-        its = [r["iteration"] for r in train]
         for key in sorted({k for r in train for k in r if k.startswith("loss")}):
             ax_loss.plot(its, [r.get(key, math.nan) for r in train], label=key, linewidth=1)
         ax_loss.legend(fontsize=7)
@@ -81,8 +92,22 @@ def plot_curves(records: list[dict], path: str) -> bool:
     if evals:
         ax_miou.plot([r["iteration"] for r in evals], [100 * r["miou"] for r in evals], marker="o", color="tab:green")
     ax_miou.set(title="validation mIoU (%)", xlabel="iteration")
-    for ax in (ax_loss, ax_lr, ax_miou):
+    if pseudo:
+        ax_pseudo = axes[3]
+        for key in pseudo:  # steps without the key (the supervised warm-up) are gaps, not zeros
+            ax_pseudo.plot(its, [100 * r.get(key, math.nan) for r in train], label=PSEUDO_LABEL_CURVES[key], linewidth=1)
+        ax_pseudo.legend(fontsize=7)
+        ax_pseudo.set(title="pseudo labels (%)", xlabel="iteration", ylim=(0, 100))
+    for ax in axes:
         ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_curves(records: list[dict], path: str) -> bool:
+    """Save :func:`curves_figure` to ``path``; False when there is nothing to plot."""
+    fig = curves_figure(records)
+    if fig is None:
+        return False
     fig.savefig(path)
     return True
 
@@ -160,4 +185,4 @@ def _eval_section(index: int, result: dict, out_dir: str, plots: bool) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["overlay", "sample_panel", "plot_curves", "plot_iou", "plot_confusion", "REPORT_DIR"]
+__all__ = ["overlay", "sample_panel", "curves_figure", "plot_curves", "plot_iou", "plot_confusion", "REPORT_DIR"]

@@ -13,7 +13,7 @@ from semiseg.cli import main
 from semiseg.config import load_config
 from semiseg.engine.trainer import Trainer
 from semiseg.engine.report import build_report
-from semiseg.report import overlay, sample_panel
+from semiseg.report import curves_figure, overlay, sample_panel
 
 from conftest import PALETTE, tiny_overrides
 
@@ -75,3 +75,23 @@ def test_report_of_a_real_run(tmp_path, capsys):
     assert main(["report", cfg.run_dir, "--eval", str(bad), "--samples", "0"]) == 2
     assert "bad.json: not an evaluation JSON" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_training_curves_show_the_pseudo_labels_of_a_semi_supervised_run():
+    pytest.importorskip("matplotlib")
+    supervised = [{"kind": "train", "iteration": i, "loss": 1.0 / i, "lr": 0.01} for i in (1, 2, 3)]
+    assert len(curves_figure(supervised).axes) == 3  # loss, learning rate, validation mIoU
+    assert curves_figure([{"kind": "start", "iteration": 0}]) is None
+
+    # a consistency run: supervised warm-up first (no pseudo labels), then the confident share and its accuracy
+    semi = supervised + [{"kind": "train", "iteration": 4, "loss": 0.5, "lr": 0.01, "mask_ratio": 0.25, "pseudo_acc": 0.8},
+                         {"kind": "train", "iteration": 5, "loss": 0.4, "lr": 0.01, "mask_ratio": 0.5, "pseudo_acc": 0.9}]
+    fig = curves_figure(semi)
+    assert len(fig.axes) == 4
+    lines = {line.get_label(): line for line in fig.axes[3].get_lines()}
+    share = lines["confident share (kept pseudo labels)"]
+    assert list(share.get_xdata()) == [1, 2, 3, 4, 5]
+    assert np.isnan(share.get_ydata()[:3]).all()  # the warm-up is a gap, not a zero share
+    assert np.allclose(share.get_ydata()[3:], [25.0, 50.0])
+    assert np.allclose(lines["kept pseudo labels right"].get_ydata()[3:], [80.0, 90.0])
+    assert "self-taught share (AdvSemiSeg)" not in lines
