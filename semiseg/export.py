@@ -144,6 +144,7 @@ def checkpoint_metadata(loaded) -> dict[str, str]:
         "semiseg.model": loaded.cfg.model.name,
         "semiseg.checkpoint": os.path.basename(loaded.checkpoint_path),
         "semiseg.iteration": str(loaded.iteration),
+        "semiseg.weights": loaded.weights,  # "teacher": the run's EMA teacher
         "semiseg.classes": json.dumps(info.classes),
         "semiseg.palette": json.dumps(info.palette),
         "semiseg.normalization": info.normalization,

@@ -167,6 +167,8 @@ def _eval_section(index: int, result: dict, out_dir: str, plots: bool) -> str:
     what = " / ".join(str(data[k]) for k in ("kind", "split") if data.get(k))
     if data.get("samples"):
         what += f" ({data['samples']} images)"
+    if result.get("weights") == "teacher":
+        what += ", the EMA teacher"
     parts = [f"<h2>{html.escape(name)}: {html.escape(what)}, iteration {result.get('iteration', '?')}</h2>",
              f"<p><b>mIoU {_pct(metrics.get('miou'))}</b> &middot; aAcc {_pct(metrics.get('acc'))} &middot; "
              f"mAcc {_pct(metrics.get('macc'))} &middot; fwIoU {_pct(metrics.get('fwiou'))}</p>"]

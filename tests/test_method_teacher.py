@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from semiseg.engine.checkpoint import load_checkpoint
@@ -535,3 +537,53 @@ def test_teacher_bn_group_by_trains_exactly_as_without_it_when_every_group_has_l
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["modules"]["teacher"][k], b["modules"]["teacher"][k]) for k in a["modules"]["teacher"])
     assert b["method"]["teacher_group_statistics"]["stats"] == {}
+
+
+def test_eval_and_predict_can_use_the_ema_teacher_of_a_run(tmp_path, capsys):
+    import json
+
+    from semiseg.engine.checkpoint import atomic_save
+    from semiseg.cli import main
+    from semiseg.engine.predict import load_trained_model
+    from semiseg.export import checkpoint_metadata
+
+    cfg = run_config(tmp_path, "ema", **{"method.options": "{conf_thresh: 0.0, teacher: ema, ema_momentum: 0.5}"})
+    Trainer(cfg, cfg.run_dir, progress=False).fit()
+    last = os.path.join(cfg.run_dir, "last.pt")
+    ckpt = load_checkpoint(last)
+    teacher_state = {k[len("model."):]: v for k, v in ckpt["modules"]["teacher"].items()}
+    assert any(not torch.equal(v, ckpt["model"][k]) for k, v in teacher_state.items())  # two different models
+
+    loaded = load_trained_model(last, device=torch.device("cpu"), allow_code=True, teacher=True)
+    assert loaded.weights == "teacher" and checkpoint_metadata(loaded)["semiseg.weights"] == "teacher"
+    assert all(torch.equal(v, teacher_state[k]) for k, v in loaded.model.state_dict().items())
+
+    # --teacher scores what a checkpoint whose model *is* the teacher scores, in its own file next to the model's
+    assert main(["eval", last, "--teacher", "--allow-code", "--threads", "1"]) == 0
+    assert main(["eval", last, "--allow-code", "--threads", "1"]) == 0
+    swapped = os.path.join(tmp_path, "swapped.pt")
+    atomic_save({**ckpt, "model": teacher_state}, swapped)
+    assert main(["eval", swapped, "--allow-code", "--threads", "1", "--out", str(tmp_path / "swapped.json")]) == 0
+    results = {name: json.load(open(os.path.join(path, f"{name}.json")))
+               for name, path in [("eval_val_teacher", cfg.run_dir), ("eval_val", cfg.run_dir), ("swapped", tmp_path)]}
+    assert results["eval_val_teacher"]["weights"] == "teacher" and results["eval_val"]["weights"] == "model"
+    assert results["eval_val_teacher"]["confusion_matrix"] == results["swapped"]["confusion_matrix"]
+    assert results["eval_val_teacher"]["confusion_matrix"] != results["eval_val"]["confusion_matrix"]
+
+    # a run without a teacher says so and how to go on
+    plain = run_config(tmp_path, "plain", **{"method.options": "{conf_thresh: 0.0}"})
+    Trainer(plain, plain.run_dir, progress=False).fit()
+    capsys.readouterr()
+    assert main(["eval", plain.run_dir, "--teacher", "--allow-code", "--threads", "1"]) == 2
+    assert "has no EMA teacher" in capsys.readouterr().err
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(images / "a.png")
+    assert main(["predict", plain.run_dir, str(images), str(tmp_path / "masks"), "--teacher", "--allow-code"]) == 2
+    assert "Drop --teacher" in capsys.readouterr().err
+
+    # predict --teacher writes the masks of the teacher
+    for args, out in [([last, "--teacher"], "teacher"), ([swapped], "swapped"), ([last], "model")]:
+        assert main(["predict", *args, str(images), str(tmp_path / out), "--allow-code"]) == 0
+    masks = {out: np.asarray(Image.open(tmp_path / out / "a.png")) for out in ("teacher", "swapped", "model")}
+    assert np.array_equal(masks["teacher"], masks["swapped"])

@@ -4,6 +4,7 @@
     semiseg eval runs/voc/last.pt --split train
     semiseg eval runs/voc --data kind=folder root=data/my_set options={classes: [bg, car]}
     semiseg eval runs/camvid --split test --group-by _       # also per video sequence (0001TP_008550 -> 0001TP)
+    semiseg eval runs/camvid_semi --teacher                   # the EMA teacher of a consistency run
     semiseg eval runs/camvid --mode slide --crop 512 512 --stride 341 341 --scales 0.75 1 1.25 --flip
     semiseg eval AdvSemiSeg_VOC.pth --config configs/voc/deeplabv2_resnet101.yaml \
         --set data.root=/data/VOCdevkit model.options.legacy_aspp=true     # released weights + a recipe
@@ -24,7 +25,8 @@ import os
 import sys
 
 from semiseg.commands.flags import (
-    add_allow_code_argument, add_inference_arguments, add_runtime_arguments, apply_threads, describe, inference_overrides,
+    add_allow_code_argument, add_inference_arguments, add_runtime_arguments, add_teacher_argument, apply_threads, describe,
+    inference_overrides,
 )
 
 
@@ -42,7 +44,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-by", metavar="SEP",
                         help="also score each group of images, a group being the name's part before the first SEP "
                              "(e.g. _ for CamVid's video sequences): which part of a test set a model wins or loses on")
-    parser.add_argument("--out", help="JSON file to write (default: eval_<split>.json next to the checkpoint)")
+    add_teacher_argument(parser)
+    parser.add_argument("--out", help="JSON file to write (default: eval_<split>.json next to the checkpoint; "
+                                      "eval_<split>_teacher.json with --teacher)")
     add_runtime_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's eval.batch_size")
     parser.add_argument("--num-workers", type=int, default=None)
@@ -65,14 +69,15 @@ def run(args: argparse.Namespace) -> int:
                                      precision=args.precision, batch_size=args.batch_size,
                                      num_workers=args.num_workers, inference_overrides=inference_overrides(args),
                                      recipe=args.config, recipe_overrides=args.overrides,
-                                     allow_code=args.allow_code, group_by=args.group_by)
+                                     allow_code=args.allow_code, group_by=args.group_by, teacher=args.teacher)
         if dist.is_main():
             from semiseg.data.transforms import describe_normalization
 
             norm = result["normalization"]
             print(f"input normalization: {norm} ({describe_normalization(norm)})")
             print(result["table"])
-            out = args.out or os.path.join(os.path.dirname(result["checkpoint"]), f"eval_{result['data']['split']}.json")
+            suffix = "_teacher" if args.teacher else ""  # the trained model's file stays
+            out = args.out or os.path.join(os.path.dirname(result["checkpoint"]), f"eval_{result['data']['split']}{suffix}.json")
             atomic_write_text(out, json.dumps({k: v for k, v in result.items() if k != "table"}, indent=1))
             print(f"wrote {out}")
         return 0

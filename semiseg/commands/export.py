@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from semiseg.commands.flags import add_allow_code_argument, apply_threads, describe
+from semiseg.commands.flags import add_allow_code_argument, add_teacher_argument, apply_threads, describe
 from semiseg.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 
 
@@ -35,6 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"largest absolute logit difference --check accepts (default {DEFAULT_TOLERANCE})")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: one per core)")
+    add_teacher_argument(parser)
     add_allow_code_argument(parser)
 
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         loaded = load_trained_model(args.checkpoint, device=torch.device("cpu"), precision="fp32", channels_last=False,
-                                    allow_code=args.allow_code)
+                                    allow_code=args.allow_code, teacher=args.teacher)
         out = args.out or os.path.splitext(loaded.checkpoint_path)[0] + ".onnx"
         if os.path.exists(out) and not args.force:
             raise ExportError(f"{out} exists; pass --force to overwrite it, or choose another --out")

@@ -52,6 +52,13 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also run the mirror image of every scale and average it in")
 
 
+def add_teacher_argument(parser: argparse.ArgumentParser) -> None:
+    """``--teacher``: the EMA teacher's weights of a semi-supervised run instead of the trained model's."""
+    parser.add_argument("--teacher", action="store_true",
+                        help="use the run's EMA teacher (a consistency run with method.options.teacher: ema) instead "
+                             "of the trained model: Mean-Teacher methods such as UniMatch V2 report both")
+
+
 def add_allow_code_argument(parser: argparse.ArgumentParser) -> None:
     """``--allow-code``: the one opt-in for a checkpoint or run folder whose config names code to import."""
     parser.add_argument("--allow-code", action="store_true", default=None,

@@ -17,7 +17,8 @@ import argparse
 import sys
 
 from semiseg.commands.flags import (
-    add_allow_code_argument, add_inference_arguments, add_runtime_arguments, apply_threads, describe, inference_overrides,
+    add_allow_code_argument, add_inference_arguments, add_runtime_arguments, add_teacher_argument, apply_threads, describe,
+    inference_overrides,
 )
 
 
@@ -31,6 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="onnxruntime: run the model exported to ONNX, on the CPU (CHECKPOINT may then be an .onnx "
                              "file from semiseg export --dynamic); faster than float32 PyTorch, slower than bf16 where "
                              "the CPU has it (BENCHMARKS.md)")
+    add_teacher_argument(parser)
     add_allow_code_argument(parser)
     add_inference_arguments(parser)
 
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         written = predict_folder(args.checkpoint, args.input_dir, args.output_dir, device=args.device,
                                  precision=args.precision, inference_overrides=inference_overrides(args),
-                                 allow_code=args.allow_code, backend=args.backend)
+                                 allow_code=args.allow_code, backend=args.backend, teacher=args.teacher)
     except (CheckpointError, ConfigError, DataError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

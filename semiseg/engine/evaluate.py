@@ -136,7 +136,8 @@ def evaluate_groups(model: nn.Module, loader: DataLoader, num_classes: int, *, g
 def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = None, device: str = "auto",
                         precision: str | None = None, batch_size: int | None = None,
                         num_workers: int | None = None, inference_overrides=(), recipe: str | None = None,
-                        recipe_overrides=(), allow_code: bool | None = None, group_by: str | None = None) -> dict:
+                        recipe_overrides=(), allow_code: bool | None = None, group_by: str | None = None,
+                        teacher: bool = False) -> dict:
     """Evaluate a checkpoint; returns {"metrics", "table", "classes", ...} (the JSON written by the command).
 
     ``inference_overrides``: dotted ``eval.*`` overrides of the run's inference settings (``eval.mode=slide``).
@@ -145,6 +146,7 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
     ``group_by``: also score each group of images, a group being an image name's part before the first
     ``group_by`` (CamVid's ``0001TP_008550`` -> ``0001TP`` with ``"_"``, the grouping of a stratified split): the
     result gets ``"groups"``, and the table a line per group.
+    ``teacher``: evaluate the run's EMA teacher instead of its trained model (see ``load_trained_model``).
     """
     import dataclasses
     import os
@@ -165,6 +167,11 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
         raise ConfigError("--group-by needs a separator, e.g. _ (an image's group is its name up to the first _)")
     dev = dist.init_distributed(resolve_device(device))
     if recipe:
+        if teacher:
+            from semiseg.config import ConfigError
+
+            raise ConfigError("--teacher picks the EMA teacher of a semiseg run; with --config the file is one set "
+                              "of plain weights")
         loaded = load_weights_with_recipe(path, recipe, device=dev, precision=precision,
                                           overrides=[*recipe_overrides, *inference_overrides])
     else:
@@ -175,7 +182,7 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
                               "--data and the inference flags change what evaluation reads)")
         # --data goes in with the other overrides: a data.kind typed here replaces the checkpoint's own
         loaded = load_trained_model(path, device=dev, precision=precision, allow_code=allow_code,
-                                    overrides=[*inference_overrides, *data_overrides])
+                                    overrides=[*inference_overrides, *data_overrides], teacher=teacher)
     cfg = override_config(loaded.cfg, data_overrides)
     split = split or cfg.data.val_split
     # the run's validation options apply when evaluating its validation split
@@ -215,6 +222,7 @@ def evaluate_checkpoint(path: str, *, data_overrides=(), split: str | None = Non
     result = {
         "checkpoint": os.path.abspath(loaded.checkpoint_path),
         "iteration": loaded.iteration,
+        "weights": loaded.weights,  # "model", or "teacher" (the run's EMA teacher)
         "data": {"kind": cfg.data.kind, "root": cfg.data.root, "split": split, "options": options,
                  "samples": len(dataset)},
         "precision": loaded.precision,

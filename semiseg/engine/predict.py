@@ -37,6 +37,7 @@ class LoadedModel:
     channels_last: bool
     inference: InferenceOptions  # from cfg.eval (after the command line's overrides)
     precision_reason: str = ""  # why this precision and layout (measured, cached or as configured)
+    weights: str = "model"  # "teacher": the EMA teacher of a semi-supervised run (see load_trained_model)
     warned_large: bool = False  # the large-image hint of predict_mask is printed once
 
 
@@ -50,11 +51,14 @@ ONNX_HINT_MIN_IMAGES = 50
 
 def load_trained_model(path: str, *, device: torch.device, precision: str | None = None,
                        channels_last: bool | str | None = None, overrides: list[str] | tuple[str, ...] = (),
-                       allow_code: bool | None = None) -> LoadedModel:
+                       allow_code: bool | None = None, teacher: bool = False) -> LoadedModel:
     """The model of a checkpoint file or run folder (``best.pt`` preferred), in eval mode on ``device``.
 
     ``precision`` / ``channels_last`` default to the run's own settings, so evaluating a checkpoint gives
     the numbers the run reported. ``overrides`` (dotted, e.g. ``eval.mode=slide``) change the run's config.
+    ``teacher``: the weights of the run's EMA teacher instead of the trained model's (a consistency run with
+    ``method.options.teacher: ema``; Mean-Teacher methods such as UniMatch V2 evaluate both). The teacher is predicted
+    with its shared BatchNorm statistics: the per-sequence ones of ``teacher_bn_group_by`` belong to training images.
     The checkpoint's config may name registry entries only: a ``module:function`` in it raises
     :class:`~semiseg.config.UntrustedCodeError` unless ``allow_code`` (``--allow-code``; None: the
     ``SEMISEG_ALLOW_CODE`` environment variable) or an override typed by the user sets that key.
@@ -65,7 +69,8 @@ def load_trained_model(path: str, *, device: torch.device, precision: str | None
     if overrides:
         cfg = override_config(cfg, overrides)
     check_code_names(cfg, f"the config stored in {ckpt_path}", allow_code=allow_code, typed=overrides)
-    bad = nonfinite_tensors(ckpt["model"])
+    state = teacher_weights(ckpt, ckpt_path, cfg) if teacher else ckpt["model"]
+    bad = nonfinite_tensors(state)
     if bad:
         raise CheckpointError(
             f"{ckpt_path} holds non-finite weights or statistics in {len(bad)} tensor(s) ({describe_names(bad)}): it "
@@ -73,8 +78,24 @@ def load_trained_model(path: str, *, device: torch.device, precision: str | None
             "or retrain with a lower optim.lr")
     info = DatasetInfo(**ckpt["dataset"])
     model = build.build_model(cfg, info.num_classes, pretrained=False)
-    model.load_state_dict(ckpt["model"])
-    return _for_inference(model, cfg, info, ckpt_path, int(ckpt["iteration"]), device, precision, channels_last)
+    model.load_state_dict(state)
+    loaded = _for_inference(model, cfg, info, ckpt_path, int(ckpt["iteration"]), device, precision, channels_last)
+    loaded.weights = "teacher" if teacher else "model"
+    return loaded
+
+
+TEACHER_MODULE = "teacher"  # the name the consistency method registers its EMATeacher under (ctx.modules)
+
+
+def teacher_weights(ckpt: dict[str, Any], ckpt_path: str, cfg: Config) -> dict[str, torch.Tensor]:
+    """The model state of a checkpoint's EMA teacher (its ``modules["teacher"]``, an EMATeacher around the model)."""
+    state = (ckpt.get("modules") or {}).get(TEACHER_MODULE)
+    if state is None:
+        raise CheckpointError(
+            f"{ckpt_path} has no EMA teacher (its run: method {cfg.method.name!r}); only a consistency run with "
+            "method.options.teacher: ema trains one. Drop --teacher to use the trained model")
+    prefix = "model."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _for_inference(model: nn.Module, cfg: Config, info: DatasetInfo, path: str, iteration: int,
@@ -229,12 +250,13 @@ def mask_names(images: list[str]) -> dict[str, str]:
 
 def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: str = "auto",
                    precision: str | None = None, progress: bool = True, inference_overrides=(),
-                   allow_code: bool | None = None, backend: str = "torch") -> list[str]:
+                   allow_code: bool | None = None, backend: str = "torch", teacher: bool = False) -> list[str]:
     """Write one palette PNG per image of ``input_dir``; returns the written paths (a :class:`PredictResult`, whose
     ``failed`` lists the images that could not be read: they are skipped, the others written).
 
     ``inference_overrides``: dotted ``eval.*`` overrides of the run's inference settings (``eval.mode=slide``).
     ``backend``: "torch", or "onnxruntime" (the model exported to ONNX, on the CPU; see :func:`open_for_predict`).
+    ``teacher``: predict with the run's EMA teacher (see :func:`load_trained_model`).
     """
     import sys
 
@@ -250,12 +272,13 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: 
         raise DataError("no images in the input folder", input_dir, "put .jpg/.png files there")
     names = mask_names(images)
     if backend == "onnxruntime":  # whole image or the run's/flags' inference mode, through onnxruntime
-        predictor, options = open_for_predict(checkpoint, inference_overrides=inference_overrides, allow_code=allow_code)
+        predictor, options = open_for_predict(checkpoint, inference_overrides=inference_overrides, allow_code=allow_code,
+                                              teacher=teacher)
         palette, ignore_index = predictor.palette, IGNORE_INDEX  # an .onnx file does not carry it
         predict = lambda image, name: predictor.predict_mask(image, options)  # noqa: E731
     else:
         loaded = load_trained_model(checkpoint, device=resolve_device(device), precision=precision,
-                                    overrides=inference_overrides, allow_code=allow_code)
+                                    overrides=inference_overrides, allow_code=allow_code, teacher=teacher)
         palette, ignore_index = loaded.info.palette, loaded.info.ignore_index
         predict = lambda image, name: predict_mask(loaded, image, name)  # noqa: E731
         hint = onnxruntime_hint(loaded, len(images))
@@ -284,7 +307,7 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: 
 
 
 def open_for_predict(checkpoint: str, *, inference_overrides=(), allow_code: bool | None = None,
-                     threads: int | None = None) -> tuple["OnnxPredictor", "InferenceOptions"]:
+                     threads: int | None = None, teacher: bool = False) -> tuple["OnnxPredictor", "InferenceOptions"]:
     """The predictor and inference options of ``semiseg predict --backend onnxruntime``.
 
     ``checkpoint``: an ``.onnx`` file from ``semiseg export --dynamic`` (the inference flags alone choose the mode;
@@ -298,6 +321,9 @@ def open_for_predict(checkpoint: str, *, inference_overrides=(), allow_code: boo
     from semiseg.onnx_predict import OnnxPredictor
 
     if os.fspath(checkpoint).lower().endswith(".onnx"):
+        if teacher:
+            raise ConfigError(f"{checkpoint} is an exported model: it has one set of weights; export with "
+                              "`semiseg export --teacher` for the teacher's, and drop --teacher here")
         cfg = load_config(None, list(inference_overrides))
         if cfg.eval.mode == "slide" and not cfg.eval.crop_size:
             raise ConfigError("--mode slide with an .onnx file needs --crop H W (it has no training crop to default to)")
@@ -307,7 +333,7 @@ def open_for_predict(checkpoint: str, *, inference_overrides=(), allow_code: boo
                               "checkpoint with semiseg export")
         return predictor, inference_options(cfg)
     loaded = load_trained_model(checkpoint, device=torch.device("cpu"), precision="fp32", channels_last=False,
-                                overrides=inference_overrides, allow_code=allow_code)
+                                overrides=inference_overrides, allow_code=allow_code, teacher=teacher)
     height, width = loaded.cfg.data.crop_size
     with tempfile.TemporaryDirectory() as folder:  # onnxruntime holds the graph in memory once loaded
         path = export_onnx(loaded.model, os.path.join(folder, "model.onnx"), height=height, width=width, dynamic=True,
@@ -316,6 +342,6 @@ def open_for_predict(checkpoint: str, *, inference_overrides=(), allow_code: boo
 
 
 __all__ = [
-    "LoadedModel", "load_trained_model", "load_weights_with_recipe", "predict_mask", "large_image_hint", "palette_image",
+    "LoadedModel", "load_trained_model", "teacher_weights", "load_weights_with_recipe", "predict_mask", "large_image_hint", "palette_image",
     "save_mask_png", "PredictResult", "mask_names", "predict_folder", "open_for_predict",
 ]
