@@ -2,6 +2,7 @@
 
     python benchmarks/miou_by_group.py RUN_DIR [RUN_DIR ...] [--split test] [--sep _]
     python benchmarks/miou_by_group.py RUN_DIR [RUN_DIR ...] --unlabeled
+    python benchmarks/miou_by_group.py RUN_DIR [RUN_DIR ...] --unlabeled --teacher   # the runs' EMA teachers
 
 For each run folder, the model of last.pt with the run's own precision and inference settings, one confusion matrix
 per group (an image's name up to the first ``--sep``: CamVid's ``0001TP_008550`` -> ``0001TP``), in one markdown table,
@@ -31,17 +32,18 @@ from semiseg.engine.evaluate import evaluate_checkpoint, evaluate_groups, make_e
 from semiseg.engine.predict import load_trained_model
 
 
-def miou_by_group(run_dir: str, split: str, sep: str) -> dict[str, tuple[int, float]]:
+def miou_by_group(run_dir: str, split: str, sep: str, teacher: bool = False) -> dict[str, tuple[int, float]]:
     """{group: (images, mIoU in percent)} on a split, with "all" for the whole split."""
-    result = evaluate_checkpoint(os.path.join(run_dir, "last.pt"), split=split, device="cpu", group_by=sep)
+    result = evaluate_checkpoint(os.path.join(run_dir, "last.pt"), split=split, device="cpu", group_by=sep,
+                                 teacher=teacher)
     out = {g: (r["images"], 100 * r["metrics"]["miou"]) for g, r in result["groups"].items()}
     out["all"] = (result["data"]["samples"], 100 * result["metrics"]["miou"])
     return out
 
 
-def unlabeled_miou_by_group(run_dir: str, sep: str) -> dict[str, tuple[int, float]]:
+def unlabeled_miou_by_group(run_dir: str, sep: str, teacher: bool = False) -> dict[str, tuple[int, float]]:
     """{group: (images, mIoU in percent)} over the run's unlabeled training images, with "all"."""
-    loaded = load_trained_model(os.path.join(run_dir, "last.pt"), device=torch.device("cpu"))
+    loaded = load_trained_model(os.path.join(run_dir, "last.pt"), device=torch.device("cpu"), teacher=teacher)
     cfg = loaded.cfg
     dataset = build.build_dataset(cfg, cfg.data.train_split, build.eval_transform(loaded.info.normalization))
     _, unlabeled = Split.load(os.path.join(run_dir, "split.txt")).indices(list(dataset.names))
@@ -62,11 +64,12 @@ def main() -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--unlabeled", action="store_true", help="score each run's unlabeled training images instead")
     p.add_argument("--sep", default="_", help="the group is an image's name up to the first SEP (default _)")
+    p.add_argument("--teacher", action="store_true", help="score each run's EMA teacher instead of its model")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    score = (lambda run: unlabeled_miou_by_group(run, a.sep)) if a.unlabeled else \
-        (lambda run: miou_by_group(run, a.split, a.sep))
+    score = (lambda run: unlabeled_miou_by_group(run, a.sep, a.teacher)) if a.unlabeled else \
+        (lambda run: miou_by_group(run, a.split, a.sep, a.teacher))
     results = {run: score(run) for run in a.runs}
     groups = sorted({g for r in results.values() for g in r if g != "all"}) + ["all"]
     print("| run | " + " | ".join(groups) + " |")
