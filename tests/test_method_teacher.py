@@ -587,3 +587,19 @@ def test_eval_and_predict_can_use_the_ema_teacher_of_a_run(tmp_path, capsys):
         assert main(["predict", *args, str(images), str(tmp_path / out), "--allow-code"]) == 0
     masks = {out: np.asarray(Image.open(tmp_path / out / "a.png")) for out in ("teacher", "swapped", "model")}
     assert np.array_equal(masks["teacher"], masks["swapped"])
+
+
+def test_export_teacher_writes_its_own_file_with_the_teacher_in_the_metadata(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from semiseg.cli import main
+
+    cfg = run_config(tmp_path, "ema", **{"method.options": "{conf_thresh: 0.0, teacher: ema, ema_momentum: 0.5}",
+                                         "train.iterations": 2})
+    Trainer(cfg, cfg.run_dir, progress=False).fit()
+    last = os.path.join(cfg.run_dir, "last.pt")
+    assert main(["export", last, "--allow-code", "--threads", "1"]) == 0
+    assert main(["export", last, "--teacher", "--check", "--allow-code", "--threads", "1"]) == 0  # not over the model's
+    meta = {f: {p.key: p.value for p in onnx.load(os.path.join(cfg.run_dir, f)).metadata_props}
+            for f in ("last.onnx", "last_teacher.onnx")}
+    assert meta["last.onnx"]["semiseg.weights"] == "model" and meta["last_teacher.onnx"]["semiseg.weights"] == "teacher"

@@ -25,7 +25,8 @@ from semiseg.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 def configure(parser: argparse.ArgumentParser) -> None:
     describe(parser, __doc__)
     parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR", help="a .pt file, or a run folder (best.pt, else last.pt)")
-    parser.add_argument("--out", help="the .onnx file to write (default: the checkpoint's name with .onnx)")
+    parser.add_argument("--out", help="the .onnx file to write (default: the checkpoint's name with .onnx; "
+                                      "last_teacher.onnx for last.pt --teacher)")
     parser.add_argument("--height", type=int, help="input height to trace (default: the run's data.crop_size)")
     parser.add_argument("--width", type=int, help="input width to trace (default: the run's data.crop_size)")
     parser.add_argument("--dynamic", action="store_true", help="free batch, height and width axes")
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         loaded = load_trained_model(args.checkpoint, device=torch.device("cpu"), precision="fp32", channels_last=False,
                                     allow_code=args.allow_code, teacher=args.teacher)
-        out = args.out or os.path.splitext(loaded.checkpoint_path)[0] + ".onnx"
+        out = args.out or os.path.splitext(loaded.checkpoint_path)[0] + ("_teacher" if args.teacher else "") + ".onnx"
         if os.path.exists(out) and not args.force:
             raise ExportError(f"{out} exists; pass --force to overwrite it, or choose another --out")
         height = args.height or loaded.cfg.data.crop_size[0]
