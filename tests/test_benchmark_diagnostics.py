@@ -101,3 +101,23 @@ def test_group_statistics_are_the_average_over_the_groups_batches_and_leave_the_
     torch.testing.assert_close(bn.running_var, variances)
     torch.testing.assert_close(model[1].running_mean, torch.zeros(4))  # the original is untouched
     torch.testing.assert_close(model[1].running_var, torch.ones(4))
+
+
+_spec_log = importlib.util.spec_from_file_location("pseudo_label_log", os.path.join(REPO, "benchmarks", "pseudo_label_log.py"))
+pseudo_label_log = importlib.util.module_from_spec(_spec_log)
+_spec_log.loader.exec_module(pseudo_label_log)
+
+
+def test_pseudo_label_log_averages_each_window_without_the_steps_that_kept_nothing():
+    records = [{"kind": "start", "iteration": 0}, {"kind": "train", "iteration": 10, "loss": 1.0}]  # warm-up: no key
+    records += [{"kind": "train", "iteration": i, "pseudo_acc": acc} for i, acc in
+                [(20, 0.5), (30, 0.7), (40, float("nan")), (50, 0.9)]]
+    records.append({"kind": "eval", "iteration": 50, "pseudo_acc": 0.0})  # not a train record
+    means = pseudo_label_log.window_means(records, "pseudo_acc", [(0, 10), (10, 30), (30, 50)])
+    assert means[0] is None  # only the warm-up step, which logged no pseudo labels
+    assert means[1] == pytest.approx(0.6)  # steps 20 and 30: the window is (lo, hi]
+    assert means[2] == pytest.approx(0.9)  # step 40's NaN (no kept pixel) is left out, the eval record too
+    assert pseudo_label_log.parse_window("800-1000") == (800, 1000)
+    for bad in ("1000-800", "800", "a-b"):
+        with pytest.raises(Exception, match="LO-HI"):
+            pseudo_label_log.parse_window(bad)
