@@ -84,11 +84,10 @@ def load_trained_model(path: str, *, device: torch.device, precision: str | None
     return loaded
 
 
-TEACHER_MODULE = "teacher"  # the name the consistency method registers its EMATeacher under (ctx.modules)
-
-
 def teacher_weights(ckpt: dict[str, Any], ckpt_path: str, cfg: Config) -> dict[str, torch.Tensor]:
     """The model state of a checkpoint's EMA teacher (its ``modules["teacher"]``, an EMATeacher around the model)."""
+    from semiseg.engine.methods.teacher import TEACHER_MODULE
+
     state = (ckpt.get("modules") or {}).get(TEACHER_MODULE)
     if state is None:
         raise CheckpointError(

@@ -29,6 +29,10 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+# The name an EMATeacher is registered under (ctx.add_module): its weights are checkpoint["modules"][TEACHER_MODULE],
+# which `semiseg eval/predict/export --teacher` load (engine/predict.py).
+TEACHER_MODULE = "teacher"
+
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 

@@ -76,7 +76,8 @@ from semiseg.engine.methods.pseudo_labels import (
     DistributionAlignment, Targets, consistency_loss, mask_ratio, pseudo_label_accuracy, pseudo_labels,
 )
 from semiseg.engine.methods.teacher import (
-    EMATeacher, GroupStatistics, class_thresholds, dropout_off, ema_momentum, frozen_bn_statistics, unsupervised_weight,
+    TEACHER_MODULE, EMATeacher, GroupStatistics, class_thresholds, dropout_off, ema_momentum, frozen_bn_statistics,
+    unsupervised_weight,
 )
 from semiseg.inference import logits_of_probabilities
 
@@ -286,7 +287,7 @@ class UniMatch(Method):
         self.mix_stream = ctx.add_stream("unlabeled_mix", ctx.unlabeled_dataset)
         self.augment = build_strong_augment()
         # The EMA teacher is a registered module: the loop checkpoints it and restores it on --resume.
-        self.teacher = ctx.add_module("teacher", EMATeacher(ctx.raw_model, o.ema_momentum), ddp=False) \
+        self.teacher = ctx.add_module(TEACHER_MODULE, EMATeacher(ctx.raw_model, o.ema_momentum), ddp=False) \
             if o.teacher == "ema" else None
         self._ema_updated_at = -1
         alone = self._unlabeled_groups(ctx, o.da_group_by, "da_groups=unlabeled") if o.da_groups == "unlabeled" \
