@@ -5,28 +5,23 @@
 Reads each run's metrics.jsonl (no model is run): the mean of the logged ``pseudo_acc`` (the share of kept pseudo
 labels that are right, logged with ``method.options.log_pseudo_accuracy`` when the unlabeled images' masks are on
 disk) and ``mask_ratio`` (the share of unlabeled pixels kept) over the train records whose step is in (lo, hi].
-How BENCHMARKS.md follows pseudo labels over training (issue 11 item 5); ``semiseg report`` plots the same curves.
+How BENCHMARKS.md follows pseudo labels over training (issue 11 item 5); ``semiseg report`` plots the same curves and
+``semiseg study`` lists each run's last 10% of steps.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 
 from semiseg.engine.logger import read_metrics
-from semiseg.engine.study_report import train_seconds
+from semiseg.engine.study_report import mean_logged, train_seconds
 
 
 def window_means(records: list[dict], key: str, windows: list[tuple[int, int]]) -> list[float | None]:
     """Mean of ``key`` over the train records with lo < iteration <= hi, per window; None where nothing was logged
-    (NaN values - a step with no kept pixel - are left out)."""
-    out = []
-    for lo, hi in windows:
-        values = [r[key] for r in records if r.get("kind") == "train" and lo < r.get("iteration", -1) <= hi
-                  and isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
-        out.append(sum(values) / len(values) if values else None)
-    return out
+    (NaN values - a step with no kept pixel - are left out: ``mean_logged``, which the study's table uses too)."""
+    return [mean_logged(records, key, lo, hi) for lo, hi in windows]
 
 
 def parse_window(text: str) -> tuple[int, int]:

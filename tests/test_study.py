@@ -353,6 +353,32 @@ def test_table_only_from_run_folders(tmp_path, capsys):
     assert (out / "study.png").stat().st_size > 0
 
 
+def test_runs_table_shows_the_pseudo_labels_each_semi_supervised_run_ended_on(tmp_path):
+    path = write_study(tmp_path, STUDY.replace("labels: [0.125, 50]", "labels: [0.125]").replace("seeds: [0, 1]",
+                                                                                                  "seeds: [0]"))
+    out = tmp_path / "out"
+    specs = {s.name: s for s in st.expand(st.load_study(path), str(out))}
+    for name, v in {"supervised_1-8_s0": 0.30, "adv_1-8_s0": 0.34, "supervised_all_s0": 0.5}.items():
+        _fake_run(specs[name], v, labeled=1000 if "all" in name else 125, total=1000)
+    # 10 iterations: the last 10% is step 10 only; AdvSemiSeg logs its self-taught share as semi_ratio
+    with open(os.path.join(specs["adv_1-8_s0"].run_dir, "metrics.jsonl"), "a") as f:
+        for it, ratio in [(5, 0.9), (9, 0.8), (10, 0.02)]:
+            f.write(json.dumps({"kind": "train", "iteration": it, "loss": 1.0, "semi_ratio": ratio}) + "\n")
+    assert main(["study", path, "--out", str(out), "--table-only"]) == 0
+    runs = (out / "study.md").read_text().split("## Runs", 1)[1]
+    assert "| train time | pseudo labels kept / right (last 10% of steps) |" in runs
+    assert "| adv_1-8_s0 | 34.0 |" in runs and runs.split("| adv_1-8_s0 |", 1)[1].split("\n")[0].endswith(" 2% / - |")
+    assert runs.split("| supervised_1-8_s0 |", 1)[1].split("\n")[0].endswith(" - |")
+    record = json.loads((out / "study.json").read_text())
+    assert next(r for r in record["runs"] if r["name"] == "adv_1-8_s0")["pseudo_labels"] == {"kept": 0.02, "right": None}
+
+    from semiseg.engine.study_report import pseudo_label_summary
+    events = [{"kind": "train", "iteration": i, "mask_ratio": 0.5, "pseudo_acc": acc}
+              for i, acc in [(80, 0.1), (95, 0.8), (100, float("nan")), (100, 0.9)]]
+    assert pseudo_label_summary(events, 100) == {"kept": 0.5, "right": pytest.approx(0.85)}  # steps 91-100, NaN out
+    assert pseudo_label_summary([{"kind": "train", "iteration": 100, "loss": 1.0}], 100) is None
+
+
 def test_table_only_keeps_results_whose_run_folders_are_gone(tmp_path, capsys):
     """Deleting run folders (checkpoints are big) or moving machines must not erase finished results from the table;
     a result is only kept for the same experiment, and an old study.json that cannot be kept is backed up."""

@@ -51,8 +51,8 @@ from typing import Any, Callable
 from semiseg.config import ConfigError, config_to_dict, load_config, load_yaml_file
 from semiseg.engine.preflight import check_config
 from semiseg.engine.run_dir import CONFIG, METRICS, SPLIT
-from semiseg.engine.study_report import (class_table, format_duration, groups_table, markdown_table, plot, runs_table,
-                                         summarize, train_seconds)
+from semiseg.engine.study_report import (class_table, format_duration, groups_table, markdown_table, plot,
+                                         pseudo_label_summary, runs_table, summarize, train_seconds)
 
 STUDY_KEYS = ("name", "recipe", "set", "arms", "baseline", "labels", "full_labels", "seeds", "eval_split", "jobs",
               "group_by")
@@ -649,6 +649,7 @@ def collect(spec: RunSpec) -> dict:
         if done else None,
         "iteration": (result or {}).get("iteration"),
         "train_seconds": train_seconds(events) if done else None,
+        "pseudo_labels": pseudo_label_summary(events, spec.iterations) if done else None,
         "threads": starts[-1].get("threads") if starts else None,
         "run_dir": spec.run_dir, "config_digest": spec.digest,
     }

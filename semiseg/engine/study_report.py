@@ -1,7 +1,7 @@
 """The table and the plot of a study (``semiseg study``), from its run records.
 
 Pure: the functions here take the records ``semiseg.engine.study.collect`` reads from the run folders (dicts with
-``arm``, ``labels``, ``seed``, ``miou``, ``iou``, ``groups``, ``train_seconds``, ...) and return rows, markdown or
+``arm``, ``labels``, ``seed``, ``miou``, ``iou``, ``groups``, ``train_seconds``, ``pseudo_labels``, ...) and return rows, markdown or
 a PNG; they read no run folder. ``summarize`` makes one row per arm and label setting (mean over the finished seeds,
 the paired gain over the baseline per seed, the share of the gap to the full-label ceiling, the ``verdict``);
 ``markdown_table``, ``runs_table``, ``groups_table`` and ``class_table`` render them; ``plot`` draws mIoU against
@@ -10,6 +10,7 @@ the number of labeled images.
 
 from __future__ import annotations
 
+import math
 import statistics
 
 
@@ -39,6 +40,31 @@ def train_seconds(events: list[dict]) -> float | None:
     if begin is not None and end is not None:
         total += end - begin
     return total if begin is not None else None
+
+
+def mean_logged(events: list[dict], key: str, lo: int, hi: int) -> float | None:
+    """Mean of a value the training steps logged (``key`` of the train records with lo < iteration <= hi); None
+    when none logged it. NaN values (a step that kept no pseudo label) are left out."""
+    values = [e[key] for e in events if e.get("kind") == "train" and lo < e.get("iteration", -1) <= hi
+              and isinstance(e.get(key), (int, float)) and not math.isnan(e[key])]
+    return sum(values) / len(values) if values else None
+
+
+# The last share of a run's steps whose logged pseudo labels the study reports (what training ended on).
+PSEUDO_LABEL_TAIL = 0.1
+
+
+def pseudo_label_summary(events: list[dict], iterations: int) -> dict | None:
+    """The pseudo labels a semi-supervised run ended on, from its metrics.jsonl: the share of unlabeled pixels kept
+    (``mask_ratio``, or AdvSemiSeg's ``semi_ratio``) and, when logged (``log_pseudo_accuracy``), the share of them
+    that were right (``pseudo_acc``), each the mean over the last 10% of the steps; None for a run that logged
+    neither (supervised)."""
+    lo = int(iterations * (1 - PSEUDO_LABEL_TAIL))
+    kept = mean_logged(events, "mask_ratio", lo, iterations)
+    if kept is None:
+        kept = mean_logged(events, "semi_ratio", lo, iterations)
+    right = mean_logged(events, "pseudo_acc", lo, iterations)
+    return None if kept is None and right is None else {"kept": kept, "right": right}
 
 
 def verdict(gains: list[float], baseline_spread: float | None) -> str:
@@ -147,13 +173,26 @@ def markdown_table(rows: list[dict], *, eval_split: str, label_text: dict[str, s
 
 
 def runs_table(results: list[dict]) -> str:
-    lines = ["| run | mIoU | iterations | labeled | threads | train time |", "|---|---|---|---|---|---|"]
+    """One line per run; with a column for the pseudo labels when a semi-supervised run logged them."""
+    pseudo = any(r.get("pseudo_labels") for r in results)
+    head = "| run | mIoU | iterations | labeled | threads | train time |"
+    if pseudo:
+        head += " pseudo labels kept / right (last 10% of steps) |"
+    lines = [head, "|---" * head.count(" | ") + "|---|"]
     for r in results:
         miou = (_pct(r["miou"]) + (" (kept)" if r.get("kept") else "")) if r["done"] else "not done"
-        lines.append(f"| {r['name']} | {miou} | {r['iteration'] or '-'} | "
-                     f"{r['n_labeled'] if r['n_labeled'] is not None else '-'} | {r['threads'] or '-'} | "
-                     f"{format_duration(r['train_seconds'])} |")
+        line = (f"| {r['name']} | {miou} | {r['iteration'] or '-'} | "
+                f"{r['n_labeled'] if r['n_labeled'] is not None else '-'} | {r['threads'] or '-'} | "
+                f"{format_duration(r['train_seconds'])} |")
+        if pseudo:
+            p = r.get("pseudo_labels") or {}
+            line += " - |" if not p else f" {_share(p.get('kept'))} / {_share(p.get('right'))} |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
 
 
 def groups_table(results: list[dict], group_by: str) -> str:
