@@ -569,6 +569,10 @@ def test_eval_and_predict_can_use_the_ema_teacher_of_a_run(tmp_path, capsys):
     assert results["eval_val_teacher"]["weights"] == "teacher" and results["eval_val"]["weights"] == "model"
     assert results["eval_val_teacher"]["confusion_matrix"] == results["swapped"]["confusion_matrix"]
     assert results["eval_val_teacher"]["confusion_matrix"] != results["eval_val"]["confusion_matrix"]
+    assert main(["report", cfg.run_dir, "--samples", "0", "--allow-code"]) == 0  # both evaluations, told apart
+    page = open(os.path.join(cfg.run_dir, "report", "index.html"), encoding="utf-8").read()
+    assert "<h2>eval_val_teacher.json:" in page and ", the EMA teacher, iteration" in page
+    assert "<h2>eval_val.json:" in page and page.count("the EMA teacher") == 1
 
     # a run without a teacher says so and how to go on
     plain = run_config(tmp_path, "plain", **{"method.options": "{conf_thresh: 0.0}"})
