@@ -390,3 +390,27 @@ def test_recipes_use_unimatch_with_valid_options(recipe):
     with torch.device("meta"):
         model = build_model(cfg.model.name, 8, **cfg.model.options)
     assert isinstance(model.backbone, nn.Module)  # the fp stream's hook point
+
+
+def test_unlabeled_ratio_streams_that_many_unlabeled_images_per_labeled_one_and_resumes_exactly(tmp_path, monkeypatch):
+    # 16 images, half labeled, batch 4: ratio 2 gives 8 unlabeled images (and 8 to paste) per step
+    seen = []
+    step = UniMatch.training_step
+    monkeypatch.setattr(UniMatch, "training_step", lambda self, batch, unlabeled, it: seen.append(
+        (len(batch["image"]), len(unlabeled["image"]))) or step(self, batch, unlabeled, it))
+    options = "{conf_thresh: 0.0, unlabeled_ratio: 2}"
+    straight = run_config(tmp_path, "straight", **{"method.options": options})
+    Trainer(straight, straight.run_dir, progress=False).fit()
+    assert seen == [(4, 8)] * 6
+    chunked = run_config(tmp_path, "chunked", **{"method.options": options})
+    Trainer(chunked, chunked.run_dir, progress=False).fit(stop_at=3)
+    Trainer(chunked, chunked.run_dir, resume=True, progress=False).fit()
+    a = load_checkpoint(os.path.join(straight.run_dir, "last.pt"))
+    b = load_checkpoint(os.path.join(chunked.run_dir, "last.pt"))
+    assert a["streams"] == b["streams"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # 6 steps of 8 over 8 unlabeled images: 6 epochs of the unlabeled stream (1 batch each) and of the paste stream
+    assert a["streams"]["unlabeled"]["epoch"] == a["streams"]["unlabeled_mix"]["epoch"] == 5
+
+    with pytest.raises(ConfigError, match="unlabeled_ratio must be a whole number >= 1"):
+        UniMatch({"unlabeled_ratio": 0})

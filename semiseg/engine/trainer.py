@@ -267,7 +267,7 @@ class Trainer:
             if unlabeled is None:
                 raise ConfigError(f"method {cfg.method.name!r} needs unlabeled images but every training sample is "
                                   "labeled; set data.labeled.fraction (or count / id_file)")
-            ctx.add_stream("unlabeled", unlabeled)
+            ctx.add_stream("unlabeled", unlabeled, batch_size=self.method.unlabeled_batch(self.per_rank_batch))
         self.method.setup(ctx)
         self.ctx = ctx
 

@@ -40,6 +40,11 @@ class Method:
         self.options = dataclass_from_dict(self.Options, options or {}, "method.options")
         self.ctx = None
 
+    def unlabeled_batch(self, per_rank_batch: int) -> int:
+        """Unlabeled images per process and micro-step, given the labeled ones (the loop sizes the unlabeled
+        stream with it): as many by default."""
+        return per_rank_batch
+
     def setup(self, ctx) -> None:
         self.ctx = ctx
 

@@ -116,6 +116,9 @@ class UniMatchOptions:
     # The official decoder has no dropout, so its pseudo labels are clean. false: dropout layers are switched
     # off in the pass that makes pseudo labels (DeepLabV3+'s decoder has Dropout(0.5)/(0.1)).
     teacher_dropout: bool = False
+    # Unlabeled images per labeled image in a step (FixMatch's mu: 7 in its image classification; the official
+    # UniMatch: 1). Each step then sees unlabeled_ratio x data.batch_size unlabeled images (and as many to paste).
+    unlabeled_ratio: int = 1
     # Supervised warm-up: no unlabeled loss before iteration unsup_start (0-based), then its weight ramps
     # linearly from 0 to 1 over unsup_rampup iterations. Official: 0 and 0 (a pretrained backbone gives
     # usable pseudo labels from the first step; from scratch they are nearly all background).
@@ -233,6 +236,9 @@ class UniMatchOptions:
         if self.per_class_keep is not None and not 0.0 < self.per_class_keep <= 1.0:
             raise ConfigError(f"method.options.per_class_keep must be in (0, 1] (the share of each class's pixels "
                               f"kept) or null (one global conf_thresh), got {self.per_class_keep}")
+        if self.unlabeled_ratio < 1:
+            raise ConfigError(f"method.options.unlabeled_ratio must be a whole number >= 1 (unlabeled images per labeled "
+                              f"image in a step), got {self.unlabeled_ratio!r}")
         if self.unsup_start < 0 or self.unsup_rampup < 0:
             raise ConfigError(f"method.options.unsup_start and unsup_rampup must be >= 0 (iterations), got "
                               f"{self.unsup_start} and {self.unsup_rampup}")
@@ -269,6 +275,9 @@ class UniMatch(Method):
     Options = UniMatchOptions
     needs_unlabeled = True
 
+    def unlabeled_batch(self, per_rank_batch: int) -> int:
+        return per_rank_batch * self.options.unlabeled_ratio
+
     def setup(self, ctx) -> None:
         super().setup(ctx)
         o = self.options
@@ -284,7 +293,8 @@ class UniMatch(Method):
                           "pixels of unlabeled crops from image pixels and trains on them too; set "
                           "data.photometric=false (UniMatch's weak view is scale, crop and flip only)", stacklevel=2)
         # The images CutMix pastes in: a second, independently shuffled pass over the unlabeled images.
-        self.mix_stream = ctx.add_stream("unlabeled_mix", ctx.unlabeled_dataset)
+        self.mix_stream = ctx.add_stream("unlabeled_mix", ctx.unlabeled_dataset,
+                                         batch_size=self.unlabeled_batch(ctx.per_rank_batch))
         self.augment = build_strong_augment()
         # The EMA teacher is a registered module: the loop checkpoints it and restores it on --resume.
         self.teacher = ctx.add_module(TEACHER_MODULE, EMATeacher(ctx.raw_model, o.ema_momentum), ddp=False) \
