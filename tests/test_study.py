@@ -353,13 +353,19 @@ def test_table_only_from_run_folders(tmp_path, capsys):
     assert (out / "study.png").stat().st_size > 0
 
 
-def test_runs_table_shows_the_pseudo_labels_each_semi_supervised_run_ended_on(tmp_path):
+def _one_seed_study_with_finished_runs(tmp_path):
+    """A study of 1/8 labels, seed 0 (supervised, adv, the ceiling), each run finished: (path, out, specs)."""
     path = write_study(tmp_path, STUDY.replace("labels: [0.125, 50]", "labels: [0.125]").replace("seeds: [0, 1]",
                                                                                                   "seeds: [0]"))
     out = tmp_path / "out"
     specs = {s.name: s for s in st.expand(st.load_study(path), str(out))}
     for name, v in {"supervised_1-8_s0": 0.30, "adv_1-8_s0": 0.34, "supervised_all_s0": 0.5}.items():
         _fake_run(specs[name], v, labeled=1000 if "all" in name else 125, total=1000)
+    return path, out, specs
+
+
+def test_runs_table_shows_the_pseudo_labels_each_semi_supervised_run_ended_on(tmp_path):
+    path, out, specs = _one_seed_study_with_finished_runs(tmp_path)
     # 10 iterations: the last 10% is step 10 only; AdvSemiSeg logs its self-taught share as semi_ratio
     with open(os.path.join(specs["adv_1-8_s0"].run_dir, "metrics.jsonl"), "a") as f:
         for it, ratio in [(5, 0.9), (9, 0.8), (10, 0.02)]:
@@ -384,12 +390,7 @@ def test_table_only_keeps_results_whose_run_folders_are_gone(tmp_path, capsys):
     a result is only kept for the same experiment, and an old study.json that cannot be kept is backed up."""
     import shutil
 
-    path = write_study(tmp_path, STUDY.replace("labels: [0.125, 50]", "labels: [0.125]").replace("seeds: [0, 1]",
-                                                                                                  "seeds: [0]"))
-    out = tmp_path / "out"
-    specs = {s.name: s for s in st.expand(st.load_study(path), str(out))}
-    for name, v in {"supervised_1-8_s0": 0.30, "adv_1-8_s0": 0.34, "supervised_all_s0": 0.5}.items():
-        _fake_run(specs[name], v, labeled=1000 if "all" in name else 125, total=1000)
+    path, out, specs = _one_seed_study_with_finished_runs(tmp_path)
     assert main(["study", path, "--out", str(out), "--table-only"]) == 0
     first = json.loads((out / "study.json").read_text())
     shutil.rmtree(specs["adv_1-8_s0"].run_dir)
