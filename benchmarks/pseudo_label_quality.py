@@ -31,16 +31,18 @@ from semiseg.data.splits import Split
 from semiseg.engine import build
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.evaluate import inference_options
+from semiseg.engine.methods.teacher import TEACHER_MODULE
+from semiseg.engine.predict import teacher_weights
 from semiseg.inference import infer
 
 DEFAULT_THRESHOLD = 0.8
 
 
-def teacher_model(ckpt: dict, cfg, num_classes: int) -> tuple[torch.nn.Module, str]:
+def teacher_model(ckpt: dict, ckpt_path: str, cfg, num_classes: int) -> tuple[torch.nn.Module, str]:
+    """The run's EMA teacher when it has one (what made its pseudo labels), else its model."""
     model = build.build_model(cfg, num_classes, pretrained=False)
-    teacher = (ckpt.get("modules") or {}).get("teacher")
-    if teacher:
-        model.load_state_dict({k.removeprefix("model."): v for k, v in teacher.items()})
+    if TEACHER_MODULE in (ckpt.get("modules") or {}):
+        model.load_state_dict(teacher_weights(ckpt, ckpt_path, cfg))
         return model.eval(), "EMA teacher"
     model.load_state_dict(ckpt["model"])
     return model.eval(), "model"
@@ -69,7 +71,8 @@ def discriminator_confidence(d: torch.nn.Module, probs: torch.Tensor, scale: flo
 
 
 def quality(run_dir: str, threshold: float | None, limit: int, prefix: str = "", flip: bool = False) -> None:
-    ckpt = load_checkpoint(os.path.join(run_dir, "last.pt"))
+    ckpt_path = os.path.join(run_dir, "last.pt")
+    ckpt = load_checkpoint(ckpt_path)
     cfg = config_from_dict(ckpt["config"])
     info = DatasetInfo(**ckpt["dataset"])
     dataset = build.build_dataset(cfg, cfg.data.train_split, build.eval_transform(info.normalization))
@@ -77,7 +80,7 @@ def quality(run_dir: str, threshold: float | None, limit: int, prefix: str = "",
     names = list(dataset.names)
     _, unlabeled = split.indices(names)
     unlabeled = [i for i in unlabeled if os.path.basename(names[i]).startswith(prefix)][:limit]
-    model, source = teacher_model(ckpt, cfg, info.num_classes)
+    model, source = teacher_model(ckpt, ckpt_path, cfg, info.num_classes)
     discriminator = None
     if cfg.method.name == "advsemiseg":
         discriminator, mask_t = discriminator_model(ckpt, cfg, info.num_classes)

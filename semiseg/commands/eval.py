@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
             norm = result["normalization"]
             print(f"input normalization: {norm} ({describe_normalization(norm)})")
             print(result["table"])
-            suffix = "_teacher" if args.teacher else ""  # the trained model's file stays
-            out = args.out or os.path.join(os.path.dirname(result["checkpoint"]), f"eval_{result['data']['split']}{suffix}.json")
+            name = f"eval_{result['data']['split']}{'_teacher' if args.teacher else ''}.json"  # the model's file stays
+            out = args.out or os.path.join(os.path.dirname(result["checkpoint"]), name)
             atomic_write_text(out, json.dumps({k: v for k, v in result.items() if k != "table"}, indent=1))
             print(f"wrote {out}")
         return 0

@@ -93,8 +93,7 @@ def teacher_weights(ckpt: dict[str, Any], ckpt_path: str, cfg: Config) -> dict[s
         raise CheckpointError(
             f"{ckpt_path} has no EMA teacher (its run: method {cfg.method.name!r}); only a consistency run with "
             "method.options.teacher: ema trains one. Drop --teacher to use the trained model")
-    prefix = "model."
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k.removeprefix("model."): v for k, v in state.items()}  # EMATeacher holds the model as .model
 
 
 def _for_inference(model: nn.Module, cfg: Config, info: DatasetInfo, path: str, iteration: int,
@@ -341,6 +340,6 @@ def open_for_predict(checkpoint: str, *, inference_overrides=(), allow_code: boo
 
 
 __all__ = [
-    "LoadedModel", "load_trained_model", "teacher_weights", "load_weights_with_recipe", "predict_mask", "large_image_hint", "palette_image",
-    "save_mask_png", "PredictResult", "mask_names", "predict_folder", "open_for_predict",
+    "LoadedModel", "load_trained_model", "teacher_weights", "load_weights_with_recipe", "predict_mask", "large_image_hint",
+    "palette_image", "save_mask_png", "PredictResult", "mask_names", "predict_folder", "open_for_predict",
 ]

@@ -1,11 +1,11 @@
 """The table and the plot of a study (``semiseg study``), from its run records.
 
 Pure: the functions here take the records ``semiseg.engine.study.collect`` reads from the run folders (dicts with
-``arm``, ``labels``, ``seed``, ``miou``, ``iou``, ``groups``, ``train_seconds``, ``pseudo_labels``, ...) and return rows, markdown or
-a PNG; they read no run folder. ``summarize`` makes one row per arm and label setting (mean over the finished seeds,
-the paired gain over the baseline per seed, the share of the gap to the full-label ceiling, the ``verdict``);
-``markdown_table``, ``runs_table``, ``groups_table`` and ``class_table`` render them; ``plot`` draws mIoU against
-the number of labeled images.
+``arm``, ``labels``, ``seed``, ``miou``, ``iou``, ``groups``, ``train_seconds``, ``pseudo_labels``, ...) and return
+rows, markdown or a PNG; they read no run folder. ``summarize`` makes one row per arm and label setting (mean over
+the finished seeds, the paired gain over the baseline per seed, the share of the gap to the full-label ceiling, the
+``verdict``); ``markdown_table``, ``runs_table``, ``groups_table`` and ``class_table`` render them; ``plot`` draws
+mIoU against the number of labeled images.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def runs_table(results: list[dict]) -> str:
     head = "| run | mIoU | iterations | labeled | threads | train time |"
     if pseudo:
         head += " pseudo labels kept / right (last 10% of steps) |"
-    lines = [head, "|---" * head.count(" | ") + "|---|"]
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         miou = (_pct(r["miou"]) + (" (kept)" if r.get("kept") else "")) if r["done"] else "not done"
         line = (f"| {r['name']} | {miou} | {r['iteration'] or '-'} | "
