@@ -6,7 +6,9 @@ It must score exactly the images the run's split.txt lists as unlabeled, each gr
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -121,3 +123,34 @@ def test_pseudo_label_log_averages_each_window_without_the_steps_that_kept_nothi
     for bad in ("1000-800", "800", "a-b"):
         with pytest.raises(Exception, match="LO-HI"):
             pseudo_label_log.parse_window(bad)
+
+
+_spec_tc = importlib.util.spec_from_file_location("top_confusions", os.path.join(REPO, "benchmarks", "top_confusions.py"))
+top_confusions = importlib.util.module_from_spec(_spec_tc)
+_spec_tc.loader.exec_module(top_confusions)
+
+
+def test_top_confusions_reads_rows_as_true_classes_and_ranks_their_predictions():
+    # rows: true class; columns: predicted. 10 "road" pixels: 6 right, 3 called "pavement", 1 "car".
+    confusion = np.array([[6, 3, 1], [4, 5, 0], [0, 0, 0]])
+    classes = ["road", "pavement", "car"]
+    shares = top_confusions.top_confusions(confusion, classes, ["road", "pavement", "car"], top=2)
+    assert shares["road"] == [("road", 0.6), ("pavement", 0.3)]
+    assert shares["pavement"] == [("pavement", 5 / 9), ("road", 4 / 9)]
+    assert shares["car"] == []  # no labelled car pixel: nothing to share out
+
+
+def test_top_confusions_cli_names_the_run_and_rejects_unknown_classes(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "my_run"
+    run.mkdir()
+    path = run / "eval_test_last.json"
+    path.write_text(json.dumps({"classes": ["road", "pavement"], "confusion_matrix": [[9, 1], [3, 1]]}))
+    monkeypatch.setattr(sys, "argv", ["top_confusions.py", str(path), "--classes", "pavement", "--top", "2"])
+    top_confusions.main()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "| run | pavement |"
+    assert out[2] == "| my_run | road 75, pavement 25 |"
+    monkeypatch.setattr(sys, "argv", ["top_confusions.py", str(path), "--classes", "tree"])
+    with pytest.raises(SystemExit):
+        top_confusions.main()
+    assert "no class tree" in capsys.readouterr().err
