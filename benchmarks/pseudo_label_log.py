@@ -15,7 +15,7 @@ import argparse
 import os
 
 from semiseg.engine.logger import read_metrics
-from semiseg.engine.study_report import mean_logged, train_seconds
+from semiseg.engine.study_report import format_share, mean_logged, train_seconds
 
 
 def window_means(records: list[dict], key: str, windows: list[tuple[int, int]]) -> list[float | None]:
@@ -40,13 +40,12 @@ def main() -> None:
     names = [f"{lo}-{hi}" for lo, hi in a.windows]
     print("| run | kept right, steps " + " / ".join(names) + " | kept share, same steps | train time |")
     print("|---|---|---|---|")
-    pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
     for run in a.runs:
         records = read_metrics(run)
         seconds = train_seconds(records)
         print(f"| {os.path.basename(os.path.normpath(run))} | "
-              + " / ".join(pct(v) for v in window_means(records, "pseudo_acc", a.windows)) + " | "
-              + " / ".join(pct(v) for v in window_means(records, "mask_ratio", a.windows)) + " | "
+              + " / ".join(format_share(v) for v in window_means(records, "pseudo_acc", a.windows)) + " | "
+              + " / ".join(format_share(v) for v in window_means(records, "mask_ratio", a.windows)) + " | "
               + ("-" if seconds is None else f"{seconds / 60:.1f} min") + " |")
 
 

@@ -186,12 +186,13 @@ def runs_table(results: list[dict]) -> str:
                 f"{format_duration(r['train_seconds'])} |")
         if pseudo:
             p = r.get("pseudo_labels") or {}
-            line += " - |" if not p else f" {_share(p.get('kept'))} / {_share(p.get('right'))} |"
+            line += " - |" if not p else f" {format_share(p.get('kept'))} / {format_share(p.get('right'))} |"
         lines.append(line)
     return "\n".join(lines)
 
 
-def _share(x: float | None) -> str:
+def format_share(x: float | None) -> str:
+    """A share in [0, 1] as a whole percentage, "-" when there is none (nothing logged)."""
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
