@@ -414,3 +414,55 @@ def test_unlabeled_ratio_streams_that_many_unlabeled_images_per_labeled_one_and_
 
     with pytest.raises(ConfigError, match="unlabeled_ratio must be a whole number >= 1"):
         UniMatch({"unlabeled_ratio": 0})
+
+
+# ------------------------------------------------------------------------------------------------ (f) BCP
+
+
+def test_paste_labeled_mixes_true_labels_into_unlabeled_views_and_pseudo_labels_into_labeled(tmp_path, monkeypatch):
+    # Labeled crops are white with true label 0 (CodedNet would say 1) and an ignored top band; unlabeled ones black
+    # (pseudo label 0). Boxes always on, one strong view (FixMatch), the model as teacher.
+    torch.manual_seed(0)
+    model = CodedNet()
+    method = UniMatch({"cutmix_prob": 1.0, "paste_labeled": True, **FIXMATCH})
+    method.setup(direct_context(tmp_path, model, Constant(255)))
+    assert method.mix_stream is None  # no second unlabeled stream is read
+    calls = []
+    monkeypatch.setattr(unimatch, "consistency_loss", lambda logits, targets, thresh, weight=None: calls.append(
+        targets) or consistency_loss(logits, targets, thresh, weight))
+    masks = torch.zeros(2, 32, 32, dtype=torch.long)
+    masks[:, :4] = 255
+    labeled = {"image": torch.stack([Constant(255)[0]["image"]] * 2), "mask": masks}
+    out = method.training_step(labeled, {"image": torch.stack([Constant(0)[0]["image"]] * 2)}, 0)
+
+    assert model.decoder_batches == [4, 4]  # weak pass (2 labeled + 2 unlabeled), strong pass (2 + 2 views)
+    view_u, view_x = model.inputs[1].chunk(2)
+    targets_u, targets_x = calls
+    ignored = torch.zeros(2, 32, 32, dtype=torch.bool)
+    ignored[:, :4] = True
+    # the unlabeled view: a white box from a labeled image, its target the true label 0, not the pseudo label 1
+    box = view_u.mean(dim=1) > -1
+    assert box.any() and not box.all()
+    assert (targets_u.label == 0).all()
+    assert torch.equal(targets_u.valid, ~(box & ignored))
+    # the labeled view: a black box from an unlabeled image, pseudo-labeled (valid in the ignored band too)
+    box = view_x.mean(dim=1) < -1
+    assert box.any() and not box.all()
+    assert torch.equal(targets_x.valid, ~(~box & ignored))
+    assert {"loss_x", "loss_s", "loss_p"} <= set(out)
+    torch.testing.assert_close(out["loss"], (out["loss_x"] + out["loss_s"] + out["loss_p"]) / 2)
+
+
+def test_paste_labeled_run_with_an_ema_teacher_and_two_unlabeled_per_labeled_resumes_exactly(tmp_path):
+    options = "{conf_thresh: 0.0, paste_labeled: true, teacher: ema, unlabeled_ratio: 2, cutmix_prob: 1.0}"
+    straight = run_config(tmp_path, "straight", **{"method.options": options})
+    Trainer(straight, straight.run_dir, progress=False).fit()
+    chunked = run_config(tmp_path, "chunked", **{"method.options": options})
+    Trainer(chunked, chunked.run_dir, progress=False).fit(stop_at=3)
+    Trainer(chunked, chunked.run_dir, resume=True, progress=False).fit()
+    logged = [e for e in read_metrics(straight.run_dir) if e["kind"] == "train"]
+    assert len(logged) == 6 and all(e["loss_p"] > 0 and e["loss_s"] > 0 for e in logged)
+    a = load_checkpoint(os.path.join(straight.run_dir, "last.pt"))
+    b = load_checkpoint(os.path.join(chunked.run_dir, "last.pt"))
+    assert set(a["streams"]) == {"labeled", "unlabeled"} and a["streams"] == b["streams"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

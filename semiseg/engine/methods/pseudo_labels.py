@@ -22,6 +22,12 @@ class Targets(NamedTuple):
         """These targets with ``pasted``'s inside ``box``: the targets of an image CutMixed by the same box."""
         return Targets(*(torch.where(box, p, t) for t, p in zip(self, pasted)))
 
+    @classmethod
+    def of_masks(cls, masks: torch.Tensor, ignore_index: int) -> Targets:
+        """Ground truth as targets: the labels, confidence 1 (every threshold keeps them), ignored pixels not valid."""
+        valid = masks != ignore_index
+        return cls(torch.where(valid, masks, torch.zeros_like(masks)), valid.float(), valid)
+
 
 def pseudo_labels(logits: torch.Tensor, valid: torch.Tensor, align: "DistributionAlignment | None" = None,
                   names: Sequence[str] | None = None) -> Targets:

@@ -49,7 +49,9 @@ Choices and differences from the official code (github.com/LiheYoung/UniMatch, u
   a supervised warm-up, distribution alignment, BatchNorm statistics of the teacher's own for the groups of images
   no label comes from (``teacher_bn_group_by``), a flip-averaged teacher (``teacher_flip``), per-class thresholds
   (``per_class_keep``), an unlabeled loss weighted by the recipe's class weights (``class_weighted``), strong views
-  without colour or outside BatchNorm's running statistics.
+  without colour or outside BatchNorm's running statistics; and ``paste_labeled``, Bidirectional Copy-Paste (Bai et
+  al., CVPR 2023): CutMix boxes between labeled and unlabeled images, in both directions, instead of between
+  unlabeled ones.
 
 Where the pieces live: this module has the options and the training step; ``pseudo_labels.py`` the targets,
 distribution alignment and the consistency loss; ``perturbations.py`` the strong views, CutMix and the feature
@@ -179,6 +181,16 @@ class UniMatchOptions:
     # at half the supervised arm's rate. On CamVid false gained +2.6 / +2.4 test mIoU over supervised at 12 / 46 labels
     # where true gained +0.6 / +0.1 (BENCHMARKS.md, development round 2; one seed each).
     average_losses: bool = True
+    # true: Bidirectional Copy-Paste (BCP, Bai et al., CVPR 2023) in place of CutMix between unlabeled images. Each
+    # strong view's CutMix box is filled from a labeled image (strong-augmented), its true labels the box's targets;
+    # and each labeled image gets a strong view of its own with a box filled from an unlabeled image (pseudo labels in
+    # the box, true labels around it), trained in the strong views' pass with the same loss. Why: with few labels the
+    # model sees the labeled pixels in one context only, and the unlabeled views hold no true label at all; BCP mixes
+    # the two so each view has both, the mixing its authors report as the gain at the fewest labels. Differences from
+    # the official code: boxes from cutmix_prob / cutmix_area (BCP: always, 2/3 of each side), every pixel weighted
+    # alike (BCP: the pseudo-labeled part x 0.5), and the plain labeled loss is kept (BCP replaces it by the mixed
+    # images'). No second unlabeled stream is read.
+    paste_labeled: bool = False
     # Diagnostics only: log the accuracy of the confident pseudo labels against the unlabeled images' true
     # masks when the dataset has them (synthetic data). The masks never enter a loss.
     log_pseudo_accuracy: bool = False
@@ -292,9 +304,10 @@ class UniMatch(Method):
             warnings.warn("data.photometric=true recolours the padding of the crops, so UniMatch cannot tell padded "
                           "pixels of unlabeled crops from image pixels and trains on them too; set "
                           "data.photometric=false (UniMatch's weak view is scale, crop and flip only)", stacklevel=2)
-        # The images CutMix pastes in: a second, independently shuffled pass over the unlabeled images.
-        self.mix_stream = ctx.add_stream("unlabeled_mix", ctx.unlabeled_dataset,
-                                         batch_size=self.unlabeled_batch(ctx.per_rank_batch))
+        # The images CutMix pastes in: a second, independently shuffled pass over the unlabeled images (with
+        # paste_labeled the labeled batch instead).
+        self.mix_stream = None if o.paste_labeled else ctx.add_stream(
+            "unlabeled_mix", ctx.unlabeled_dataset, batch_size=self.unlabeled_batch(ctx.per_rank_batch))
         self.augment = build_strong_augment()
         # The EMA teacher is a registered module: the loop checkpoints it and restores it on --resume.
         self.teacher = ctx.add_module(TEACHER_MODULE, EMATeacher(ctx.raw_model, o.ema_momentum), ddp=False) \
@@ -352,24 +365,35 @@ class UniMatch(Method):
             return {"loss": loss_x.detach(), "loss_x": loss_x.detach()}
 
         images_u, _ = ctx.to_device(unlabeled_batch)  # the masks of unlabeled images never enter a loss
-        mix_batch = next(self.mix_stream)
-        images_m, _ = ctx.to_device(mix_batch)
-        names_u, names_m = unlabeled_batch.get("name"), mix_batch.get("name")
+        names_u = unlabeled_batch.get("name")
         valid_u = ~padding_mask(images_u, ctx.normalization)
-        valid_m = ~padding_mask(images_m, ctx.normalization)
-        if self.teacher is not None:
-            targets_u, targets_m = self._ema_targets(images_u, valid_u, images_m, valid_m, names_u, names_m)
+        if o.paste_labeled:  # BCP: the boxes come from the labeled images, with their true labels
+            repeat = images_u.shape[0] // images_x.shape[0]
+            images_m = images_x.repeat(repeat, 1, 1, 1)
+            targets_m = Targets.of_masks(masks_x.repeat(repeat, 1, 1), ctx.ignore_index)
+            targets_u = self._ema_targets(images_u, valid_u, names_u=names_u)[0] if self.teacher is not None else None
         else:
-            targets_u, targets_m = None, self._eval_targets(images_m, valid_m)
+            mix_batch = next(self.mix_stream)
+            images_m, _ = ctx.to_device(mix_batch)
+            valid_m = ~padding_mask(images_m, ctx.normalization)
+            if self.teacher is not None:
+                targets_u, targets_m = self._ema_targets(images_u, valid_u, images_m, valid_m, names_u,
+                                                         mix_batch.get("name"))
+            else:
+                targets_u, targets_m = None, self._eval_targets(images_m, valid_m)
         views = make_strong_views(images_u, images_m, views=o.strong_views, cutmix_prob=o.cutmix_prob,
                                   cutmix_area=tuple(o.cutmix_area), normalization=ctx.normalization,
                                   augment=self.augment, colour=o.strong_colour)
+        if o.paste_labeled:  # and the other direction: unlabeled boxes in strong views of the labeled images
+            views += make_strong_views(images_x, images_u[:images_x.shape[0]], views=1, cutmix_prob=o.cutmix_prob,
+                                       cutmix_area=tuple(o.cutmix_area), normalization=ctx.normalization,
+                                       augment=self.augment, colour=o.strong_colour)
 
         strong_stats = contextlib.nullcontext() if o.strong_bn_statistics else frozen_bn_statistics(ctx.raw_model)
         with ctx.autocast():
             logits_x, logits_u, logits_fp = self._weak_forward(images_x, images_u)
             with strong_stats:
-                logits_s = ctx.model(self._layout(torch.cat([v for v, _ in views]))).chunk(len(views))
+                logits_s = ctx.model(self._layout(torch.cat([v for v, _ in views]))).split([len(v) for v, _ in views])
         if targets_u is None:
             targets_u = pseudo_labels(logits_u, valid_u, self.align, names_u)
         threshold = self._threshold(targets_u)
@@ -377,12 +401,18 @@ class UniMatch(Method):
         # Losses in float32 (softmax over bf16 logits loses the small probabilities CE cares about).
         loss_x = ctx.criterion(logits_x.float(), masks_x)
         losses_s = []
-        for logits, (_, box) in zip(logits_s, views):
+        for logits, (_, box) in zip(logits_s, views[:o.strong_views]):
             targets = targets_u.cutmix(box, targets_m)
             losses_s.append(consistency_loss(logits, targets, threshold(targets), self.class_weight))
         loss_s = torch.stack(losses_s).mean()
         loss_u = o.strong_weight * loss_s
         out = {"loss_x": loss_x.detach(), "loss_s": loss_s.detach()}
+        if o.paste_labeled:  # the labeled view: true labels around its box, the unlabeled image's pseudo labels in it
+            (_, box), n_x = views[-1], images_x.shape[0]
+            targets = Targets.of_masks(masks_x, ctx.ignore_index).cutmix(box, Targets(*(t[:n_x] for t in targets_u)))
+            loss_p = consistency_loss(logits_s[-1], targets, threshold(targets), self.class_weight)
+            loss_u = loss_u + o.strong_weight * loss_p  # as one more strong view (BCP: L_in + L_out, equal weights)
+            out["loss_p"] = loss_p.detach()
         if logits_fp is not None:
             loss_fp = consistency_loss(logits_fp, targets_u, threshold(targets_u), self.class_weight)
             loss_u = loss_u + o.weight_fp * loss_fp
@@ -449,10 +479,12 @@ class UniMatch(Method):
             self.teacher.update(self.ctx.raw_model, ema_momentum(iteration, self.options.ema_momentum))
         self._ema_updated_at = iteration
 
-    def _ema_targets(self, images_u, valid_u, images_m, valid_m, names_u=None, names_m=None) -> tuple[Targets, Targets]:
-        """Pseudo labels of the unlabeled and the pasted images from the EMA teacher in one no-grad pass (with
-        ``teacher_bn_group_by``, one more per group with statistics of its own that the batch holds)."""
-        images = torch.cat([images_u, images_m])
+    def _ema_targets(self, images_u, valid_u, images_m=None, valid_m=None, names_u=None,
+                     names_m=None) -> tuple[Targets, Targets | None]:
+        """Pseudo labels of the unlabeled and the pasted images (None without them) from the EMA teacher in one
+        no-grad pass (with ``teacher_bn_group_by``, one more per group with statistics of its own that the batch
+        holds)."""
+        images = images_u if images_m is None else torch.cat([images_u, images_m])
         names = [*(names_u or ()), *(names_m or ())]
         if self.options.teacher_flip:  # the mirror images in the same pass (and the same group's statistics)
             images, names = torch.cat([images, images.flip(-1)]), names * 2
@@ -460,6 +492,8 @@ class UniMatch(Method):
             logits = self.teacher(images) if self.group_stats is None else self._teacher_by_group(images, names)
         if self.options.teacher_flip:
             logits = flip_averaged_log_probs(*logits.chunk(2))
+        if images_m is None:
+            return pseudo_labels(logits, valid_u, self.align, names_u), None
         logits_u, logits_m = logits.split([images_u.shape[0], images_m.shape[0]])
         return (pseudo_labels(logits_u, valid_u, self.align, names_u),
                 pseudo_labels(logits_m, valid_m, self.align, names_m))
