@@ -21,6 +21,15 @@ CUTMIX_RATIO = (0.3, 1 / 0.3)
 CUTMIX_ATTEMPTS = 1000
 
 
+def check_cutmix_options(prob: float, area) -> None:
+    """Refuse a CutMix probability outside [0, 1] or a box area range that is not [min, max] within [0, 1]."""
+    if not 0.0 <= prob <= 1.0:
+        raise ConfigError(f"method.options.cutmix_prob must be in [0, 1] (0 switches CutMix off), got {prob}")
+    if len(area) != 2 or not 0.0 <= area[0] <= area[1] <= 1.0:
+        raise ConfigError(f"method.options.cutmix_area must be [min, max] with 0 <= min <= max <= 1 (fractions "
+                          f"of the crop), got {area}")
+
+
 def padding_mask(images: torch.Tensor, normalization: str) -> torch.Tensor:
     """(N, H, W) True where a normalised crop (N, 3, H, W) holds the train transform's padding.
 

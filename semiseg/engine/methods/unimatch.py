@@ -73,7 +73,9 @@ from semiseg.data.transforms import build_strong_augment, crop_can_pad
 from semiseg.data.splits import group_of
 from semiseg.engine.build import class_weights
 from semiseg.engine.methods.base import Method
-from semiseg.engine.methods.perturbations import FeaturePerturbation, make_strong_views, padding_mask
+from semiseg.engine.methods.perturbations import (
+    FeaturePerturbation, check_cutmix_options, make_strong_views, padding_mask,
+)
 from semiseg.engine.methods.pseudo_labels import (
     DistributionAlignment, Targets, consistency_loss, mask_ratio, pseudo_label_accuracy, pseudo_labels,
 )
@@ -199,12 +201,7 @@ class UniMatchOptions:
         if not 0.0 <= self.conf_thresh <= 1.0:
             raise ConfigError(f"method.options.conf_thresh must be in [0, 1] (a softmax probability), "
                               f"got {self.conf_thresh}")
-        if not 0.0 <= self.cutmix_prob <= 1.0:
-            raise ConfigError(f"method.options.cutmix_prob must be in [0, 1] (0 switches CutMix off), "
-                              f"got {self.cutmix_prob}")
-        if len(self.cutmix_area) != 2 or not 0.0 <= self.cutmix_area[0] <= self.cutmix_area[1] <= 1.0:
-            raise ConfigError(f"method.options.cutmix_area must be [min, max] with 0 <= min <= max <= 1 (fractions "
-                              f"of the crop), got {self.cutmix_area}")
+        check_cutmix_options(self.cutmix_prob, self.cutmix_area)
         if self.strong_views not in (1, 2):
             raise ConfigError(f"method.options.strong_views must be 1 (FixMatch) or 2 (UniMatch), "
                               f"got {self.strong_views}")
