@@ -188,10 +188,11 @@ class UniMatchOptions:
     # and each labeled image gets a strong view of its own with a box filled from an unlabeled image (pseudo labels in
     # the box, true labels around it), trained in the strong views' pass with the same loss. Why: with few labels the
     # model sees the labeled pixels in one context only, and the unlabeled views hold no true label at all; BCP mixes
-    # the two so each view has both, the mixing its authors report as the gain at the fewest labels. Differences from
-    # the official code: boxes from cutmix_prob / cutmix_area (BCP: always, 2/3 of each side), every pixel weighted
-    # alike (BCP: the pseudo-labeled part x 0.5), and the plain labeled loss is kept (BCP replaces it by the mixed
-    # images'). No second unlabeled stream is read.
+    # the two so each view has both (its abstract: over 21% Dice above the previous best on ACDC with 5% of the labels).
+    # Differences from the official code (DeepMed-Lab-ECNU/BCP): boxes from cutmix_prob / cutmix_area (BCP: always,
+    # 2/3 of each side, cutmix_prob 1 and cutmix_area [0.44, 0.44] here), every pixel weighted alike (BCP: the
+    # pseudo-labeled part x 0.5), and the plain labeled loss is kept (BCP replaces it by the mixed images'). No second
+    # unlabeled stream is read.
     paste_labeled: bool = False
     # Diagnostics only: log the accuracy of the confident pseudo labels against the unlabeled images' true
     # masks when the dataset has them (synthetic data). The masks never enter a loss.
