@@ -58,11 +58,13 @@ class TrainContext:
         else:
             loss.backward()
 
+    def layout(self, images: torch.Tensor) -> torch.Tensor:
+        """A (N, C, H, W) batch in the memory format the model runs in: channels_last when enabled."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
     def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(images, masks) of a batch on the device; images in channels_last when enabled."""
-        images = batch["image"].to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = self.layout(batch["image"].to(self.device, non_blocking=True))
         masks = batch.get("mask")
         if masks is not None:
             masks = masks.to(self.device, non_blocking=True)

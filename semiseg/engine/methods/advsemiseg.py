@@ -268,9 +268,7 @@ class AdvSemiSeg(Method):
         d_fake = self._discriminate(self.discriminator_train, fake_probs)
         loss_fake = bce_with_logits_2d(d_fake, d_target(PRED_LABEL, fake_ignored), ignore_index=D_IGNORE)
         ctx.backward(loss_fake / 2)
-        real = ground_truth_input(gt_masks, labeled_probs, ctx.ignore_index)
-        if ctx.channels_last:
-            real = real.contiguous(memory_format=torch.channels_last)
+        real = ctx.layout(ground_truth_input(gt_masks, labeled_probs, ctx.ignore_index))
         d_real = self._discriminate(self.discriminator_train, real)
         gt_ignored = gt_masks == ctx.ignore_index
         loss_real = bce_with_logits_2d(d_real, d_target(GT_LABEL, gt_ignored), ignore_index=D_IGNORE)

@@ -76,7 +76,7 @@ class Supervised(Method):
                                                                                           ctx.ignore_index))
         stats = contextlib.nullcontext() if o.strong_bn_statistics else frozen_bn_statistics(ctx.raw_model)
         with ctx.autocast(), stats:
-            logits = ctx.model(view.contiguous(memory_format=torch.channels_last) if ctx.channels_last else view)
+            logits = ctx.model(ctx.layout(view))
         return consistency_loss(logits, targets, 1.0)  # true labels have confidence 1: every labeled pixel counts
 
 

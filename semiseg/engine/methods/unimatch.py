@@ -391,7 +391,7 @@ class UniMatch(Method):
         with ctx.autocast():
             logits_x, logits_u, logits_fp = self._weak_forward(images_x, images_u)
             with strong_stats:
-                logits_s = ctx.model(self._layout(torch.cat([v for v, _ in views]))).split([len(v) for v, _ in views])
+                logits_s = ctx.model(ctx.layout(torch.cat([v for v, _ in views]))).split([len(v) for v, _ in views])
         if targets_u is None:
             targets_u = pseudo_labels(logits_u, valid_u, self.align, names_u)
         threshold = self._threshold(targets_u)
@@ -551,9 +551,6 @@ class UniMatch(Method):
                 f"for {n} images with perturbed backbone features appended (expected {2 * n}); its backbone output "
                 "does not go to the decoder image by image. Set method.options.feature_perturbation=false")
         return logits[:n_x], logits[n_x:n], logits[n + n_x:]
-
-    def _layout(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.ctx.channels_last else images
 
 
 __all__ = ["UniMatch", "UniMatchOptions"]
