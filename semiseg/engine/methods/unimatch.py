@@ -366,9 +366,10 @@ class UniMatch(Method):
         names_u = unlabeled_batch.get("name")
         valid_u = ~padding_mask(images_u, ctx.normalization)
         if o.paste_labeled:  # BCP: the boxes come from the labeled images, with their true labels
+            truth_x = Targets.of_masks(masks_x, ctx.ignore_index)
             repeat = images_u.shape[0] // images_x.shape[0]
             images_m = images_x.repeat(repeat, 1, 1, 1)
-            targets_m = Targets.of_masks(masks_x.repeat(repeat, 1, 1), ctx.ignore_index)
+            targets_m = Targets(*(t.repeat(repeat, 1, 1) for t in truth_x))
             targets_u = self._ema_targets(images_u, valid_u, names_u=names_u)[0] if self.teacher is not None else None
         else:
             mix_batch = next(self.mix_stream)
@@ -407,7 +408,7 @@ class UniMatch(Method):
         out = {"loss_x": loss_x.detach(), "loss_s": loss_s.detach()}
         if o.paste_labeled:  # the labeled view: true labels around its box, the unlabeled image's pseudo labels in it
             (_, box), n_x = views[-1], images_x.shape[0]
-            targets = Targets.of_masks(masks_x, ctx.ignore_index).cutmix(box, Targets(*(t[:n_x] for t in targets_u)))
+            targets = truth_x.cutmix(box, Targets(*(t[:n_x] for t in targets_u)))
             loss_p = consistency_loss(logits_s[-1], targets, threshold(targets), self.class_weight)
             loss_u = loss_u + o.strong_weight * loss_p  # as one more strong view (BCP: L_in + L_out, equal weights)
             out["loss_p"] = loss_p.detach()
