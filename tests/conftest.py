@@ -12,8 +12,10 @@ subprocesses inherit the session's environment). Tests of the refusal itself rem
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -46,6 +48,16 @@ def precision_cache_in_a_temporary_folder(tmp_path_factory):
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
+
+
+def load_benchmark(name: str) -> types.ModuleType:
+    """benchmarks/NAME.py as a module (benchmarks/ is not a package). It is registered in sys.modules first, as an
+    import would, so that dataclasses in it can look their module up."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 CLASSES = ["background", "red", "green", "blue"]
 PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)

@@ -5,7 +5,6 @@ It must score exactly the images the run's split.txt lists as unlabeled, each gr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -14,15 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TinyShapes, tiny_overrides
+from conftest import TinyShapes, load_benchmark, tiny_overrides
 from semiseg.config import load_config
 from semiseg.data.splits import Split
 from semiseg.engine.predict import load_trained_model, predict_mask
 from semiseg.engine.trainer import Trainer
 
-_spec = importlib.util.spec_from_file_location("miou_by_group", os.path.join(REPO, "benchmarks", "miou_by_group.py"))
-miou_by_group = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(miou_by_group)
+miou_by_group = load_benchmark("miou_by_group")
 
 
 class Sequences(TinyShapes):
@@ -72,10 +69,7 @@ def test_unlabeled_miou_by_group_scores_exactly_the_unlabeled_images_per_group(t
     assert result["all"][1] != pytest.approx(_miou_by_hand(loaded, dataset, list(range(16))), abs=1e-6)
 
 
-_spec = importlib.util.spec_from_file_location("bn_adaptation_probe",
-                                               os.path.join(REPO, "benchmarks", "bn_adaptation_probe.py"))
-bn_adaptation_probe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bn_adaptation_probe)
+bn_adaptation_probe = load_benchmark("bn_adaptation_probe")
 
 
 def test_group_statistics_are_the_average_over_the_groups_batches_and_leave_the_model_alone():
@@ -105,9 +99,7 @@ def test_group_statistics_are_the_average_over_the_groups_batches_and_leave_the_
     torch.testing.assert_close(model[1].running_var, torch.ones(4))
 
 
-_spec_log = importlib.util.spec_from_file_location("pseudo_label_log", os.path.join(REPO, "benchmarks", "pseudo_label_log.py"))
-pseudo_label_log = importlib.util.module_from_spec(_spec_log)
-_spec_log.loader.exec_module(pseudo_label_log)
+pseudo_label_log = load_benchmark("pseudo_label_log")
 
 
 def test_pseudo_label_log_averages_each_window_without_the_steps_that_kept_nothing():
@@ -125,9 +117,7 @@ def test_pseudo_label_log_averages_each_window_without_the_steps_that_kept_nothi
             pseudo_label_log.parse_window(bad)
 
 
-_spec_tc = importlib.util.spec_from_file_location("top_confusions", os.path.join(REPO, "benchmarks", "top_confusions.py"))
-top_confusions = importlib.util.module_from_spec(_spec_tc)
-_spec_tc.loader.exec_module(top_confusions)
+top_confusions = load_benchmark("top_confusions")
 
 
 def test_top_confusions_reads_rows_as_true_classes_and_ranks_their_predictions():

@@ -6,18 +6,12 @@ The whole table (attacks on checkpoints, resume, divergence, predict, data mista
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import load_benchmark
 
-_spec = importlib.util.spec_from_file_location("hostile_inputs", os.path.join(REPO, "benchmarks", "hostile_inputs.py"))
-hostile = importlib.util.module_from_spec(_spec)
-sys.modules["hostile_inputs"] = hostile  # (its dataclasses look their module up)
-_spec.loader.exec_module(hostile)
+hostile = load_benchmark("hostile_inputs")
 
 FAST = [c for c in hostile.CASES if c.fast]
 
