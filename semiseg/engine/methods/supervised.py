@@ -66,8 +66,8 @@ class Supervised(Method):
         return {"loss": loss.detach(), "loss_x": loss_x.detach(), "loss_mix": loss_mix.detach()}
 
     def _mixed_view_loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """The loss of a strong view of each crop with a box from the next crop of the batch (the last's from the
-        first; a batch of one pastes from itself)."""
+        """The loss of a strong view of each crop with a box from the previous crop of the batch (``roll(1)``: the
+        first's from the last; a batch of one pastes from itself)."""
         ctx, o = self.ctx, self.options
         (view, box), = make_strong_views(images, images.roll(1, 0), views=1, cutmix_prob=o.cutmix_prob,
                                          cutmix_area=tuple(o.cutmix_area), normalization=ctx.normalization,
