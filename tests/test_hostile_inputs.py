@@ -6,7 +6,6 @@ The whole table (attacks on checkpoints, resume, divergence, predict, data mista
 
 from __future__ import annotations
 
-
 import pytest
 
 from conftest import load_benchmark
