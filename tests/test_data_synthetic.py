@@ -94,3 +94,29 @@ def test_synthetic_thin_is_binary_thin_and_deterministic():
     assert not np.array_equal(mask, SyntheticThin("train").read(0)[1])
     # vessels are darker than their surroundings
     assert image[mask.astype(bool)].mean() < image[~mask.astype(bool)].mean() - 5
+
+
+@pytest.mark.parametrize("h, w, cells, channels", [(128, 128, 3, 3), (64, 96, 3, 3), (37, 129, 5, 2), (200, 33, 2, 1)])
+def test_smooth_field_is_bitwise_the_einsum_it_replaces(h, w, cells, channels):
+    """The background field is summed term by term for speed; the scenes must stay exactly what they were."""
+    from semiseg.data import synthetic
+
+    def einsum_field(rng):  # the original implementation
+        grid = rng.random((cells, cells, channels)).astype(np.float32)
+
+        def interp(n):
+            pos = np.linspace(0, cells - 1, n, dtype=np.float32)
+            lo = np.minimum(np.floor(pos).astype(int), cells - 2)
+            m = np.zeros((n, cells), dtype=np.float32)
+            m[np.arange(n), lo] = 1 - (pos - lo)
+            m[np.arange(n), lo + 1] = pos - lo
+            return m
+
+        return np.einsum("hi,ijc,wj->hwc", interp(h), grid, interp(w))
+
+    for seed in range(20):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        new, old = synthetic._smooth_field(a, h, w, cells, channels), einsum_field(b)
+        assert new.dtype == old.dtype == np.float32 and new.shape == (h, w, channels)
+        assert np.array_equal(new, old) and new.flags.c_contiguous
+        assert a.random() == b.random()  # the same random numbers drawn
