@@ -19,7 +19,7 @@ from semiseg.data.splits import Split
 from semiseg.data.synthetic import DEFAULT_LENGTH as SYNTHETIC_LENGTH
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.quickstart import (LONG_STUDY_ITERATIONS, QUICKSTART, STUDY_ITERATIONS, quickstart_config,
-                                      semi_options)
+                                      run_priorities, semi_options)
 
 
 @pytest.mark.slow
@@ -88,3 +88,13 @@ def test_quickstart_draws_scenes_in_a_worker_only_where_a_core_can_be_spared(mon
     monkeypatch.setattr(threads, "available_cores", lambda: 1)
     assert quickstart_config().data.num_workers == 0  # one core: a worker would only compete with training
     assert load_config("synthetic/unet_small_1-8").data.num_workers == 0  # the study's recipe is unchanged
+
+
+def test_the_supervised_run_yields_the_cores_only_where_the_two_runs_share_them(monkeypatch):
+    import semiseg.engine.threads as threads
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    assert run_priorities() == {"supervised": 10}  # side by side on one thread each: the long semi run goes first
+    assert run_priorities(jobs=1) == {}  # one after the other: nothing to share
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    assert run_priorities() == {}  # 4 threads per run: they do not compete

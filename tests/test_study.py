@@ -453,6 +453,24 @@ def test_children_die_with_the_study():
     assert not alive
 
 
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="POSIX niceness")
+def test_an_arm_can_run_at_a_lower_cpu_priority(tmp_path, monkeypatch):
+    """execute(nice={arm: n}): that arm's run processes start n nicer than the study, the others as the study."""
+    study = st.load_study(write_study(tmp_path, STUDY))
+    specs = [s for s in st.expand(study, str(tmp_path / "out")) if s.seed == 0 and s.labels.tag == "1-8"]
+    assert sorted(s.arm for s in specs) == ["adv", "supervised"]
+    # each "run" only writes the niceness it runs at into a file named after it
+    monkeypatch.setattr(st, "commands", lambda spec, state, threads: [[os.path.join(str(tmp_path), spec.name)]])
+    monkeypatch.setattr(st, "worker_command", lambda steps: [
+        sys.executable, "-c", f"import os; open({steps[0][0]!r}, 'w').write(str(os.nice(0)))"])
+    outcome = st.execute([(s, "new") for s in specs], jobs=2, threads=1, echo=lambda line: None, poll=0.05,
+                         nice={"supervised": 7})
+    assert set(outcome) == {s.name for s in specs}  # finished (no eval file: "not done", which is not checked here)
+    base = os.nice(0)
+    got = {s.arm: int((tmp_path / s.name).read_text()) for s in specs}
+    assert got == {"supervised": min(19, base + 7), "adv": base}
+
+
 @pytest.mark.slow
 def test_study_stopped_midway_finishes_only_missing_runs(tmp_path):
     """A study run partly (--only), a run killed after its first checkpoint and one killed before it; running

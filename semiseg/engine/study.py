@@ -511,6 +511,21 @@ def _child_env(threads: int) -> dict[str, str]:
     return env
 
 
+def _child_setup(parent: int, niceness: int = 0) -> Callable[[], None] | None:
+    """What a run's process does before it starts: die with the study (Linux) and, where ``niceness`` is set,
+    lower its CPU priority by that much (POSIX ``nice``)."""
+    die = _die_with_parent(parent)
+    if not niceness or not hasattr(os, "nice"):
+        return die
+
+    def setup() -> None:
+        if die is not None:
+            die()
+        os.nice(niceness)
+
+    return setup
+
+
 def _die_with_parent(parent: int) -> Callable[[], None] | None:
     """Linux: a child gets SIGTERM when the study process dies, even by kill -9, so that no orphaned run
     keeps writing into a folder the next study run resumes."""
@@ -547,8 +562,13 @@ def _raise_interrupted(signum, frame):
 
 
 def execute(specs_states: list[tuple[RunSpec, str]], *, jobs: int, threads: int,
-            echo: Callable[[str], None] = print, poll: float = 0.5) -> dict[str, str | None]:
-    """Bring every run to done, ``jobs`` subprocesses at a time; returns {run name: error or None}."""
+            echo: Callable[[str], None] = print, poll: float = 0.5,
+            nice: dict[str, int] | None = None) -> dict[str, str | None]:
+    """Bring every run to done, ``jobs`` subprocesses at a time; returns {run name: error or None}.
+
+    ``nice``: {arm: niceness} lowers the CPU priority of that arm's runs. Scheduling only, no number changes: where
+    runs that share the cores differ in length, the shorter one yields and the longest, which decides when the
+    study ends, goes faster (the quickstart's supervised run; BENCHMARKS.md, Quickstart)."""
     env = _child_env(threads)
     pending = [_Job(spec, commands(spec, state, threads)) for spec, state in specs_states]
     pending = [j for j in pending if j.steps]
@@ -559,8 +579,9 @@ def execute(specs_states: list[tuple[RunSpec, str]], *, jobs: int, threads: int,
     def start(job: _Job) -> None:
         os.makedirs(os.path.dirname(job.spec.log), exist_ok=True)
         job.log = open(job.spec.log, "a", encoding="utf-8")
+        setup = _child_setup(os.getpid(), (nice or {}).get(job.spec.arm, 0))
         job.proc = subprocess.Popen(worker_command(job.steps), stdout=job.log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent(os.getpid()))
+                                    stdin=subprocess.DEVNULL, env=env, preexec_fn=setup)
 
     previous = None
     try:
@@ -762,8 +783,10 @@ class _Lock:
 
 
 def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = None, only: list[str] | None = None,
-              dry_run: bool = False, table_only: bool = False, echo: Callable[[str], None] = print) -> int:
-    """Plan, run what is missing, write the table. Returns 0 when every selected run is done, else 1."""
+              dry_run: bool = False, table_only: bool = False, echo: Callable[[str], None] = print,
+              nice: dict[str, int] | None = None) -> int:
+    """Plan, run what is missing, write the table. Returns 0 when every selected run is done, else 1.
+    ``nice``: {arm: niceness}, see :func:`execute`."""
     out_dir = os.path.abspath(out_dir or default_out_dir(study))
     specs = expand(study, out_dir)
     selected = [s for s in specs if not only or any(fnmatch.fnmatchcase(s.name, p) for p in only)]
@@ -808,7 +831,7 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
         for spec, state in todo:
             if state == "broken":
                 echo(f"  {spec.name}: no checkpoint in the folder; moved to {move_aside(spec.run_dir)}")
-        outcome = execute(todo, jobs=jobs, threads=threads, echo=echo) if todo else {}
+        outcome = execute(todo, jobs=jobs, threads=threads, echo=echo, nice=nice) if todo else {}
         echo("")
         write_results(study, specs, out_dir, echo)
     failed = {k: v for k, v in outcome.items() if v}
