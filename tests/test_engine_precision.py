@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
 import pytest
 import torch
@@ -281,6 +282,39 @@ def test_measure_modes_scales_a_large_crop_down_to_its_time_target():
     h, wd = w.measured_size
     assert h < 512 and wd < 768 and h % 8 == 0 and wd % 8 == 0 and abs(wd / h - 1.5) < 0.2
     assert "of 1x" in w.text(w.measured_size) and "the 512x768 crop scaled to save time" in w.text(w.measured_size)
+
+
+class _SlowUnderBf16(torch.nn.Module):
+    """TinyNet whose every forward under bf16 autocast also burns 20 ms of CPU (an AVX2-only CPU's bf16). The
+    measurement times a deep copy, so the (bf16?, input size) of each forward go to a list all copies share."""
+
+    calls: list = []
+
+    def __init__(self):
+        super().__init__()
+        self.net = TinyNet(4)
+
+    def forward(self, x):
+        bf16 = torch.is_autocast_enabled("cpu")
+        _SlowUnderBf16.calls.append((bf16, tuple(x.shape[-2:])))
+        if bf16:
+            end = time.process_time() + 0.02
+            while time.process_time() < end:
+                pass
+        return self.net(x)
+
+
+def test_a_mode_far_slower_at_the_calibration_size_is_never_stepped_at_the_probe_size():
+    _SlowUnderBf16.calls.clear()
+    w = Workload(_SlowUnderBf16(), "slow bf16", "infer", (96, 128), 1, 4)
+    seconds = P.measure_modes(w, list(MODES), step_seconds=10.0)  # fast enough to probe at the crop itself
+    small = P._scaled((96, 128), 64 * 64 / (96 * 128))
+    assert w.measured_size == (96, 128) != small
+    sizes = {bf16: {size for b, size in _SlowUnderBf16.calls if b == bf16} for bf16 in (True, False)}
+    assert sizes[True] == {small}  # bf16 only ever ran at the calibration size
+    assert (96, 128) in sizes[False]  # the fp32 modes were timed at the probe size
+    assert min(seconds[BF16], seconds[BF16_CL]) > 4 * min(seconds[FP32], seconds[("fp32", True)])
+    assert decide(seconds)[0] == "fp32"
 
 
 BF16, BF16_CL, FP32 = ("bf16", False), ("bf16", True), ("fp32", False)
