@@ -284,6 +284,9 @@ def test_measure_modes_scales_a_large_crop_down_to_its_time_target():
     assert "of 1x" in w.text(w.measured_size) and "the 512x768 crop scaled to save time" in w.text(w.measured_size)
 
 
+BF16, BF16_CL, FP32 = ("bf16", False), ("bf16", True), ("fp32", False)
+
+
 class _SlowUnderBf16(torch.nn.Module):
     """TinyNet whose every forward under bf16 autocast also burns 20 ms of CPU (an AVX2-only CPU's bf16). The
     measurement times a deep copy, so the (bf16?, input size) of each forward go to a list all copies share."""
@@ -315,9 +318,6 @@ def test_a_mode_far_slower_at_the_calibration_size_is_never_stepped_at_the_probe
     assert (96, 128) in sizes[False]  # the fp32 modes were timed at the probe size
     assert min(seconds[BF16], seconds[BF16_CL]) > 4 * min(seconds[FP32], seconds[("fp32", True)])
     assert decide(seconds)[0] == "fp32"
-
-
-BF16, BF16_CL, FP32 = ("bf16", False), ("bf16", True), ("fp32", False)
 
 
 def test_a_tie_at_the_probe_is_settled_by_the_full_crop():

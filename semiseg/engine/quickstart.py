@@ -55,7 +55,6 @@ def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool
     scenes in a worker, the setting measured: next to a run on several threads a worker process could stall its
     threads' barriers (semiseg/engine/threads.py), and with cores to spare the scenes are not what waits."""
     from semiseg.config import load_config, override_config
-    from semiseg.engine.study import jobs_and_threads
 
     recipe = load_config(SUPERVISED_RECIPE)
     values = dict(QUICKSTART)
@@ -65,8 +64,7 @@ def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool
                        "data.val_options": {"length": 16}, "data.batch_size": 4, "eval.batch_size": 16})
     if iterations is not None:
         values["train.iterations"] = iterations
-    jobs, threads = jobs_and_threads(jobs)  # what `semiseg study` will give the two runs
-    if not fast and jobs >= 2 and threads == 1:  # side by side, one thread each
+    if not fast and _side_by_side_one_thread_each(jobs):
         values["data.num_workers"] = QUICKSTART_WORKERS
     # a shorter run keeps the recipe's share of learning-rate warm-up (150 of 1,500); a longer one its 150 steps
     values["optim.warmup_iters"] = max(1, round(recipe.optim.warmup_iters * _shrink(values["train.iterations"],
@@ -79,10 +77,16 @@ def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool
 def run_priorities(jobs: int | None = None) -> dict[str, int]:
     """{arm: niceness} for the two runs: the supervised one yields where they share the cores one thread each (the
     setting measured; with a core or more per run they do not compete)."""
+    return dict(QUICKSTART_NICE) if _side_by_side_one_thread_each(jobs) else {}
+
+
+def _side_by_side_one_thread_each(jobs: int | None) -> bool:
+    """Whether `semiseg study` will run the two runs at once on one thread each (the setting the scene worker and the
+    priorities were measured in)."""
     from semiseg.engine.study import jobs_and_threads
 
     jobs, threads = jobs_and_threads(jobs)
-    return dict(QUICKSTART_NICE) if jobs >= 2 and threads == 1 else {}
+    return jobs >= 2 and threads == 1
 
 
 def _shrink(iterations: int, recipe_iterations: int) -> float:
