@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import torch
@@ -12,7 +11,7 @@ from semiseg.data.transforms import build_strong_augment
 from semiseg.engine.methods.base import Method
 from semiseg.engine.methods.perturbations import check_cutmix_options, make_strong_views
 from semiseg.engine.methods.pseudo_labels import Targets, consistency_loss
-from semiseg.engine.methods.teacher import frozen_bn_statistics, unsupervised_weight
+from semiseg.engine.methods.teacher import strong_view_statistics, unsupervised_weight
 
 
 @dataclasses.dataclass
@@ -74,7 +73,7 @@ class Supervised(Method):
                                          augment=self.augment)
         targets = Targets.of_masks(masks, ctx.ignore_index).cutmix(box, Targets.of_masks(masks.roll(1, 0),
                                                                                           ctx.ignore_index))
-        stats = contextlib.nullcontext() if o.strong_bn_statistics else frozen_bn_statistics(ctx.raw_model)
+        stats = strong_view_statistics(ctx.raw_model, o.strong_bn_statistics)
         with ctx.autocast(), stats:
             logits = ctx.model(ctx.layout(view))
         return consistency_loss(logits, targets, 1.0)  # true labels have confidence 1: every labeled pixel counts

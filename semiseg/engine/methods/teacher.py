@@ -110,6 +110,12 @@ def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(tracked)
 
 
+def strong_view_statistics(model: nn.Module, update: bool) -> contextlib.AbstractContextManager:
+    """The BatchNorm context for a forward pass of strong views: the statistics learn from them when ``update``
+    (the ``strong_bn_statistics`` option), else they are frozen (:func:`frozen_bn_statistics`)."""
+    return contextlib.nullcontext() if update else frozen_bn_statistics(model)
+
+
 class GroupStatistics:
     """BatchNorm running statistics of a (teacher) model per group of images, for the groups in ``groups``.
 
@@ -192,4 +198,4 @@ def class_thresholds(conf: torch.Tensor, label: torch.Tensor, valid: torch.Tenso
 
 
 __all__ = ["EMATeacher", "GroupStatistics", "class_thresholds", "dropout_off", "frozen_bn_statistics", "ema_momentum",
-           "unsupervised_weight"]
+           "strong_view_statistics", "unsupervised_weight"]

@@ -80,7 +80,7 @@ from semiseg.engine.methods.pseudo_labels import (
     DistributionAlignment, Targets, consistency_loss, mask_ratio, pseudo_label_accuracy, pseudo_labels,
 )
 from semiseg.engine.methods.teacher import (
-    TEACHER_MODULE, EMATeacher, GroupStatistics, class_thresholds, dropout_off, ema_momentum, frozen_bn_statistics,
+    TEACHER_MODULE, EMATeacher, GroupStatistics, class_thresholds, dropout_off, ema_momentum, strong_view_statistics,
     unsupervised_weight,
 )
 from semiseg.inference import logits_of_probabilities
@@ -388,7 +388,7 @@ class UniMatch(Method):
                                        cutmix_area=tuple(o.cutmix_area), normalization=ctx.normalization,
                                        augment=self.augment, colour=o.strong_colour)
 
-        strong_stats = contextlib.nullcontext() if o.strong_bn_statistics else frozen_bn_statistics(ctx.raw_model)
+        strong_stats = strong_view_statistics(ctx.raw_model, o.strong_bn_statistics)
         with ctx.autocast():
             logits_x, logits_u, logits_fp = self._weak_forward(images_x, images_u)
             with strong_stats:
