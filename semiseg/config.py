@@ -62,7 +62,7 @@ class LabeledConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = "voc_aug"  # synthetic | voc | voc_aug | folder | camvid, or "package.module:builder"
+    kind: str = "voc_aug"  # synthetic | voc | voc_aug | folder | camvid | cityscapes, or "package.module:builder"
     root: str | None = None
     train_split: str = "train"
     val_split: str = "val"
@@ -99,11 +99,13 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "ce"  # ce | dice | ce+dice (semiseg.losses.build_loss)
+    name: str = "ce"  # ce | dice | ce+dice | ohem (semiseg.losses.build_loss)
     class_weights: list[float] | None = None  # one weight per class
     dice_factor: float = 1.0  # ce + dice_factor * dice
     per_image: bool = False  # average the cross-entropy per image first (d2l)
     label_smoothing: float = 0.0
+    ohem_thresh: float = 0.7  # ohem: pixels whose true class has probability <= this are hard (UniMatch: 0.7)
+    ohem_min_kept: int = 100_000  # ohem: at least this many hardest pixels per batch (UniMatch Cityscapes: 100,000)
 
 
 @dataclass

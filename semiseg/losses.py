@@ -1,4 +1,5 @@
-"""Segmentation losses: cross-entropy, Dice and the discriminator's 2-D BCE, all aware of an ignore label.
+"""Segmentation losses: cross-entropy (plain or over hard pixels, OHEM), Dice and the discriminator's 2-D BCE, all
+aware of an ignore label.
 
 Conventions shared by every loss here:
 
@@ -21,6 +22,8 @@ from torch import nn
 
 __all__ = [
     "cross_entropy",
+    "ohem_cross_entropy",
+    "OhemCrossEntropyLoss",
     "DiceLoss",
     "bce_with_logits_2d",
     "CrossEntropyLoss",
@@ -153,6 +156,56 @@ class CrossEntropyLoss(nn.Module):
         return f"ignore_index={self.ignore_index}, per_image={self.per_image}, label_smoothing={self.label_smoothing}"
 
 
+def ohem_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    thresh: float = 0.7,
+    min_kept: int = 100_000,
+    weight: Weight = None,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Cross-entropy over the hard pixels only (online hard example mining; UniMatch's Cityscapes loss, the
+    ``ProbOhemCrossEntropy2d`` of TorchSemSeg / CPS).
+
+    A labelled pixel is hard when the predicted probability of its true class is at most ``max(thresh, p_k)``,
+    ``p_k`` being the ``min_kept``-th smallest such probability in the batch: at least ``min_kept`` pixels are
+    kept however confident the model is. The loss is :func:`cross_entropy`'s mean over the kept pixels. As in the
+    reference, a batch with fewer than ``min_kept`` labelled pixels, or ``min_kept=0``, keeps every labelled pixel
+    (plain cross-entropy). The selection is not differentiated (it is a mask).
+    """
+    target = _check_logits_target(logits, target, ignore_index)
+    valid = target != ignore_index
+    if 0 < min_kept <= int(valid.sum()):
+        with torch.no_grad():
+            prob = logits.detach().float().softmax(1).gather(1, target.masked_fill(~valid, 0).unsqueeze(1)).squeeze(1)
+            prob = prob.masked_fill(~valid, 1.0)  # unlabelled pixels sort last, never below the k-th labelled one
+            kth = prob.flatten().kthvalue(min_kept).values
+            keep = valid & (prob <= torch.clamp(kth, min=thresh))
+        target = target.masked_fill(~keep, ignore_index)
+    return cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
+
+
+class OhemCrossEntropyLoss(nn.Module):
+    """Module form of :func:`ohem_cross_entropy`; the class weights are a buffer."""
+
+    def __init__(self, weight: Weight = None, ignore_index: int = 255, thresh: float = 0.7, min_kept: int = 100_000):
+        super().__init__()
+        if not 0.0 <= thresh <= 1.0 or min_kept < 0:
+            raise ValueError(f"OHEM needs 0 <= thresh <= 1 and min_kept >= 0, got thresh={thresh}, min_kept={min_kept}")
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+        self.ignore_index = ignore_index
+        self.thresh = float(thresh)
+        self.min_kept = int(min_kept)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ohem_cross_entropy(logits, target, thresh=self.thresh, min_kept=self.min_kept, weight=self.weight,
+                                  ignore_index=self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}, thresh={self.thresh}, min_kept={self.min_kept}"
+
+
 class DiceLoss(nn.Module):
     """Multi-class soft Dice loss on softmax probabilities.
 
@@ -270,7 +323,7 @@ class SumOfLosses(nn.Module):
         return f"factors={self.factors}"
 
 
-LOSS_NAMES = ("ce", "dice", "ce+dice")
+LOSS_NAMES = ("ce", "dice", "ce+dice", "ohem")
 
 
 def build_loss(
@@ -282,8 +335,11 @@ def build_loss(
     label_smoothing: float = 0.0,
     smooth: float = 1.0,
     dice_factor: float = 1.0,
+    ohem_thresh: float = 0.7,
+    ohem_min_kept: int = 100_000,
 ) -> nn.Module:
-    """The segmentation loss named in a recipe: ``"ce"``, ``"dice"`` or ``"ce+dice"``.
+    """The segmentation loss named in a recipe: ``"ce"``, ``"dice"``, ``"ce+dice"`` or ``"ohem"``
+    (:func:`ohem_cross_entropy` with ``ohem_thresh`` and ``ohem_min_kept``).
 
     Returns a module ``loss(logits, target) -> scalar``. ``weight`` (per-class weights) applies to both terms:
     the weighted mean of the cross-entropy and the weighted mean of the per-class Dice scores. ``"ce+dice"`` is
@@ -298,4 +354,6 @@ def build_loss(
         return ce
     if key == "dice":
         return dice
+    if key == "ohem":
+        return OhemCrossEntropyLoss(weight, ignore_index, ohem_thresh, ohem_min_kept)
     return SumOfLosses({"ce": ce, "dice": dice}, {"ce": 1.0, "dice": float(dice_factor)})

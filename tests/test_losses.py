@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semiseg.losses import DiceLoss, bce_with_logits_2d, build_loss, cross_entropy
+from semiseg.losses import DiceLoss, bce_with_logits_2d, build_loss, cross_entropy, ohem_cross_entropy
 
 IGN = 255
 
@@ -212,5 +212,53 @@ def test_build_loss():
     combo(logits, target).backward()
     assert logits.grad is not None
     assert [name for name, _ in combo.named_buffers()] == ["losses.ce.weight", "losses.dice.weight"]
-    with pytest.raises(ValueError, match="ce, dice, ce\\+dice"):
+    ohem = build_loss("ohem", weight=weight, ohem_thresh=0.6, ohem_min_kept=5)
+    assert torch.allclose(ohem(logits, target), ohem_cross_entropy(logits, target, thresh=0.6, min_kept=5,
+                                                                   weight=weight))
+    with pytest.raises(ValueError, match="ce, dice, ce\\+dice, ohem"):
         build_loss("focal")
+    with pytest.raises(ValueError, match="min_kept"):
+        build_loss("ohem", ohem_min_kept=-1)
+
+
+# ---------------------------------------------------------------------- OHEM
+def _true_class_prob(logits, target):
+    return logits.detach().softmax(1).gather(1, target.clamp(max=logits.shape[1] - 1).unsqueeze(1)).squeeze(1)
+
+
+def test_ohem_keeps_the_pixels_at_or_under_the_threshold():
+    logits, target = _batch(n=2, c=4, h=6, w=7, seed=3)
+    valid = target != IGN
+    prob = _true_class_prob(logits, target)
+    kept = valid & (prob <= 0.4)
+    assert 5 < int(kept.sum()) < int(valid.sum())  # the example mines something and leaves something
+    expected = cross_entropy(logits, target.masked_fill(~kept, IGN))
+    assert torch.allclose(ohem_cross_entropy(logits, target, thresh=0.4, min_kept=5), expected)
+    # the same by hand: the mean of -log p over the kept pixels
+    assert math.isclose(float(ohem_cross_entropy(logits, target, thresh=0.4, min_kept=5).detach()),
+                        float(-prob[kept].log().mean()), rel_tol=1e-5)
+
+
+def test_ohem_keeps_at_least_min_kept_hardest_pixels():
+    logits, target = _batch(n=2, c=4, h=6, w=7, seed=3)
+    valid = target != IGN
+    prob = _true_class_prob(logits, target)
+    k = int(valid.sum()) - 3  # more than the threshold alone keeps
+    hardest = prob[valid].sort().values
+    kept = valid & (prob <= hardest[k - 1])
+    assert int(kept.sum()) == k
+    expected = cross_entropy(logits, target.masked_fill(~kept, IGN))
+    assert torch.allclose(ohem_cross_entropy(logits, target, thresh=0.1, min_kept=k), expected)
+    loss = ohem_cross_entropy(logits, target, thresh=0.1, min_kept=k)
+    loss.backward()
+    assert (logits.grad.abs().sum(1)[~kept] == 0).all() and (logits.grad.abs().sum(1)[kept] > 0).all()
+
+
+def test_ohem_is_plain_ce_without_enough_labelled_pixels_or_min_kept_zero():
+    logits, target = _batch(seed=4)
+    n_valid = int((target != IGN).sum())
+    ce = cross_entropy(logits, target)
+    assert torch.equal(ohem_cross_entropy(logits, target, thresh=0.0, min_kept=n_valid + 1), ce)
+    assert torch.equal(ohem_cross_entropy(logits, target, thresh=0.0, min_kept=0), ce)
+    everything = torch.full_like(target, IGN)
+    assert float(ohem_cross_entropy(logits, everything, min_kept=1).detach()) == 0.0

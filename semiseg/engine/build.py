@@ -194,7 +194,8 @@ def build_criterion(cfg: Config, num_classes: int, ignore_index: int) -> nn.Modu
 
     weights = class_weights(cfg, num_classes)
     return build_loss(cfg.loss.name, weight=weights, ignore_index=ignore_index, per_image=cfg.loss.per_image,
-                      label_smoothing=cfg.loss.label_smoothing, dice_factor=cfg.loss.dice_factor)
+                      label_smoothing=cfg.loss.label_smoothing, dice_factor=cfg.loss.dice_factor,
+                      ohem_thresh=cfg.loss.ohem_thresh, ohem_min_kept=cfg.loss.ohem_min_kept)
 
 
 __all__ = ["build_dataset", "train_transform", "eval_transform", "make_or_load_split",
