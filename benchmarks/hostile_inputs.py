@@ -613,7 +613,7 @@ for _name, _override, _mention in [
     ("unknown model name (model.name=deeplabv3_resnet50)", "model.name=deeplabv3_resnet50", "available"),
     ("unknown loss name (loss.name=focal)", "loss.name=focal", "available"),
     ("unknown method name (method.name=mean_teacher)", "method.name=mean_teacher", "available"),
-    ("unknown dataset kind (data.kind=cityscapes)", "data.kind=cityscapes", "available"),
+    ("unknown dataset kind (data.kind=mapillary)", "data.kind=mapillary", "available"),
     ("misspelt key (optim.lrr=0.1)", "optim.lrr=0.1", "valid keys"),
     ("data.crop_size=[0,32]", "data.crop_size=[0,32]", "data.crop_size"),
     ("data.batch_size=0", "data.batch_size=0", "data.batch_size"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from semiseg.config import load_config
-from semiseg.data.palettes import CAMVID_CLASSES, VOC_CLASSES
+from semiseg.data.palettes import CAMVID_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
 from semiseg.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from semiseg.data import DATASETS
 from semiseg.models import MODELS, build_model
@@ -18,6 +18,7 @@ RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rg
                  if not p.name.startswith("study_"))
 # class counts of the recipes' dataset kinds, from the datasets' own class lists
 NUM_CLASSES = {"voc": len(VOC_CLASSES), "voc_aug": len(VOC_CLASSES), "camvid": len(CAMVID_CLASSES),
+               "cityscapes": len(CITYSCAPES_CLASSES),
                "synthetic": len(SYNTHETIC_CLASSES), "synthetic_thin": 2,
                "folder": 2}  # the folder recipes take the user's classes; built here for a binary task
 

@@ -3,14 +3,16 @@
     semiseg data check PATH --classes camvid          validate a folder dataset (CamVid names/colours)
     semiseg data check PATH --classes background,fg --binary
     semiseg data check VOCdevkit --kind voc --split val
+    semiseg data check cityscapes --split val          Cityscapes as downloaded (label ids -> the 19 train ids)
+    semiseg data check ADE/training --classes ade.txt --label-map reduce_zero_label   stored values -> classes
     (check exits 1 when it finds an error; --strict also on warnings such as a suspected 0/255 mask)
     semiseg data info synthetic                       classes, palette and size of a dataset
     semiseg data split PATH --classes camvid --fraction 0.125 --seed 0 -o split.txt
     semiseg data preview synthetic --out DIR -n 8     image | coloured mask PNGs to look at
     semiseg data sbd benchmark_RELEASE VOCdevkit      SBD .mat masks -> SegmentationClassAug + train_aug.txt
 
-PATH's kind is guessed (a VOC tree -> voc, the words synthetic and synthetic_thin -> built-in data, otherwise a folder of
-images + masks, which needs --classes); --kind overrides the guess.
+PATH's kind is guessed (a VOC tree -> voc, a folder with leftImg8bit/ -> cityscapes, the words synthetic and synthetic_thin
+-> built-in data, otherwise a folder of images + masks, which needs --classes); --kind overrides the guess.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=["auto", *DATASETS], default="auto", help="dataset kind (default: guessed from PATH)")
     p.add_argument("--split", default=None, help="split name (train/val/test; VOC: train/val/trainval)")
     p.add_argument("--classes", default=None,
-                   help="folder datasets: a preset (camvid, voc), 'a,b,c', a number, or a text file with one name per line")
-    p.add_argument("--palette", default=None, help="colours of RGB colour masks: a preset name (voc, camvid)")
+                   help="folder datasets: a preset (camvid, cityscapes, voc), 'a,b,c', a number, or a text file with one name per line")
+    p.add_argument("--palette", default=None, help="colours of RGB colour masks: a preset name (voc, camvid, cityscapes)")
     p.add_argument("--binary", action="store_true", help="masks are binary, stored as 0/255 (255 -> class 1)")
     p.add_argument("--ignore-index", type=int, default=255)
     p.add_argument("--image-dir", default=None, help="image folder inside PATH (default: images/, img/, ...)")
@@ -52,6 +54,29 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
                    help="apply the EXIF orientation of images and masks (default: yes, as image viewers do)")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="a folder without train/val subfolders: hold out this fraction as split 'val'")
+    p.add_argument("--label-map", type=parse_label_map, default=None, metavar="MAP",
+                   help="stored mask values -> class indices: 'STORED:CLASS,...' (e.g. 0:255,1:0,2:1) or a preset "
+                        "(cityscapes, reduce_zero_label); values not listed are kept")
+    p.add_argument("--masks", choices=["labelIds", "labelTrainIds"], default=None,
+                   help="Cityscapes: which gtFine masks to read (default labelIds, as downloaded)")
+
+
+def parse_label_map(text: str):
+    """--label-map: a preset name, 'STORED:CLASS,...' or a YAML mapping '{0: 255, 1: 0}'."""
+    text = text.strip()
+    if text.startswith("{"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise argparse.ArgumentTypeError(f"not a YAML mapping: {e}") from None
+    if ":" not in text:
+        return text  # a preset (checked with the dataset, which lists them)
+    try:
+        return {int(stored): int(target) for stored, target in (pair.split(":") for pair in text.split(",") if pair)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write STORED:CLASS pairs, e.g. 0:255,1:0,2:1") from None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -98,13 +123,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def guess_kind(path: str) -> str:
     if path in ("synthetic", "synthetic_thin"):
         return path
+    from semiseg.data.cityscapes import find_cityscapes_root
     from semiseg.data.voc import find_voc_root
 
-    try:
-        find_voc_root(path)
-        return "voc"
-    except DataError:
-        return "folder"
+    for kind, find in (("voc", find_voc_root), ("cityscapes", find_cityscapes_root)):
+        try:
+            find(path)
+            return kind
+        except DataError:
+            pass
+    return "folder"
 
 
 def open_dataset(args: argparse.Namespace, *, strict: bool):
@@ -113,12 +141,16 @@ def open_dataset(args: argparse.Namespace, *, strict: bool):
         return kind, build_dataset(kind, split=args.split or "train")
     if kind in ("voc", "voc_aug"):
         return kind, build_dataset(kind, args.path, args.split or "train", strict=strict)
+    if kind == "cityscapes":
+        return kind, build_dataset(kind, args.path, args.split or "train", strict=strict,
+                                   **({"masks": args.masks} if args.masks else {}))
     options = dict(palette=args.palette, ignore_index=args.ignore_index, binary=args.binary,
                    image_dir=args.image_dir, mask_dir=args.mask_dir, mask_suffix=args.mask_suffix,
                    image_suffix=args.image_suffix,
                    require_masks=not args.allow_unlabeled, strict=strict, ignore_value=args.ignore_value,
                    roi_dir=args.roi_dir, roi_suffix=args.roi_suffix, match_size=args.match_size,
-                   image_range=args.image_range, exif=args.exif, val_fraction=args.val_fraction)
+                   image_range=args.image_range, exif=args.exif, val_fraction=args.val_fraction,
+                   label_map=args.label_map)
     if kind == "camvid":
         if args.classes is not None:
             options["classes"] = args.classes
@@ -126,8 +158,8 @@ def open_dataset(args: argparse.Namespace, *, strict: bool):
                                    **{k: v for k, v in options.items() if v is not None})
     if args.classes is None:
         raise DataError("a folder dataset needs its class list", args.path,
-                        "pass --classes background,object (names in mask-value order), a preset (camvid, voc), "
-                        "a number or a text file; or --kind voc/camvid")
+                        "pass --classes background,object (names in mask-value order), a preset (camvid, cityscapes, voc), "
+                        "a number or a text file; or --kind voc/camvid/cityscapes")
     return kind, build_dataset("folder", args.path, args.split, classes=args.classes, **options)
 
 

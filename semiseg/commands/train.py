@@ -8,7 +8,7 @@
     semiseg train --config ... --stop-at 2000      # stop after step 2,000 of the schedule; --resume continues
     torchrun --standalone --nproc_per_node=4 -m semiseg train --config ...   # data parallel
 
-Shipped recipes: camvid/*, synthetic/*, voc/*, and folder/{large_objects,thin_structures,many_classes} for
+Shipped recipes: camvid/*, cityscapes/*, synthetic/*, voc/*, and folder/{large_objects,thin_structures,many_classes} for
 a folder of your own images and masks. The recipe's names and the data files are checked before the first
 step (data.check). The run folder is ``output_dir/name`` (default ``runs/<recipe name>``) or ``--run-dir``.
 An existing run folder is never overwritten unless ``--overwrite`` is given (one that holds no checkpoint,

@@ -8,6 +8,7 @@
     voc_aug     VOC 2012 with SBD SegmentationClassAug masks (split "train" = train_aug, 10,582 images)
     folder      ROOT/[SPLIT/]images + masks|labels matched by stem (options: classes, palette, binary, ...)
     camvid      ROOT/{train,val,test}/{images,labels}, 11 classes
+    cityscapes  ROOT/{leftImg8bit,gtFine}/{train,val}/CITY/..., 19 classes (label ids mapped while reading)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ DATASETS: dict[str, str] = {
     "voc_aug": "semiseg.data.voc:_build_aug",
     "folder": "semiseg.data.folder:FolderDataset",
     "camvid": "semiseg.data.camvid:camvid",
+    "cityscapes": "semiseg.data.cityscapes:_build",
 }
 
 

@@ -20,6 +20,7 @@ from torchvision import tv_tensors
 from .errors import DataError, Problem, current_style, format_problems, option, option_style
 from .io import (IMAGE_EXTENSIONS, check_mask_values, looks_like_binary_0_255, read_image, read_mask, read_region,
                  warn_binary_0_255)
+from .label_map import label_lut
 
 MATCH_SIZE = (None, "resize_mask", "resize_image")
 
@@ -107,6 +108,7 @@ class PairDataset(Dataset):
         match_size: str | None = None,
         image_range=None,
         exif: bool = True,
+        label_map=None,
     ):
         self.classes = list(classes)
         self.num_classes = len(self.classes)
@@ -125,6 +127,10 @@ class PairDataset(Dataset):
         if image_range is not None and (len(image_range) != 2 or not image_range[0] < image_range[1]):
             raise DataError(f"image_range must be [low, high] with low < high, got {image_range}", None,
                             f"e.g. {option('image_range', [0, 4095])} for 12-bit images")
+        if label_map is not None and binary:
+            raise DataError("label_map maps stored class values, but binary masks are read as foreground/background",
+                            None, f"use {option('binary', True)} or {option('label_map')}, not both")
+        self.label_lut = label_lut(label_map, self.num_classes, self.ignore_index)  # stored value -> class, or None
         self.ignore_value = ignore_value
         self.match_size = match_size
         self.image_range = None if image_range is None else tuple(image_range)
@@ -164,6 +170,8 @@ class PairDataset(Dataset):
             mask = read_mask(mask_path, palette=self.mask_palette, ignore_colors=self.ignore_colors,
                              ignore_index=self.ignore_index, binary=self.binary, ignore_value=self.ignore_value,
                              exif=self.exif)
+            if self.label_lut is not None:
+                mask = self.label_lut[mask]
             image, mask = self._match(image, mask, image_path, mask_path, "mask")
         region_path = self.region_paths[index] if self.region_paths is not None else None
         if region_path is not None:

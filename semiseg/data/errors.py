@@ -90,7 +90,8 @@ def option(name: str, value=None) -> str:
         if value is None or isinstance(value, bool) or name in _CLI_FLAGS:
             return flag
         sep = " " if name == "image_range" else ","  # --image-range LOW HIGH; --classes a,b
-        shown = sep.join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        shown = (sep.join(str(v) for v in value) if isinstance(value, (list, tuple)) else
+                 ",".join(f"{k}:{v}" for k, v in value.items()) if isinstance(value, dict) else str(value))
         return f"{flag} {shown}"
     return name if value is None else f"{name}={value!r}"
 

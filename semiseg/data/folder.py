@@ -125,7 +125,7 @@ class FolderDataset(PairDataset):
 
     Args:
         root: dataset folder; if ``root/split`` exists it is used instead (so one root serves train/val).
-        classes: class names, a preset name ("voc", "camvid"), "a,b,c", a text file, or a count.
+        classes: class names, a preset name ("voc", "camvid", "cityscapes"), "a,b,c", a text file, or a count.
         palette: colours for display and for decoding RGB colour masks (preset name or (K, 3) colours).
             With a preset class list (e.g. "camvid") its palette is used for both unless given.
         binary: masks are 0/255 (or 0/1) foreground masks; 255 is read as class 1. Needs 2 classes.
@@ -140,6 +140,9 @@ class FolderDataset(PairDataset):
             aspect ratio to it, nearest neighbour) or "resize_image" (resize the image to its mask).
         image_range: (low, high) scale of 16-bit / float images (default: each image's own min..max).
         exif: apply the EXIF orientation of images and masks (as viewers and annotation tools do).
+        label_map: stored mask values -> class indices while reading ({7: 0, 8: 1, 0: 255}), or a preset:
+            "cityscapes" (label ids -> the 19 train ids) or "reduce_zero_label" (0 -> ignore, k -> k - 1: ADE20K).
+            Values it does not list are kept (semiseg/data/label_map.py).
         val_fraction: without split folders, the fraction of images (fixed, seed 0) that form split "val";
             split "train" is the rest.
         strict: False records scan problems in ``self.problems`` instead of raising (used by the checker).
@@ -165,6 +168,7 @@ class FolderDataset(PairDataset):
         match_size: str | None = None,
         image_range=None,
         exif: bool = True,
+        label_map=None,
         val_fraction: float | None = None,
         strict: bool = True,
         transform: Callable | None = None,
@@ -195,7 +199,7 @@ class FolderDataset(PairDataset):
         super().__init__(classes=names, palette=pal, ignore_index=ignore_index, transform=transform,
                          binary=binary, mask_palette=pal if colour_source else None,
                          ignore_colors=(VOC_IGNORE_COLOR,) if voc_colours else (), ignore_value=ignore_value,
-                         match_size=match_size, image_range=image_range, exif=exif)
+                         match_size=match_size, image_range=image_range, exif=exif, label_map=label_map)
         self.root = root
         self.image_dir = _find_dir(root, image_dir, IMAGE_DIRS, "image", "image_dir")
         self.mask_dir = _find_mask_dir(root, mask_dir, self.image_dir, roi_dir)

@@ -2,7 +2,8 @@
 
 The PASCAL VOC colormap is defined by a bit trick (bits of the class index spread over the high bits
 of R, G and B), so it is generated rather than typed in; that also gives the colour of the VOC "void"
-border, index 255 -> (224, 224, 192). CamVid uses the 11-class colours of the SegNet tutorial copy.
+border, index 255 -> (224, 224, 192). CamVid uses the 11-class colours of the SegNet tutorial copy; Cityscapes its
+19 evaluated classes' colours.
 """
 
 from __future__ import annotations
@@ -30,6 +31,26 @@ CAMVID_PALETTE = np.array(
 )
 
 
+# Cityscapes' 19 evaluated classes in train-id order, their colours, and the label id (the value stored in the
+# *_gtFine_labelIds.png masks) of each; every other label id (unlabeled, ego vehicle, ground, parking, rail track,
+# guard rail, bridge, tunnel, polegroup, caravan, trailer, ...) is not evaluated and reads as ignore. From
+# cityscapesScripts' helpers/labels.py.
+CITYSCAPES_CLASSES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation", "terrain",
+    "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+]
+CITYSCAPES_PALETTE = np.array(
+    [
+        [128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153], [153, 153, 153],
+        [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152], [70, 130, 180], [220, 20, 60], [255, 0, 0],
+        [0, 0, 142], [0, 0, 70], [0, 60, 100], [0, 80, 100], [0, 0, 230], [119, 11, 32],
+    ],
+    dtype=np.uint8,
+)
+CITYSCAPES_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+CITYSCAPES_NUM_LABEL_IDS = 34  # label ids 0..33
+
+
 def voc_colormap(n: int = 256) -> np.ndarray:
     """The PASCAL VOC colormap, (n, 3) uint8.
 
@@ -50,6 +71,7 @@ VOC_IGNORE_COLOR = tuple(int(v) for v in voc_colormap(256)[255])  # (224, 224, 1
 PRESETS: dict[str, tuple[list[str], np.ndarray]] = {
     "voc": (VOC_CLASSES, VOC_PALETTE),
     "camvid": (CAMVID_CLASSES, CAMVID_PALETTE),
+    "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
 }
 
 
