@@ -216,10 +216,6 @@ class PairDataset(Dataset):
         if strict:
             raise_problems(self.problems, what)
 
-    def file_options(self) -> dict:
-        """What a header-only check needs to know about reading this dataset's files."""
-        return {"binary": self.binary, "match_size": self.match_size, "exif": self.exif}
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} samples, {self.num_classes} classes, ignore_index={self.ignore_index})"
 
