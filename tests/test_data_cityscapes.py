@@ -137,7 +137,8 @@ def test_the_unimatch_recipe_trains_on_cityscapes_with_ohem(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--no-progress", "--config", "cityscapes/unimatch_deeplabv3plus_resnet50_1-8",
                  "--run-dir", str(run), f"data.root={tmp_path / 'data'}", "model.name=deeplabv3plus_mobilenetv2",
-                 "model.pretrained_backbone=false", "model.options.output_stride=16", "data.crop_size=[16,16]",
+                 "model.pretrained_backbone=false", "model.options.output_stride=16", "model.options.multi_grid=null",
+                 "data.crop_size=[16,16]",
                  "eval.crop_size=[16,16]", "data.batch_size=2", "data.labeled.fraction=0.5", "data.num_workers=0",
                  "loss.ohem_min_kept=50", "train.iterations=2", "train.eval_interval=0", "train.threads=1"]) == 0
     assert "traffic light" in capsys.readouterr().out  # the per-class table has Cityscapes' classes

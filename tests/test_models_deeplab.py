@@ -341,6 +341,26 @@ def test_deeplabv3plus_resnet50_extra():
     assert low.shape[1:] == (256, 13, 17) and high.shape[1:] == (2048, 4, 5)
 
 
+def test_deeplabv3plus_multi_grid_dilates_layer4_as_unimatch():
+    # UniMatch's ResNet (model/backbone/resnet.py) at output stride 8 with multi_grid: true builds layer4's 3x3
+    # convolutions with dilation previous_dilation * 2 = 4, then dilation * 2 = 8 and dilation * 4 = 16
+    plain = build_model("deeplabv3plus_resnet50", 3, output_stride=8)
+    grid = build_model("deeplabv3plus_resnet50", 3, output_stride=8, multi_grid=[2, 2, 4])
+    assert [b.conv2.dilation for b in plain.backbone.layer4] == [(2, 2), (4, 4), (4, 4)]
+    assert [b.conv2.dilation for b in grid.backbone.layer4] == [(4, 4), (8, 8), (16, 16)]
+    assert [b.conv2.padding for b in grid.backbone.layer4] == [(4, 4), (8, 8), (16, 16)]
+    assert plain.state_dict().keys() == grid.state_dict().keys()  # the same weights load into both
+    grid.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out_plain, out_grid = plain.eval()(x), grid.eval()(x)
+    assert out_grid.shape == out_plain.shape == (1, 3, 64, 64) and not torch.allclose(out_grid, out_plain)
+    with pytest.raises(ValueError, match="3 positive integers"):
+        build_model("deeplabv3plus_resnet50", 3, multi_grid=[1, 2])
+    with pytest.raises(ValueError, match="ResNet backbones"):
+        build_model("deeplabv3plus_mobilenetv2", 3, multi_grid=[1, 2, 4])
+
+
 def test_deeplabv2_affine_frozen_batchnorm_is_advsemiseg_training():
     """freeze_bn="affine": BatchNorm2d whose weight/bias never train but which, in train mode, normalises with
     the batch's statistics and updates its running averages - what AdvSemiSeg's model.train() did."""

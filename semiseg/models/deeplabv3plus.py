@@ -104,7 +104,7 @@ class ResNetBackbone(nn.Module):
     low_level_channels = 256
     out_channels = 2048
 
-    def __init__(self, depth: int = 101, output_stride: int = 16) -> None:
+    def __init__(self, depth: int = 101, output_stride: int = 16, multi_grid: Sequence[int] | None = None) -> None:
         super().__init__()
         from torchvision.models import resnet50, resnet101
 
@@ -114,6 +114,18 @@ class ResNetBackbone(nn.Module):
         net = builders[depth](replace_stride_with_dilation=[False, output_stride == 8, True])
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        if multi_grid is not None:
+            self._multi_grid(list(multi_grid))
+
+    def _multi_grid(self, grid: list[int]) -> None:
+        """Multiply the dilation of layer4's blocks' 3x3 convolutions by ``grid`` (DeepLabv3's Multi-Grid; UniMatch's
+        ``multi_grid: true`` is [2, 2, 4], which at output stride 8 gives dilations 4/8/16). Weights are unchanged."""
+        blocks = list(self.layer4)
+        if len(grid) != len(blocks) or any(int(g) != g or g < 1 for g in grid):
+            raise ValueError(f"multi_grid needs {len(blocks)} positive integers (one per layer4 block), got {grid}")
+        for block, factor in zip(blocks, grid):
+            dilation = block.conv2.dilation[0] * int(factor)
+            block.conv2.dilation, block.conv2.padding = (dilation, dilation), (dilation, dilation)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
@@ -152,6 +164,8 @@ class DeepLabV3Plus(nn.Module):
         output_stride: 16 (default) or 8; the ASPP rates scale with it (6/12/18 at 16, 12/24/36 at 8).
         align_corners: for both bilinear upsamplings (True matches bubbliiiing).
         head_lr_mult: learning-rate multiplier of everything but the backbone in :meth:`param_groups`.
+        multi_grid: ResNet backbones: factors for the dilation of layer4's three blocks (e.g. [1, 2, 4], DeepLabv3;
+            [2, 2, 4], UniMatch's ``multi_grid: true``).
     """
 
     normalization = "imagenet"
@@ -165,12 +179,15 @@ class DeepLabV3Plus(nn.Module):
         output_stride: int = 16,
         align_corners: bool = True,
         head_lr_mult: float = 10.0,
+        multi_grid: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if backbone == "mobilenetv2":
+            if multi_grid is not None:
+                raise ValueError("multi_grid applies to the ResNet backbones (layer4's blocks), not mobilenetv2")
             self.backbone = MobileNetV2Backbone(output_stride)
         elif backbone in ("resnet50", "resnet101"):
-            self.backbone = ResNetBackbone(int(backbone[len("resnet"):]), output_stride)
+            self.backbone = ResNetBackbone(int(backbone[len("resnet"):]), output_stride, multi_grid)
         else:
             raise ValueError(f"unknown DeepLabV3+ backbone {backbone!r}; use mobilenetv2, resnet50 or resnet101")
         self.num_classes = num_classes
@@ -242,7 +259,8 @@ def deeplabv3plus_mobilenetv2(
 def deeplabv3plus_resnet50(
     num_classes: int, *, pretrained_backbone: bool | str | os.PathLike = False, **options
 ) -> DeepLabV3Plus:
-    """DeepLabV3+ ResNet-50 (torchvision backbone, ``ResNet50_Weights.IMAGENET1K_V1`` when pretrained)."""
+    """DeepLabV3+ ResNet-50 (torchvision backbone, ``ResNet50_Weights.IMAGENET1K_V1`` when pretrained). ``options``:
+    ``output_stride``, ``align_corners``, ``head_lr_mult``, ``multi_grid`` (layer4's dilation factors)."""
     from torchvision.models import ResNet50_Weights
 
     return _build("resnet50", ResNet50_Weights.IMAGENET1K_V1, num_classes, pretrained_backbone, options)
@@ -251,7 +269,8 @@ def deeplabv3plus_resnet50(
 def deeplabv3plus_resnet101(
     num_classes: int, *, pretrained_backbone: bool | str | os.PathLike = False, **options
 ) -> DeepLabV3Plus:
-    """DeepLabV3+ ResNet-101 (torchvision backbone, ``ResNet101_Weights.IMAGENET1K_V1`` when pretrained)."""
+    """DeepLabV3+ ResNet-101 (torchvision backbone, ``ResNet101_Weights.IMAGENET1K_V1`` when pretrained). ``options``:
+    ``output_stride``, ``align_corners``, ``head_lr_mult``, ``multi_grid`` (layer4's dilation factors)."""
     from torchvision.models import ResNet101_Weights
 
     return _build("resnet101", ResNet101_Weights.IMAGENET1K_V1, num_classes, pretrained_backbone, options)
