@@ -145,3 +145,19 @@ def test_the_unimatch_recipe_trains_on_cityscapes_with_ohem(tmp_path, capsys):
     split = (run / "split.txt").read_text()
     assert "aachen_000000_000000" in split and "# labeled: 2" in split
     assert (run / "last.pt").is_file()
+
+
+def test_unimatch_split_lists_select_the_same_frames(tmp_path):
+    """UniMatch's splits/cityscapes/*/labeled.txt name image and mask files; as an id file they select the frames."""
+    from semiseg.data.splits import make_split, read_names
+
+    _make_cityscapes(tmp_path)
+    ids = tmp_path / "labeled.txt"
+    ids.write_text("leftImg8bit/train/bochum/bochum_000000_000001_leftImg8bit.png "
+                   "gtFine/train/bochum/bochum_000000_000001_gtFine_labelTrainIds.png\n"
+                   "leftImg8bit/train/aachen/aachen_000000_000000_leftImg8bit.png "
+                   "gtFine/train/aachen/aachen_000000_000000_gtFine_labelTrainIds.png\n")
+    assert read_names(ids) == ["bochum_000000_000001", "aachen_000000_000000"]
+    split = make_split(build_dataset("cityscapes", tmp_path, "train").names, id_file=ids)
+    assert sorted(split.labeled) == ["aachen_000000_000000", "bochum_000000_000001"]
+    assert sorted(split.unlabeled) == ["aachen_000000_000001", "bochum_000000_000000"]

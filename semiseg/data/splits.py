@@ -22,9 +22,20 @@ from .errors import DataError
 HEADER = "# semiseg split v1"
 
 
+# Endings of image file stems that are not part of a sample's name: Cityscapes' images are CITY_SEQ_FRAME_leftImg8bit.png
+# and its samples CITY_SEQ_FRAME (semiseg/data/cityscapes.py), so the split lists of UniMatch and others, which name
+# the files, select the same samples.
+IMAGE_STEM_SUFFIXES = ("_leftImg8bit",)
+
+
 def _name_of(token: str) -> str:
-    """'2007_000032', 'x.jpg' and '/JPEGImages/2007_000032.jpg' all name the sample by its stem."""
-    return os.path.splitext(os.path.basename(token))[0]
+    """'2007_000032', 'x.jpg' and '/JPEGImages/2007_000032.jpg' all name the sample by its stem;
+    'leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png' names aachen_000000_000019."""
+    stem = os.path.splitext(os.path.basename(token))[0]
+    for suffix in IMAGE_STEM_SUFFIXES:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
 
 
 def read_names(path: str | os.PathLike, section: str | None = None) -> list[str]:
