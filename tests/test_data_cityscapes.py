@@ -145,6 +145,26 @@ def test_the_unimatch_recipe_trains_on_cityscapes_with_ohem(tmp_path, capsys):
     split = (run / "split.txt").read_text()
     assert "aachen_000000_000000" in split and "# labeled: 2" in split
     assert (run / "last.pt").is_file()
+    # predictions of the val images as class indices, and as label ids for the evaluation server
+    images = tmp_path / "data" / "leftImg8bit" / "val" / "frankfurt"
+    assert main(["predict", str(run), str(images), str(tmp_path / "classes"), "--threads", "1"]) == 0
+    assert main(["predict", str(run), str(images), str(tmp_path / "ids"), "--threads", "1",
+                 "--stored-values", "cityscapes"]) == 0
+    for name in ("frankfurt_000000_000000_leftImg8bit.png", "frankfurt_000000_000001_leftImg8bit.png"):
+        classes, ids = Image.open(tmp_path / "classes" / name), Image.open(tmp_path / "ids" / name)
+        assert classes.mode == "P" and ids.mode == "L"
+        np.testing.assert_array_equal(np.array(ids), np.array(CITYSCAPES_LABEL_IDS)[np.array(classes)])
+
+
+def test_stored_values_invert_the_label_map():
+    from semiseg.data.label_map import stored_values_lut
+
+    to_ids = stored_values_lut("cityscapes", 19)
+    assert [int(to_ids[k]) for k in range(19)] == CITYSCAPES_LABEL_IDS
+    assert [int(v) for v in stored_values_lut("reduce_zero_label", 150)[:3]] == [1, 2, 3]
+    assert int(stored_values_lut({0: 255, 5: 1}, 3)[1]) == 5 and int(stored_values_lut({0: 255, 5: 1}, 3)[2]) == 2
+    with pytest.raises(DataError, match="no inverse"):
+        stored_values_lut({3: 1, 4: 1}, 3)
 
 
 def test_unimatch_split_lists_select_the_same_frames(tmp_path):

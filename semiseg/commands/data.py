@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 
+from semiseg.commands.flags import parse_label_map
 from semiseg.data import DATASETS, build_dataset
 from semiseg.data.errors import DataError
 
@@ -60,23 +61,6 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masks", choices=["labelIds", "labelTrainIds"], default=None,
                    help="Cityscapes: which gtFine masks to read (default labelIds, as downloaded)")
 
-
-def parse_label_map(text: str):
-    """--label-map: a preset name, 'STORED:CLASS,...' or a YAML mapping '{0: 255, 1: 0}'."""
-    text = text.strip()
-    if text.startswith("{"):
-        import yaml
-
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise argparse.ArgumentTypeError(f"not a YAML mapping: {e}") from None
-    if ":" not in text:
-        return text  # a preset (checked with the dataset, which lists them)
-    try:
-        return {int(stored): int(target) for stored, target in (pair.split(":") for pair in text.split(",") if pair)}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: write STORED:CLASS pairs, e.g. 0:255,1:0,2:1") from None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

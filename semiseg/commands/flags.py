@@ -87,3 +87,22 @@ def inference_overrides(args: argparse.Namespace) -> list[str]:
 
 
 __all__ = ["add_inference_arguments", "add_allow_code_argument", "inference_overrides"]
+
+
+def parse_label_map(text: str):
+    """--label-map (data) and --stored-values (predict): a preset name, 'STORED:CLASS,...' or a YAML mapping
+    '{0: 255, 1: 0}' (semiseg/data/label_map.py)."""
+    text = text.strip()
+    if text.startswith("{"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise argparse.ArgumentTypeError(f"not a YAML mapping: {e}") from None
+    if ":" not in text:
+        return text  # a preset (checked with the dataset, which lists them)
+    try:
+        return {int(stored): int(target) for stored, target in (pair.split(":") for pair in text.split(",") if pair)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write STORED:CLASS pairs, e.g. 0:255,1:0,2:1") from None

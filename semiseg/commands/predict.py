@@ -9,6 +9,8 @@ Images that share a name (``x.jpg`` and ``x.png``) keep their extension in the m
 ``x.png.png``), so no mask overwrites another. An image that cannot be read is reported and skipped; the
 others are written, and the command exits with status 1 and a list of the skipped files.
 The inference mode is the run's ``eval`` section (whole image by default) unless the flags change it.
+``--stored-values MAP`` writes grayscale masks in the values a dataset stores instead of class indices (the
+inverse of a label map): ``--stored-values cityscapes`` writes Cityscapes label ids, the evaluation server's format.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 
 from semiseg.commands.flags import (
     add_allow_code_argument, add_inference_arguments, add_runtime_arguments, add_teacher_argument, apply_threads, describe,
-    inference_overrides,
+    inference_overrides, parse_label_map,
 )
 
 
@@ -35,6 +37,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_teacher_argument(parser)
     add_allow_code_argument(parser)
     add_inference_arguments(parser)
+    parser.add_argument("--stored-values", type=parse_label_map, default=None, metavar="MAP",
+                        help="write grayscale masks of the values the dataset stores, the inverse of this label map "
+                             "(a preset such as cityscapes: label ids for its evaluation server, or STORED:CLASS,...)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         written = predict_folder(args.checkpoint, args.input_dir, args.output_dir, device=args.device,
                                  precision=args.precision, inference_overrides=inference_overrides(args),
-                                 allow_code=args.allow_code, backend=args.backend, teacher=args.teacher)
+                                 allow_code=args.allow_code, backend=args.backend, teacher=args.teacher,
+                                 stored_values=args.stored_values)
     except (CheckpointError, ConfigError, DataError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,11 +42,8 @@ def _as_int(value, what: str) -> int:
                         f"map stored values to class indices, e.g. {option('label_map', {7: 0, 8: 1})}") from None
 
 
-def label_lut(label_map, num_classes: int, ignore_index: int = 255) -> np.ndarray | None:
-    """A 256-entry uint8 table (``lut[stored] = class``) for ``label_map``: None, a preset name
-    (``cityscapes``, ``reduce_zero_label``) or a dict {stored value: class index or ignore_index}."""
-    if label_map is None:
-        return None
+def _mapping(label_map, num_classes: int, ignore_index: int) -> dict[int, int]:
+    """``label_map`` (a preset name or a dict) as a checked {stored value: class index or ignore_index}."""
     if isinstance(label_map, str):
         if label_map.lower() not in PRESETS:
             raise DataError(f"unknown label_map preset {label_map!r}", None,
@@ -55,7 +52,7 @@ def label_lut(label_map, num_classes: int, ignore_index: int = 255) -> np.ndarra
     if not isinstance(label_map, dict) or not label_map:
         raise DataError(f"label_map must be a preset name or a non-empty mapping, got {label_map!r}", None,
                         f"e.g. {option('label_map', 'cityscapes')} or {option('label_map', {7: 0, 8: 1})}")
-    lut = np.arange(256, dtype=np.uint8)
+    mapping = {}
     for stored, target in label_map.items():
         stored, target = _as_int(stored, "value"), _as_int(target, "class")
         if not 0 <= stored <= 255:
@@ -66,5 +63,33 @@ def label_lut(label_map, num_classes: int, ignore_index: int = 255) -> np.ndarra
                             f"nor the ignore index {ignore_index}", None,
                             f"map every value to a class index or to {ignore_index} ({option('label_map')}); "
                             "a preset needs its own class list (label_map: cityscapes goes with classes: cityscapes)")
+        mapping[stored] = target
+    return mapping
+
+
+def label_lut(label_map, num_classes: int, ignore_index: int = 255) -> np.ndarray | None:
+    """A 256-entry uint8 table (``lut[stored] = class``) for ``label_map``: None, a preset name
+    (``cityscapes``, ``reduce_zero_label``) or a dict {stored value: class index or ignore_index}."""
+    if label_map is None:
+        return None
+    lut = np.arange(256, dtype=np.uint8)
+    for stored, target in _mapping(label_map, num_classes, ignore_index).items():
         lut[stored] = target
     return lut
+
+
+def stored_values_lut(label_map, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """The inverse of :func:`label_lut`, ``lut[class] = stored value``, for writing predictions in a dataset's own
+    values (Cityscapes' evaluation server takes label ids). A class the map does not produce keeps its index; a class
+    that several stored values map to is refused (the inverse would have to choose one)."""
+    sources: dict[int, list[int]] = {}
+    for stored, target in _mapping(label_map, num_classes, ignore_index).items():
+        if target != ignore_index:
+            sources.setdefault(target, []).append(stored)
+    inverse = np.arange(256, dtype=np.uint8)
+    for target, stored in sorted(sources.items()):
+        if len(stored) > 1:
+            raise DataError(f"label_map maps the stored values {stored} all to class {target}: it has no inverse", None,
+                            "write class indices instead (leave the option out)")
+        inverse[target] = stored[0]
+    return inverse

@@ -248,9 +248,12 @@ def mask_names(images: list[str]) -> dict[str, str]:
 
 def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: str = "auto",
                    precision: str | None = None, progress: bool = True, inference_overrides=(),
-                   allow_code: bool | None = None, backend: str = "torch", teacher: bool = False) -> list[str]:
+                   allow_code: bool | None = None, backend: str = "torch", teacher: bool = False,
+                   stored_values=None) -> list[str]:
     """Write one palette PNG per image of ``input_dir``; returns the written paths (a :class:`PredictResult`, whose
     ``failed`` lists the images that could not be read: they are skipped, the others written).
+    ``stored_values``: a label map (preset name or dict; semiseg/data/label_map.py) whose inverse turns the class
+    indices into the values the dataset stores, written as grayscale PNGs (``"cityscapes"``: label ids).
 
     ``inference_overrides``: dotted ``eval.*`` overrides of the run's inference settings (``eval.mode=slide``).
     ``backend``: "torch", or "onnxruntime" (the model exported to ONNX, on the CPU; see :func:`open_for_predict`).
@@ -282,6 +285,11 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: 
         hint = onnxruntime_hint(loaded, len(images))
         if hint:
             print(hint, file=sys.stderr)
+    to_stored = None
+    if stored_values is not None:
+        from semiseg.data.label_map import stored_values_lut
+
+        to_stored = stored_values_lut(stored_values, len(palette), ignore_index)
     if os.path.abspath(output_dir) == os.path.abspath(input_dir):
         raise DataError("the output folder is the input folder", output_dir, "masks would overwrite PNG inputs; choose another")
     os.makedirs(output_dir, exist_ok=True)
@@ -300,7 +308,12 @@ def predict_folder(checkpoint: str, input_dir: str, output_dir: str, *, device: 
             report(f"skipped: {e}", file=sys.stderr)
             continue
         mask = predict(image, os.path.basename(path))
-        written.append(save_mask_png(mask, palette, os.path.join(output_dir, names[path]), ignore_index))
+        out = os.path.join(output_dir, names[path])
+        if to_stored is not None:  # the dataset's own values, grayscale (a palette would colour them as classes)
+            Image.fromarray(to_stored[np.asarray(mask).astype(np.uint8)]).save(out)
+            written.append(out)
+        else:
+            written.append(save_mask_png(mask, palette, out, ignore_index))
     return written
 
 
