@@ -62,7 +62,7 @@ class LabeledConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = "voc_aug"  # synthetic | voc | voc_aug | folder | camvid | cityscapes, or "package.module:builder"
+    kind: str = "voc_aug"  # synthetic|voc|voc_aug|folder|camvid|cityscapes|ade20k, or "package.module:builder"
     root: str | None = None
     train_split: str = "train"
     val_split: str = "val"

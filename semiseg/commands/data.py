@@ -11,8 +11,9 @@
     semiseg data preview synthetic --out DIR -n 8     image | coloured mask PNGs to look at
     semiseg data sbd benchmark_RELEASE VOCdevkit      SBD .mat masks -> SegmentationClassAug + train_aug.txt
 
-PATH's kind is guessed (a VOC tree -> voc, a folder with leftImg8bit/ -> cityscapes, the words synthetic and synthetic_thin
--> built-in data, otherwise a folder of images + masks, which needs --classes); --kind overrides the guess.
+PATH's kind is guessed (a VOC tree -> voc, a folder with leftImg8bit/ -> cityscapes, one with images/training and
+annotations/ -> ade20k, the words synthetic and synthetic_thin -> built-in data, otherwise a folder of images + masks,
+which needs --classes); --kind overrides the guess.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=["auto", *DATASETS], default="auto", help="dataset kind (default: guessed from PATH)")
     p.add_argument("--split", default=None, help="split name (train/val/test; VOC: train/val/trainval)")
     p.add_argument("--classes", default=None,
-                   help="folder datasets: a preset (camvid, cityscapes, voc), 'a,b,c', a number, or a text file with one name per line")
+                   help="folder datasets: a preset (ade20k, camvid, cityscapes, voc), 'a,b,c', a number, or a text file with one name per line")
     p.add_argument("--palette", default=None, help="colours of RGB colour masks: a preset name (voc, camvid, cityscapes)")
     p.add_argument("--binary", action="store_true", help="masks are binary, stored as 0/255 (255 -> class 1)")
     p.add_argument("--ignore-index", type=int, default=255)
@@ -107,15 +108,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def guess_kind(path: str) -> str:
     if path in ("synthetic", "synthetic_thin"):
         return path
+    from semiseg.data.ade20k import find_ade20k_root
     from semiseg.data.cityscapes import find_cityscapes_root
     from semiseg.data.voc import find_voc_root
 
-    for kind, find in (("voc", find_voc_root), ("cityscapes", find_cityscapes_root)):
+    for kind, find in (("voc", find_voc_root), ("cityscapes", find_cityscapes_root), ("ade20k", find_ade20k_root)):
         try:
-            find(path)
-            return kind
+            found = find(path)
         except DataError:
-            pass
+            continue
+        if kind != "ade20k" or os.path.isdir(os.path.join(found, "images", "training")):  # else: a plain folder
+            return kind
     return "folder"
 
 
@@ -128,6 +131,8 @@ def open_dataset(args: argparse.Namespace, *, strict: bool):
     if kind == "cityscapes":
         return kind, build_dataset(kind, args.path, args.split or "train", strict=strict,
                                    **({"masks": args.masks} if args.masks else {}))
+    if kind == "ade20k":
+        return kind, build_dataset(kind, args.path, args.split or "train", strict=strict)
     options = dict(palette=args.palette, ignore_index=args.ignore_index, binary=args.binary,
                    image_dir=args.image_dir, mask_dir=args.mask_dir, mask_suffix=args.mask_suffix,
                    image_suffix=args.image_suffix,
@@ -142,8 +147,8 @@ def open_dataset(args: argparse.Namespace, *, strict: bool):
                                    **{k: v for k, v in options.items() if v is not None})
     if args.classes is None:
         raise DataError("a folder dataset needs its class list", args.path,
-                        "pass --classes background,object (names in mask-value order), a preset (camvid, cityscapes, voc), "
-                        "a number or a text file; or --kind voc/camvid/cityscapes")
+                        "pass --classes background,object (names in mask-value order), a preset (ade20k, camvid, cityscapes, voc), "
+                        "a number or a text file; or --kind voc/camvid/cityscapes/ade20k")
     return kind, build_dataset("folder", args.path, args.split, classes=args.classes, **options)
 
 

@@ -9,6 +9,7 @@
     folder      ROOT/[SPLIT/]images + masks|labels matched by stem (options: classes, palette, binary, ...)
     camvid      ROOT/{train,val,test}/{images,labels}, 11 classes
     cityscapes  ROOT/{leftImg8bit,gtFine}/{train,val}/CITY/..., 19 classes (label ids mapped while reading)
+    ade20k      ROOT/{images,annotations}/{training,validation}, 150 classes (0 = "other" ignored)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ DATASETS: dict[str, str] = {
     "folder": "semiseg.data.folder:FolderDataset",
     "camvid": "semiseg.data.camvid:camvid",
     "cityscapes": "semiseg.data.cityscapes:_build",
+    "ade20k": "semiseg.data.ade20k:ade20k",
 }
 
 

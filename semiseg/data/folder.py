@@ -125,7 +125,7 @@ class FolderDataset(PairDataset):
 
     Args:
         root: dataset folder; if ``root/split`` exists it is used instead (so one root serves train/val).
-        classes: class names, a preset name ("voc", "camvid", "cityscapes"), "a,b,c", a text file, or a count.
+        classes: class names, a preset name ("voc", "camvid", "cityscapes", "ade20k"), "a,b,c", a text file, or a count.
         palette: colours for display and for decoding RGB colour masks (preset name or (K, 3) colours).
             With a preset class list (e.g. "camvid") its palette is used for both unless given.
         binary: masks are 0/255 (or 0/1) foreground masks; 255 is read as class 1. Needs 2 classes.

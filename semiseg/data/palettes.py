@@ -49,6 +49,24 @@ CITYSCAPES_PALETTE = np.array(
 )
 CITYSCAPES_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
 CITYSCAPES_NUM_LABEL_IDS = 34  # label ids 0..33
+# ADE20K (SceneParsing, ADEChallengeData2016): its 150 classes in the order of the stored values 1..150 (0 = "other",
+# not evaluated); shown in the default (VOC colormap) colours.
+ADE20K_CLASSES = [
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet", "sidewalk",
+    "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water", "painting", "sofa",
+    "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp",
+    "bathtub", "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink",
+    "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table", "pillow",
+    "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill",
+    "bench", "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar",
+    "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth",
+    "television receiver", "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman",
+    "bottle", "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
+    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball",
+    "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen",
+    "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen",
+    "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+]
 
 
 def voc_colormap(n: int = 256) -> np.ndarray:
@@ -72,6 +90,7 @@ PRESETS: dict[str, tuple[list[str], np.ndarray]] = {
     "voc": (VOC_CLASSES, VOC_PALETTE),
     "camvid": (CAMVID_CLASSES, CAMVID_PALETTE),
     "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
+    "ade20k": (ADE20K_CLASSES, voc_colormap(256)[: len(ADE20K_CLASSES)]),
 }
 
 

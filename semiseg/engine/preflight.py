@@ -102,7 +102,7 @@ def check_command(cfg: Config, split: str, split_key: str) -> str:
     d = cfg.data
     options = {**d.options, **(d.val_options if split_key == "data.val_split" else {})}
     parts = ["semiseg data check", str(d.root), f"--split {split}"]
-    if d.kind in ("camvid", "cityscapes"):
+    if d.kind in ("camvid", "cityscapes", "ade20k"):
         parts.append(f"--kind {d.kind}")
     with option_style("cli"):
         for key, value in options.items():

@@ -1,5 +1,5 @@
-"""Cityscapes read as downloaded (label ids -> train ids while reading) and the label_map option of folder datasets,
-on tiny trees built here."""
+"""Cityscapes and ADE20K read as downloaded (stored values -> classes while reading), the label_map option of folder
+datasets and its inverse for predictions, on tiny trees built here."""
 
 import numpy as np
 import pytest
@@ -181,3 +181,28 @@ def test_unimatch_split_lists_select_the_same_frames(tmp_path):
     split = make_split(build_dataset("cityscapes", tmp_path, "train").names, id_file=ids)
     assert sorted(split.labeled) == ["aachen_000000_000000", "bochum_000000_000001"]
     assert sorted(split.unlabeled) == ["aachen_000000_000001", "bochum_000000_000000"]
+
+
+def test_ade20k_as_downloaded(tmp_path, capsys):
+    """ADEChallengeData2016: images/ and annotations/ per split, stored 0 = other (ignored), k = class k - 1."""
+    from semiseg.data.palettes import ADE20K_CLASSES
+
+    root = tmp_path / "ADEChallengeData2016"
+    stored = np.array([[0, 1, 2, 150]] * 3, dtype=np.uint8)
+    for split, prefix in (("training", "ADE_train"), ("validation", "ADE_val")):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for i in (1, 2):
+            Image.fromarray(np.zeros((3, 4, 3), dtype=np.uint8)).save(root / "images" / split / f"{prefix}_{i:08d}.jpg")
+            Image.fromarray(stored).save(root / "annotations" / split / f"{prefix}_{i:08d}.png")
+    val = build_dataset("ade20k", tmp_path, "val")  # the folder holding ADEChallengeData2016 works too
+    assert val.names == ["ADE_val_00000001", "ADE_val_00000002"] and val.classes == ADE20K_CLASSES
+    np.testing.assert_array_equal(val.read(0)[1], np.array([[255, 0, 1, 149]] * 3))
+    assert build_dataset("ade20k", root, "training").names == ["ADE_train_00000001", "ADE_train_00000002"]
+    with pytest.raises(DataError, match="unknown ADE20K split"):
+        build_dataset("ade20k", root, "test")
+    with pytest.raises(DataError, match="ADEChallengeData2016"):
+        build_dataset("ade20k", tmp_path / "nowhere", "train")
+    assert main(["data", "check", str(root), "--split", "val"]) == 0  # the kind is guessed
+    out = capsys.readouterr().out
+    assert "dataset: ade20k" in out and "classes: 150" in out and "problems: none" in out
