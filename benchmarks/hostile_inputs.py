@@ -614,6 +614,7 @@ for _name, _override, _mention in [
     ("unknown loss name (loss.name=focal)", "loss.name=focal", "available"),
     ("unknown method name (method.name=mean_teacher)", "method.name=mean_teacher", "available"),
     ("unknown dataset kind (data.kind=mapillary)", "data.kind=mapillary", "available"),
+    ("loss.ohem_thresh=1.5", "loss.ohem_thresh=1.5", "loss.ohem_thresh"),
     ("misspelt key (optim.lrr=0.1)", "optim.lrr=0.1", "valid keys"),
     ("data.crop_size=[0,32]", "data.crop_size=[0,32]", "data.crop_size"),
     ("data.batch_size=0", "data.batch_size=0", "data.batch_size"),

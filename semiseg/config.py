@@ -510,6 +510,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.name must be sgd or adamw, got {o.name!r}")
     if o.warmup_iters < 0 or not 0 < o.warmup_factor <= 1:
         raise ConfigError("optim.warmup_iters must be >= 0 and optim.warmup_factor in (0, 1]")
+    if not 0.0 <= cfg.loss.ohem_thresh <= 1.0 or cfg.loss.ohem_min_kept < 0:
+        raise ConfigError(f"loss.ohem_thresh must be a probability in [0, 1] and loss.ohem_min_kept >= 0, got "
+                          f"{cfg.loss.ohem_thresh} and {cfg.loss.ohem_min_kept}")
     if cfg.model.weights_mode not in ("convert", "same_shape"):
         raise ConfigError(f"model.weights_mode must be convert or same_shape, got {cfg.model.weights_mode!r}")
     _validate_eval(cfg.eval)

@@ -383,6 +383,7 @@ def test_a_checkpoint_holding_inf_is_refused_by_eval_and_resume(tmp_path, capsys
     ("loss.name=focal", "unknown loss.name 'focal'; available: ce, dice, ce+dice"),
     ("method.name=mean_teacher", "unknown method.name 'mean_teacher'; available: advsemiseg"),
     ("data.kind=mapillary", "unknown data.kind 'mapillary'; available: synthetic"),
+    ("loss.ohem_min_kept=-1", "loss.ohem_min_kept >= 0"),
 ])
 def test_invalid_values_and_unknown_names_are_config_errors(tmp_path, capsys, override, message):
     base = ["train", "--no-progress", "model.name=fcn_resnet18", "data.kind=synthetic", f"output_dir={tmp_path}"]
