@@ -384,6 +384,8 @@ def test_a_checkpoint_holding_inf_is_refused_by_eval_and_resume(tmp_path, capsys
     ("method.name=mean_teacher", "unknown method.name 'mean_teacher'; available: advsemiseg"),
     ("data.kind=mapillary", "unknown data.kind 'mapillary'; available: synthetic"),
     ("loss.ohem_min_kept=-1", "loss.ohem_min_kept >= 0"),
+    ("model.options.bogus=1", "fcn_resnet18 takes head_lr_mult, learn_upsampling"),
+    ("model.options.learn_upsampling=[1]", "model.options"),
 ])
 def test_invalid_values_and_unknown_names_are_config_errors(tmp_path, capsys, override, message):
     base = ["train", "--no-progress", "model.name=fcn_resnet18", "data.kind=synthetic", f"output_dir={tmp_path}"]

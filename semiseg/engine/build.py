@@ -91,9 +91,15 @@ def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True, verbo
     if ":" in m.name:
         model = _import(m.name)(num_classes, pretrained_backbone=backbone, **m.options)
     else:
-        from semiseg.models import build_model as models_build_model
+        from semiseg.models import build_model as models_build_model, model_options
 
-        model = models_build_model(m.name, num_classes, pretrained_backbone=backbone, **m.options)
+        try:
+            model, problem = models_build_model(m.name, num_classes, pretrained_backbone=backbone, **m.options), None
+        except (TypeError, ValueError) as e:  # an option the model does not take, or a value it refuses
+            model, problem = None, str(e)
+        if problem is not None:  # (outside the handler: the option listing builds models that fail on purpose)
+            raise ConfigError(f"model.options {m.options} for {m.name}: {problem}\n  fix: change model.options; "
+                              f"{m.name} takes {', '.join(model_options(m.name)) or 'no options'}")
     if pretrained and m.weights:
         from semiseg.models import load_weights
         from semiseg.models.pretrained import PretrainedWeightsError

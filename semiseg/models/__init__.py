@@ -48,6 +48,31 @@ def build_model(name: str, num_classes: int, *, pretrained_backbone: bool | str 
     return _resolve(MODELS[name])(num_classes, pretrained_backbone=pretrained_backbone, **options)
 
 
+def model_options(name: str) -> list[str]:
+    """The option names (``model.options`` keys) a registered model takes: its builder's keyword arguments and, where
+    the builder passes ``**options`` on, its network class's, less those the builder sets itself (checked on copies
+    built on the meta device; for error messages, not a hot path)."""
+    import inspect
+
+    import torch
+
+    builder = _resolve(MODELS[name])
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    with torch.device("meta"):
+        params = {p.name: p for fn in (type(builder(2)).__init__, builder)
+                  for p in inspect.signature(fn).parameters.values() if p.kind in kinds}
+        names = []
+        for option, param in sorted(params.items()):
+            if option in ("self", "num_classes", "pretrained_backbone") or param.default is inspect.Parameter.empty:
+                continue
+            try:  # an argument the builder passes itself fails as given twice
+                builder(2, **{option: param.default})
+            except TypeError:
+                continue
+            names.append(option)
+    return names
+
+
 def __getattr__(name: str):
     # Lazy re-exports so `from semiseg.models import load_weights, FCDiscriminator` works without
     # importing every model family at package import time.
@@ -60,4 +85,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'semiseg.models' has no attribute {name!r}")
 
 
-__all__ = ["MODELS", "available_models", "build_model", "load_weights", "FCDiscriminator"]
+__all__ = ["MODELS", "available_models", "build_model", "load_weights", "model_options", "FCDiscriminator"]
