@@ -63,7 +63,6 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
                    help="Cityscapes: which gtFine masks to read (default labelIds, as downloaded)")
 
 
-
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     p = sub.add_parser("check", help="validate a dataset: counts, sizes, class frequencies, every problem")
@@ -114,11 +113,10 @@ def guess_kind(path: str) -> str:
 
     for kind, find in (("voc", find_voc_root), ("cityscapes", find_cityscapes_root), ("ade20k", find_ade20k_root)):
         try:
-            found = find(path)
-        except DataError:
-            continue
-        if kind != "ade20k" or os.path.isdir(os.path.join(found, "images", "training")):  # else: a plain folder
+            find(path)
             return kind
+        except DataError:
+            pass
     return "folder"
 
 

@@ -86,9 +86,6 @@ def inference_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-__all__ = ["add_inference_arguments", "add_allow_code_argument", "inference_overrides"]
-
-
 def parse_label_map(text: str):
     """--label-map (data) and --stored-values (predict): a preset name, 'STORED:CLASS,...' or a YAML mapping
     '{0: 255, 1: 0}' (semiseg/data/label_map.py)."""
@@ -106,3 +103,6 @@ def parse_label_map(text: str):
         return {int(stored): int(target) for stored, target in (pair.split(":") for pair in text.split(",") if pair)}
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: write STORED:CLASS pairs, e.g. 0:255,1:0,2:1") from None
+
+
+__all__ = ["add_inference_arguments", "add_allow_code_argument", "inference_overrides", "parse_label_map"]

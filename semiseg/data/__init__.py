@@ -29,7 +29,7 @@ DATASETS: dict[str, str] = {
     "voc_aug": "semiseg.data.voc:_build_aug",
     "folder": "semiseg.data.folder:FolderDataset",
     "camvid": "semiseg.data.camvid:camvid",
-    "cityscapes": "semiseg.data.cityscapes:_build",
+    "cityscapes": "semiseg.data.cityscapes:CityscapesDataset",
     "ade20k": "semiseg.data.ade20k:ade20k",
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from .errors import DataError, option
+from .base import find_root
 from .folder import FolderDataset
 
 SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
@@ -20,11 +21,9 @@ FOLDER = "ADEChallengeData2016"
 
 
 def find_ade20k_root(root: str) -> str:
-    for candidate in (root, os.path.join(root, FOLDER)):
-        if os.path.isdir(os.path.join(candidate, "images")) and os.path.isdir(os.path.join(candidate, "annotations")):
-            return candidate
-    raise DataError("no ADE20K folder with images/ and annotations/ found", root,
-                    f"point the root at {FOLDER} (unpack ADEChallengeData2016.zip), or the folder that holds it")
+    return find_root(root, (os.path.join("images", "training"), "annotations"), (FOLDER,),
+                     "no ADE20K folder with images/training/ and annotations/ found",
+                     f"point the root at {FOLDER} (unpack ADEChallengeData2016.zip), or the folder that holds it")
 
 
 def ade20k(root, split: str = "train", **options) -> FolderDataset:

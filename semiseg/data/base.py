@@ -220,6 +220,15 @@ class PairDataset(Dataset):
         return f"{type(self).__name__}({len(self)} samples, {self.num_classes} classes, ignore_index={self.ignore_index})"
 
 
+def find_root(root: str, markers: tuple[str, ...], inside: tuple[str, ...], problem: str, fix: str) -> str:
+    """The dataset folder: ``root`` or ``root/<one of inside>``, the first that holds every ``markers`` subfolder;
+    else a DataError with ``problem`` and ``fix`` (VOC, Cityscapes and ADE20K accept their parent folders too)."""
+    for candidate in (root, *(os.path.join(root, sub) for sub in inside)):
+        if all(os.path.isdir(os.path.join(candidate, marker)) for marker in markers):
+            return candidate
+    raise DataError(problem, root, fix)
+
+
 def list_images(folder: str) -> list[str]:
     """Image files directly inside ``folder`` (any extension PIL reads), sorted by name."""
     return sorted(

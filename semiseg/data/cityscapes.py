@@ -16,22 +16,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from .base import PairDataset, list_images
+from .base import PairDataset, find_root, list_images
 from .errors import DataError, option
 from .palettes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+from .splits import sample_name
 
 SPLITS = ("train", "val")
 MASKS = {"labelIds": "cityscapes", "labelTrainIds": None}  # mask file kind -> the label_map it needs
-IMAGE_SUFFIX = "_leftImg8bit"
 
 
 def find_cityscapes_root(root: str) -> str:
-    for candidate in (root, os.path.join(root, "cityscapes"), os.path.join(root, "Cityscapes")):
-        if os.path.isdir(os.path.join(candidate, "leftImg8bit")):
-            return candidate
-    raise DataError("no Cityscapes folder with leftImg8bit/ found", root,
-                    "point the root at the folder that holds leftImg8bit/ and gtFine/ (unpack "
-                    "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip there)")
+    return find_root(root, ("leftImg8bit",), ("cityscapes", "Cityscapes"),
+                     "no Cityscapes folder with leftImg8bit/ found",
+                     "point the root at the folder that holds leftImg8bit/ and gtFine/ (unpack "
+                     "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip there)")
 
 
 class CityscapesDataset(PairDataset):
@@ -68,8 +66,7 @@ class CityscapesDataset(PairDataset):
         missing = []
         for city in sorted(d for d in os.listdir(image_root) if os.path.isdir(os.path.join(image_root, d))):
             for image in list_images(os.path.join(image_root, city)):
-                stem = os.path.splitext(os.path.basename(image))[0]
-                name = stem[: -len(IMAGE_SUFFIX)] if stem.endswith(IMAGE_SUFFIX) else stem
+                name = sample_name(image)  # CITY_SEQ_FRAME: the _leftImg8bit ending is not part of it
                 mask = os.path.join(mask_root, city, name + mask_suffix)
                 if not os.path.isfile(mask):
                     missing.append(mask)
@@ -83,7 +80,3 @@ class CityscapesDataset(PairDataset):
                    f"{option('masks', 'labelIds')}")
             self.problems += [DataError("image has no mask", path, fix, kind="no_mask") for path in missing]
         self._finish_scan(strict, image_root)
-
-
-def _build(root, split, **options) -> CityscapesDataset:
-    return CityscapesDataset(root, split, **options)

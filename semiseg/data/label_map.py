@@ -9,6 +9,8 @@ stored and then checked like any mask value; map a value to the ignore index (25
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from .errors import DataError, option
@@ -32,14 +34,12 @@ PRESETS = {"cityscapes": _cityscapes, "reduce_zero_label": _reduce_zero_label}
 
 
 def _as_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str, np.integer)):
-        raise DataError(f"label_map {what} {value!r} is not an integer", None,
-                        f"map stored values to class indices, e.g. {option('label_map', {7: 0, 8: 1})}")
-    try:
-        return int(value)
-    except ValueError:
-        raise DataError(f"label_map {what} {value!r} is not an integer", None,
-                        f"map stored values to class indices, e.g. {option('label_map', {7: 0, 8: 1})}") from None
+    """An int, a numpy integer or a digit string (YAML keys) as an int; anything else (bools, floats) is an error."""
+    if not isinstance(value, bool) and isinstance(value, (int, str, np.integer)):
+        with contextlib.suppress(ValueError):
+            return int(value)
+    raise DataError(f"label_map {what} {value!r} is not an integer", None,
+                    f"map stored values to class indices, e.g. {option('label_map', {7: 0, 8: 1})}")
 
 
 def _mapping(label_map, num_classes: int, ignore_index: int) -> dict[int, int]:

@@ -28,7 +28,7 @@ HEADER = "# semiseg split v1"
 IMAGE_STEM_SUFFIXES = ("_leftImg8bit",)
 
 
-def _name_of(token: str) -> str:
+def sample_name(token: str) -> str:
     """'2007_000032', 'x.jpg' and '/JPEGImages/2007_000032.jpg' all name the sample by its stem;
     'leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png' names aachen_000000_000019."""
     stem = os.path.splitext(os.path.basename(token))[0]
@@ -61,7 +61,7 @@ def read_names(path: str | os.PathLike, section: str | None = None) -> list[str]
             current = line[1:-1].strip()
             continue
         if wanted is None or current == wanted:
-            names.append(_name_of(line.split()[0]))
+            names.append(sample_name(line.split()[0]))
     return names
 
 

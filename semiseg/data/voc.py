@@ -16,18 +16,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from .base import PairDataset
+from .base import PairDataset, find_root
 from .errors import DataError
 from .palettes import VOC_CLASSES, VOC_IGNORE_COLOR, VOC_PALETTE
 from .splits import read_names
 
 
 def find_voc_root(root: str) -> str:
-    for candidate in (root, os.path.join(root, "VOC2012"), os.path.join(root, "VOCdevkit", "VOC2012")):
-        if os.path.isdir(os.path.join(candidate, "JPEGImages")):
-            return candidate
-    raise DataError("no VOC2012 folder with JPEGImages found", root,
-                    "point root at VOCdevkit/VOC2012 (or VOCdevkit, or the folder that contains it)")
+    return find_root(root, ("JPEGImages",), ("VOC2012", os.path.join("VOCdevkit", "VOC2012")),
+                     "no VOC2012 folder with JPEGImages found",
+                     "point root at VOCdevkit/VOC2012 (or VOCdevkit, or the folder that contains it)")
 
 
 class VOCSegmentation(PairDataset):
