@@ -405,3 +405,20 @@ def test_deeplabv2_freeze_bn_rejects_unknown_modes():
         small_v2(freeze_bn="stats")
     with pytest.raises(ValueError, match="freeze_bn"):
         small_v2(freeze_bn=1)
+
+
+def test_deeplabv3plus_deep_stem_and_decoder_dropout_options():
+    model = build_model("deeplabv3plus_resnet50", 3, deep_stem=True, decoder_dropout=[0, 0])
+    stem = [m for m in model.backbone.conv1 if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in stem] == [
+        (3, 64, (3, 3), (2, 2)), (64, 64, (3, 3), (1, 1)), (64, 128, (3, 3), (1, 1))]
+    assert model.backbone.layer1[0].conv1.in_channels == model.backbone.layer1[0].downsample[0].in_channels == 128
+    assert [m.p for m in model.cat_conv if isinstance(m, torch.nn.Dropout)] == [0, 0]
+    with torch.no_grad():  # the same output size and feature strides as the 7x7 stem
+        low, high = model.eval().backbone(torch.randn(1, 3, 49, 65))
+        assert model.train()(torch.randn(2, 3, 49, 65)).shape == (2, 3, 49, 65)
+    assert low.shape[1:] == (256, 13, 17) and high.shape[1:] == (2048, 4, 5)
+    with pytest.raises(ValueError, match="two probabilities"):
+        build_model("deeplabv3plus_mobilenetv2", 3, decoder_dropout=[0.5])
+    with pytest.raises(ValueError, match="ResNet backbones"):
+        build_model("deeplabv3plus_mobilenetv2", 3, deep_stem=True)

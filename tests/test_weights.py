@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import MobileNet_V2_Weights, ResNet101_Weights, mobilenet_v2
 from torchvision.models.resnet import Bottleneck as TorchvisionBottleneck
@@ -376,3 +377,122 @@ def test_advsemiseg_checkpoint_loads_into_affine_frozen_batchnorm():
     x = torch.randn(1, 3, 33, 33)
     with torch.no_grad():
         torch.testing.assert_close(target.eval()(x), source.eval()(x))
+
+
+# ------------------------------------------------------------------------------------ UniMatch DeepLabV3+
+class UniMatchResNet(nn.Module):
+    """UniMatch's ResNet (model/backbone/resnet.py) as its code builds it: three 3x3 stem convolutions (64-64-128),
+    torchvision's Bottleneck, layer4 dilated (output stride 16); ``base_forward`` returns layer1 and layer4."""
+
+    def __init__(self, layers=(3, 4, 6, 3)) -> None:
+        super().__init__()
+        self.inplanes, self.dilation = 128, 1
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(3, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 128, 3, 1, 1, bias=False))
+        self.bn1, self.relu, self.maxpool = nn.BatchNorm2d(128), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._make_layer(64, layers[0])
+        self.layer2 = self._make_layer(128, layers[1], stride=2)
+        self.layer3 = self._make_layer(256, layers[2], stride=2)
+        self.layer4 = self._make_layer(512, layers[3], stride=2, dilate=True)
+        self.fc = nn.Linear(2048, 1000)  # in backbone files (ImageNet), not in the segmentation model's use
+
+    def _make_layer(self, planes, blocks, stride=1, dilate=False):
+        previous = self.dilation
+        if dilate:
+            self.dilation, stride = self.dilation * stride, 1
+        down = None
+        if stride != 1 or self.inplanes != planes * 4:
+            down = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+        layers = [TorchvisionBottleneck(self.inplanes, planes, stride, down, dilation=previous)]
+        self.inplanes = planes * 4
+        layers += [TorchvisionBottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def base_forward(self, x):
+        c1 = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        return c1, self.layer4(self.layer3(self.layer2(c1)))
+
+
+def _unimatch_conv(cin, cout, k, dilation=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=dilation if k == 3 else 0, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(True))
+
+
+class UniMatchDeepLabV3Plus(nn.Module):
+    """UniMatch's DeepLabV3Plus (model/semseg/deeplabv3plus.py): ASPP ``head`` (b0-b4, project), ``reduce``, ``fuse``
+    (no dropout), ``classifier``; no bias before a BatchNorm; decodes cat([low-level, ASPP])."""
+
+    def __init__(self, nclass: int) -> None:
+        super().__init__()
+        self.backbone = UniMatchResNet()
+        head = nn.Module()
+        head.b0 = _unimatch_conv(2048, 256, 1)
+        head.b1, head.b2, head.b3 = (_unimatch_conv(2048, 256, 3, r) for r in (6, 12, 18))
+        head.b4 = nn.Module()
+        head.b4.gap = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_unimatch_conv(2048, 256, 1))
+        head.project = _unimatch_conv(5 * 256, 256, 1)
+        self.head = head
+        self.reduce = _unimatch_conv(256, 48, 1)
+        self.fuse = nn.Sequential(*_unimatch_conv(304, 256, 3), *_unimatch_conv(256, 256, 3))
+        self.classifier = nn.Conv2d(256, nclass, 1)
+
+    def forward(self, x):
+        c1, c4 = self.backbone.base_forward(x)
+        h = self.head
+        pooled = F.interpolate(h.b4.gap(c4), c4.shape[-2:], mode="bilinear", align_corners=True)
+        c4 = h.project(torch.cat([h.b0(c4), h.b1(c4), h.b2(c4), h.b3(c4), pooled], 1))
+        c4 = F.interpolate(c4, size=c1.shape[-2:], mode="bilinear", align_corners=True)
+        out = self.classifier(self.fuse(torch.cat([self.reduce(c1), c4], dim=1)))
+        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def unimatch_reference(nclass: int = 4) -> UniMatchDeepLabV3Plus:
+    torch.manual_seed(11)
+    net = UniMatchDeepLabV3Plus(nclass)
+    with torch.no_grad():  # every tensor non-trivial, so a misplaced one changes the logits
+        net.classifier.bias.normal_()
+    return randomize_batchnorm_(net).eval()
+
+
+def test_unimatch_checkpoint_loads_with_identical_logits(tmp_path):
+    reference = unimatch_reference()
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("backbone.fc.")}
+    path = tmp_path / "best.pth"  # what UniMatch's unimatch.py saves under DDP
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3, "previous_best": 41.5}, path)
+    assert detect_layout(state) == "unimatch_deeplabv3plus"
+
+    torch.manual_seed(5)
+    model = build_model("deeplabv3plus_resnet50", 4, deep_stem=True).eval()
+    report = load_weights(model, path, strict=True)
+    assert report.ok and report.layout == "unimatch_deeplabv3plus"
+    assert any("no bias" in n for n in report.notes) and any("decoder_dropout" in n for n in report.notes)
+    assert torch.count_nonzero(model.aspp.branch2[0].bias) == 0  # the added biases are zeros
+    x = torch.randn(2, 3, 61, 77)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+def test_unimatch_checkpoint_into_a_plain_stem_model_names_the_fix():
+    state = unimatch_reference().state_dict()
+    model = build_model("deeplabv3plus_resnet50", 4)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"deep_stem=True \(config: model.options.deep_stem=true\)"):
+        load_weights(model, state)
+    assert_unchanged(model, before)
+
+
+def test_deep_stem_backbone_file_as_pretrained_backbone(tmp_path):
+    backbone = randomize_batchnorm_(UniMatchResNet())
+    path = tmp_path / "resnet50.pth"  # UniMatch's pretrained/resnet50.pth: an ImageNet ResNet-v1c with its fc
+    torch.save(backbone.state_dict(), path)
+    model = build_model("deeplabv3plus_resnet50", 3, pretrained_backbone=str(path), deep_stem=True).eval()
+    x = torch.randn(1, 3, 45, 53)
+    with torch.no_grad():
+        for ours, theirs in zip(model.backbone(x), backbone.eval().base_forward(x)):
+            torch.testing.assert_close(ours, theirs)
+    with pytest.raises(ValueError, match="deep_stem=True"):
+        build_model("deeplabv3plus_resnet50", 3, pretrained_backbone=str(path))
+    with pytest.raises(ValueError, match="no ImageNet weights for a deep-stem ResNet"):
+        build_model("deeplabv3plus_resnet50", 3, pretrained_backbone=True, deep_stem=True)

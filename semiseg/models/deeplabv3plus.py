@@ -98,13 +98,17 @@ class MobileNetV2Backbone(nn.Module):
 class ResNetBackbone(nn.Module):
     """torchvision ResNet with dilated late stages; returns (layer1, layer4) features.
 
-    Key names are torchvision's under ``backbone.`` so its ImageNet checkpoints load unchanged.
+    Key names are torchvision's under ``backbone.`` so its ImageNet checkpoints load unchanged. ``deep_stem=True``
+    replaces the 7x7 stem convolution with three 3x3 ones (64, 64, 128 channels: ResNet-v1c, the stem of UniMatch's
+    and mmsegmentation's ResNets), named as UniMatch names them (``conv1.0``, ``conv1.1``, ``conv1.3``, ``conv1.4``,
+    ``conv1.6``, then ``bn1`` over 128 channels), so their backbone files and trained checkpoints load.
     """
 
     low_level_channels = 256
     out_channels = 2048
 
-    def __init__(self, depth: int = 101, output_stride: int = 16, multi_grid: Sequence[int] | None = None) -> None:
+    def __init__(self, depth: int = 101, output_stride: int = 16, multi_grid: Sequence[int] | None = None,
+                 deep_stem: bool = False) -> None:
         super().__init__()
         from torchvision.models import resnet50, resnet101
 
@@ -114,8 +118,26 @@ class ResNetBackbone(nn.Module):
         net = builders[depth](replace_stride_with_dilation=[False, output_stride == 8, True])
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        if deep_stem:
+            self._deep_stem()
         if multi_grid is not None:
             self._multi_grid(list(multi_grid))
+
+    def _deep_stem(self) -> None:
+        """Three 3x3 convolutions (the first with stride 2) instead of the 7x7 one; the stem ends with 128 channels,
+        so layer1's first block takes 128 (its 1x1 convolution and its shortcut's) instead of 64."""
+        def conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+            return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+        self.conv1 = nn.Sequential(conv(3, 64, 2), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                                   conv(64, 64), nn.BatchNorm2d(64), nn.ReLU(inplace=True), conv(64, 128))
+        self.bn1 = nn.BatchNorm2d(128)
+        first = self.layer1[0]
+        first.conv1 = nn.Conv2d(128, first.conv1.out_channels, 1, bias=False)
+        first.downsample[0] = nn.Conv2d(128, first.downsample[0].out_channels, 1, bias=False)
+        for m in (*self.conv1.modules(), first.conv1, first.downsample[0]):
+            if isinstance(m, nn.Conv2d):  # torchvision's initialisation of every ResNet convolution
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def _multi_grid(self, grid: list[int]) -> None:
         """Multiply the dilation of layer4's blocks' 3x3 convolutions by ``grid`` (DeepLabv3's Multi-Grid; UniMatch's
@@ -166,6 +188,9 @@ class DeepLabV3Plus(nn.Module):
         head_lr_mult: learning-rate multiplier of everything but the backbone in :meth:`param_groups`.
         multi_grid: ResNet backbones: factors for the dilation of layer4's three blocks (e.g. [1, 2, 4], DeepLabv3;
             [2, 2, 4], UniMatch's ``multi_grid: true``).
+        deep_stem: ResNet backbones: three 3x3 stem convolutions instead of one 7x7 (ResNet-v1c; UniMatch's ResNets).
+        decoder_dropout: the dropout after the decoder's two 3x3 convolutions in training (bubbliiiing's 0.5 and
+            0.1; UniMatch's decoder has none: ``[0, 0]``). Inference does not depend on it.
     """
 
     normalization = "imagenet"
@@ -180,14 +205,16 @@ class DeepLabV3Plus(nn.Module):
         align_corners: bool = True,
         head_lr_mult: float = 10.0,
         multi_grid: Sequence[int] | None = None,
+        deep_stem: bool = False,
+        decoder_dropout: Sequence[float] = (0.5, 0.1),
     ) -> None:
         super().__init__()
         if backbone == "mobilenetv2":
-            if multi_grid is not None:
-                raise ValueError("multi_grid applies to the ResNet backbones (layer4's blocks), not mobilenetv2")
+            if multi_grid is not None or deep_stem:
+                raise ValueError("multi_grid and deep_stem apply to the ResNet backbones, not mobilenetv2")
             self.backbone = MobileNetV2Backbone(output_stride)
         elif backbone in ("resnet50", "resnet101"):
-            self.backbone = ResNetBackbone(int(backbone[len("resnet"):]), output_stride, multi_grid)
+            self.backbone = ResNetBackbone(int(backbone[len("resnet"):]), output_stride, multi_grid, deep_stem)
         else:
             raise ValueError(f"unknown DeepLabV3+ backbone {backbone!r}; use mobilenetv2, resnet50 or resnet101")
         self.num_classes = num_classes
@@ -198,11 +225,14 @@ class DeepLabV3Plus(nn.Module):
         rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16)
         self.aspp = ASPP(self.backbone.out_channels, 256, rates)
         self.shortcut_conv = _conv_bn_relu(self.backbone.low_level_channels, 48, 1)
-        self.cat_conv = nn.Sequential(
+        dropout = tuple(decoder_dropout)
+        if len(dropout) != 2 or not all(0 <= p < 1 for p in dropout):
+            raise ValueError(f"decoder_dropout needs two probabilities in [0, 1), got {list(decoder_dropout)}")
+        self.cat_conv = nn.Sequential(  # Dropout(0) stays in place so the convolutions keep their key names
             *_conv_bn_relu(256 + 48, 256, 3),
-            nn.Dropout(0.5),
+            nn.Dropout(dropout[0]),
             *_conv_bn_relu(256, 256, 3),
-            nn.Dropout(0.1),
+            nn.Dropout(dropout[1]),
         )
         self.cls_conv = nn.Conv2d(256, num_classes, 1)
 
@@ -234,6 +264,10 @@ HEAD_PREFIXES = ("aspp.", "shortcut_conv.", "cat_conv.", "cls_conv.")
 
 
 def _build(backbone: str, default_weights, num_classes: int, pretrained_backbone, options) -> DeepLabV3Plus:
+    if pretrained_backbone is True and options.get("deep_stem"):
+        raise ValueError(
+            "torchvision has no ImageNet weights for a deep-stem ResNet: pass the backbone file as "
+            "pretrained_backbone (e.g. UniMatch's pretrained/resnet50.pth), or drop deep_stem for torchvision's")
     model = DeepLabV3Plus(num_classes, backbone=backbone, **options)
     if pretrained_backbone:
         from semiseg.models.weights import load_pretrained_backbone
@@ -249,7 +283,7 @@ def deeplabv3plus_mobilenetv2(
 
     ``pretrained_backbone=True`` loads torchvision's ``MobileNet_V2_Weights.IMAGENET1K_V1``; a path loads a
     local file (torchvision layout, or bubbliiiing's / CSAIL's ``mobilenet_v2.pth.tar``). ``options``:
-    ``output_stride`` (16 or 8), ``align_corners``, ``head_lr_mult``.
+    ``output_stride`` (16 or 8), ``align_corners``, ``head_lr_mult``, ``decoder_dropout``.
     """
     from torchvision.models import MobileNet_V2_Weights
 
@@ -260,7 +294,8 @@ def deeplabv3plus_resnet50(
     num_classes: int, *, pretrained_backbone: bool | str | os.PathLike = False, **options
 ) -> DeepLabV3Plus:
     """DeepLabV3+ ResNet-50 (torchvision backbone, ``ResNet50_Weights.IMAGENET1K_V1`` when pretrained). ``options``:
-    ``output_stride``, ``align_corners``, ``head_lr_mult``, ``multi_grid`` (layer4's dilation factors)."""
+    ``output_stride``, ``align_corners``, ``head_lr_mult``, ``multi_grid`` (layer4's dilation factors), ``deep_stem``
+    (UniMatch's ResNet; its backbone file loads as a path), ``decoder_dropout``."""
     from torchvision.models import ResNet50_Weights
 
     return _build("resnet50", ResNet50_Weights.IMAGENET1K_V1, num_classes, pretrained_backbone, options)
@@ -270,7 +305,8 @@ def deeplabv3plus_resnet101(
     num_classes: int, *, pretrained_backbone: bool | str | os.PathLike = False, **options
 ) -> DeepLabV3Plus:
     """DeepLabV3+ ResNet-101 (torchvision backbone, ``ResNet101_Weights.IMAGENET1K_V1`` when pretrained). ``options``:
-    ``output_stride``, ``align_corners``, ``head_lr_mult``, ``multi_grid`` (layer4's dilation factors)."""
+    ``output_stride``, ``align_corners``, ``head_lr_mult``, ``multi_grid`` (layer4's dilation factors), ``deep_stem``
+    (UniMatch's ResNet; its backbone file loads as a path), ``decoder_dropout``."""
     from torchvision.models import ResNet101_Weights
 
     return _build("resnet101", ResNet101_Weights.IMAGENET1K_V1, num_classes, pretrained_backbone, options)

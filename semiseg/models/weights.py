@@ -11,6 +11,10 @@ layout                      what is converted
 ==========================  ================================================================================
 ``deeplabv2``               AdvSemiSeg ``Res_Deeplab`` (= semiseg DeepLabV2): same keys
 ``torchvision_resnet``      torchvision ResNet: ``fc`` dropped; ``backbone.`` added for DeepLabV3+
+``resnet_deep_stem``        ResNet-v1c (3x3 stem convolutions; UniMatch's ``pretrained/resnet50.pth``): as
+                            ``torchvision_resnet``, into a DeepLabV3+ built with ``deep_stem=True``
+``unimatch_deeplabv3plus``  UniMatch's DeepLabV3+ (ResNet): head renamed to bubbliiiing's names, the biases its
+                            head convolutions do not have added as zeros (the same outputs)
 ``torchvision_mobilenet_v2`` torchvision MobileNetV2: ``backbone.`` added, ``features.18``/``classifier`` dropped
 ``bubbliiiing_deeplabv3plus`` bubbliiiing DeepLabV3+ MobileNetV2 (and its CSAIL ``mobilenet_v2.pth.tar``
                             backbone): MobileNetV2 block indices renamed to torchvision's nesting
@@ -330,6 +334,66 @@ def _convert_torchvision_resnet(c: _Conversion) -> None:
         )
 
 
+def _require_deep_stem(c: _Conversion, what: str) -> None:
+    if "backbone.conv1.0.weight" not in c.model_keys:
+        raise ValueError(
+            f"{c.description} is {what}, whose ResNet stem is three 3x3 convolutions (ResNet-v1c); "
+            f"{type(c.model).__name__} has torchvision's 7x7 stem. Build a DeepLabV3+ ResNet with "
+            "deep_stem=True (config: model.options.deep_stem=true).")
+
+
+def _convert_resnet_deep_stem(c: _Conversion) -> None:
+    _require_deep_stem(c, "a deep-stem ResNet backbone")
+    c.drop(lambda k: k.startswith("fc."))
+    c.add_prefix_for("backbone.", "layer1.0.conv1.weight")
+
+
+# UniMatch (model/semseg/deeplabv3plus.py) -> semiseg's DeepLabV3+ (bubbliiiing's head names). Its decoder's
+# Sequentials have no dropout, so its second 3x3 convolution is fuse.3 where ours is cat_conv.4.
+_UNIMATCH_HEAD = {
+    "head.b0.": "aspp.branch1.", "head.b1.": "aspp.branch2.", "head.b2.": "aspp.branch3.", "head.b3.": "aspp.branch4.",
+    "head.b4.gap.1.": "aspp.branch5_conv.", "head.b4.gap.2.": "aspp.branch5_bn.", "head.project.": "aspp.conv_cat.",
+    "reduce.": "shortcut_conv.", "fuse.0.": "cat_conv.0.", "fuse.1.": "cat_conv.1.", "fuse.3.": "cat_conv.4.",
+    "fuse.4.": "cat_conv.5.", "classifier.": "cls_conv.",
+}
+# The convolutions UniMatch builds with bias=False where ours have a bias; each feeds a BatchNorm, so a zero bias
+# gives the same outputs (and, in training, a zero gradient: BatchNorm removes any constant).
+_UNIMATCH_NO_BIAS = ("aspp.branch1.0", "aspp.branch2.0", "aspp.branch3.0", "aspp.branch4.0", "aspp.branch5_conv",
+                     "aspp.conv_cat.0", "shortcut_conv.0", "cat_conv.0", "cat_conv.4")
+
+
+def _convert_unimatch(c: _Conversion) -> None:
+    _require_deep_stem(c, "a UniMatch DeepLabV3+ checkpoint")
+    renamed: dict[str, Any] = {}
+    for key, value in c.state.items():
+        prefix = next((p for p in _UNIMATCH_HEAD if key.startswith(p)), None)
+        if prefix is not None:
+            key = _UNIMATCH_HEAD[prefix] + key[len(prefix):]
+        elif not key.startswith("backbone."):
+            raise ValueError(f"unexpected key {key!r} for a UniMatch DeepLabV3+ state dict ({c.description})")
+        renamed[key] = value
+    # UniMatch concatenates [low-level (48), ASPP (256)] before the decoder, semiseg (bubbliiiing) [ASPP, low-level]:
+    # the first decoder convolution's input channels are reordered to match.
+    fuse = renamed.get("cat_conv.0.weight")
+    low = renamed.get("shortcut_conv.0.weight")
+    if fuse is not None and low is not None:
+        renamed["cat_conv.0.weight"] = torch.cat([fuse[:, low.shape[0]:], fuse[:, :low.shape[0]]], dim=1)
+    target = c.model.state_dict()
+    for name in _UNIMATCH_NO_BIAS:
+        weight, bias = renamed.get(f"{name}.weight"), f"{name}.bias"
+        if weight is not None and bias not in renamed and bias in target:
+            renamed[bias] = torch.zeros_like(target[bias], dtype=weight.dtype)
+    c.state = renamed
+    c.notes.append("UniMatch's head convolutions have no bias: zeros were added for them (the same outputs)")
+    c.notes.append("build the model with the output stride and multi_grid it was trained with (UniMatch's configs: "
+                   "replace_stride_with_dilation [False, False, True] is output_stride 16; [False, True, True] is 8); "
+                   "inputs: RGB / 255 with ImageNet mean and std, semiseg's 'imagenet' normalization")
+    dropout = [m.p for m in getattr(c.model, "cat_conv", []) if isinstance(m, nn.Dropout)]
+    if any(dropout):
+        c.notes.append("UniMatch's decoder has no dropout; to train on from these weights as it does, build the "
+                       "model with decoder_dropout=[0, 0] (inference is the same either way)")
+
+
 def _convert_torchvision_mobilenet_v2(c: _Conversion) -> None:
     c.drop(lambda k: k.startswith(("features.18.", "classifier.")))
     c.add_prefix_for("backbone.", "features.0.0.weight")
@@ -387,6 +451,8 @@ def _convert_identity(c: _Conversion) -> None:
 CONVERTERS: dict[str, Callable[[_Conversion], None]] = {
     "deeplabv2": _convert_deeplabv2,
     "torchvision_resnet": _convert_torchvision_resnet,
+    "resnet_deep_stem": _convert_resnet_deep_stem,
+    "unimatch_deeplabv3plus": _convert_unimatch,
     "torchvision_mobilenet_v2": _convert_torchvision_mobilenet_v2,
     "bubbliiiing_deeplabv3plus": _convert_bubbliiiing,
     "pytorch_fcn": _convert_pytorch_fcn,
@@ -400,6 +466,10 @@ def detect_layout(state: Mapping[str, Any]) -> str:
     keys = set(state)
     if "layer5.conv2d_list.0.weight" in keys:
         return "deeplabv2"
+    if "head.b0.0.weight" in keys and "reduce.0.weight" in keys and "backbone.layer4.0.conv1.weight" in keys:
+        return "unimatch_deeplabv3plus"
+    if "conv1.0.weight" in keys and "layer4.0.conv1.weight" in keys:
+        return "resnet_deep_stem"
     if "fc.weight" in keys and "layer4.0.conv1.weight" in keys:
         return "torchvision_resnet"
     # The flat MobileNetV2 blocks have a 4-D tensor at conv.3 of block 1; torchvision's have conv.0.0.
