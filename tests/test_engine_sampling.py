@@ -71,3 +71,20 @@ def test_workers_give_the_same_batches_as_the_main_process():
 def test_shard_sampler_covers_every_sample_once():
     shards = [list(ShardSampler(7, r, 3)) for r in range(3)]
     assert sorted(i for s in shards for i in s) == list(range(7))
+
+
+def test_a_dataset_smaller_than_a_batch_is_repeated_with_other_augmentations():
+    sampler = EpochBatchSampler(3, 8, seed=4)  # 3 images, batch 8: 3 permutations back to back, one batch
+    assert sampler.repeats == 3 and len(sampler) == 1
+    (batch,) = list(sampler)
+    indices = [i for i, _ in batch]
+    assert sorted(indices[:3]) == sorted(indices[3:6]) == [0, 1, 2]  # every image before any twice
+    assert len({seed for _, seed in batch}) == 8  # each copy has its own augmentation seed
+    stream = TrainStream(dataset(3), 8, seed=4)
+    first, second = take(stream, 2)
+    assert len(first["name"]) == 8 and stream.state_dict() == {"epoch": 1, "batch": 1}
+    copies = [k for k, n in enumerate(first["name"]) if n == first["name"][0]]
+    assert len(copies) >= 2 and not torch.equal(first["image"][copies[0]], first["image"][copies[1]])
+    # a dataset of one batch or more keeps its single permutation per epoch
+    assert EpochBatchSampler(20, 4, seed=1).repeats == 1 and len(EpochBatchSampler(20, 4, seed=1)) == 5
+    assert len(EpochBatchSampler(8, 2, seed=0, world_size=8)) == 1  # 8 images over 8 processes x 2: repeated once

@@ -466,3 +466,14 @@ def test_paste_labeled_run_with_an_ema_teacher_and_two_unlabeled_per_labeled_res
     b = load_checkpoint(os.path.join(chunked.run_dir, "last.pt"))
     assert set(a["streams"]) == {"labeled", "unlabeled"} and a["streams"] == b["streams"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_fewer_labeled_images_than_a_batch_train_with_repeats(tmp_path, capsys):
+    # 2 labeled images, batch 4: the labeled batches repeat them (a note says so) instead of refusing the run
+    cfg = run_config(tmp_path, "few", **{"data.labeled.fraction": "null", "data.labeled.count": 2,
+                                         "train.iterations": 3})
+    Trainer(cfg, cfg.run_dir, progress=False).fit()
+    out = capsys.readouterr().out
+    assert "the labeled images (2) are fewer than one batch (4): each batch repeats them" in out
+    assert "unlabeled images" not in out  # the unlabeled stream has enough for its batches
+    assert [r["iteration"] for r in read_metrics(cfg.run_dir) if r.get("kind") == "train"][-1] == 3

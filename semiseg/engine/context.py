@@ -143,6 +143,10 @@ class TrainContext:
                              stream=len(self.streams), rank=self.rank, world_size=self.world_size,
                              num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
         self.streams[name] = stream
+        sampler = stream.sampler
+        if sampler.repeats > 1 and self.rank == 0:
+            print(f"note: the {name} images ({sampler.num_samples}) are fewer than one batch ({sampler.global_batch}): "
+                  f"each batch repeats them, with other augmentations", flush=True)
         return stream
 
 

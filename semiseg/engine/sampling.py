@@ -13,6 +13,12 @@ sees exactly the images of a single-process run with the same global batch. A gl
 size ``G = per_rank * world`` is ``perm[j*G : (j+1)*G]``; rank ``r`` takes the slice
 ``[j*G + r*per_rank, j*G + (r+1)*per_rank)``. Incomplete last batches are dropped (every optimizer step
 sees a full batch, as DistributedSampler(drop_last=True) would).
+
+A dataset smaller than one global batch (8 labeled images, batch 16) is repeated within the epoch instead of
+refused: the epoch is then ``ceil(G / n)`` permutations back to back (drawn one after the other from the epoch's
+generator), so an image can appear more than once in a batch, each time with its own augmentation (its own
+position seed), as FixMatch-style code repeats its labeled list to fill its batches. Datasets of at least one
+batch are unaffected (one permutation, the same as before this existed).
 """
 
 from __future__ import annotations
@@ -68,24 +74,24 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         self.seed, self.stream, self.rank, self.shuffle = seed, stream, rank, shuffle
         self.epoch = 0
         self.start = 0
-        if num_samples < self.global_batch:
-            raise ValueError(
-                f"the dataset has {num_samples} samples, fewer than one batch of {self.global_batch} "
-                f"({per_rank} per process x {world_size} processes); lower data.batch_size or add samples"
-            )
+        if num_samples < 1:
+            raise ValueError("the dataset has no samples to train on")
+        # permutations per epoch: 1 unless the dataset is smaller than a batch (module docstring)
+        self.repeats = -(-self.global_batch // num_samples)
 
     def __len__(self) -> int:
         """Batches per epoch (the number of full global batches)."""
-        return self.num_samples // self.global_batch
+        return self.num_samples * self.repeats // self.global_batch
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
     def permutation(self, epoch: int) -> list[int]:
+        """The epoch's order of sample indices (``repeats`` permutations back to back)."""
         if not self.shuffle:
-            return list(range(self.num_samples))
+            return list(range(self.num_samples)) * self.repeats
         g = torch.Generator().manual_seed(_mix(self.seed, self.stream, epoch))
-        return torch.randperm(self.num_samples, generator=g).tolist()
+        return [i for _ in range(self.repeats) for i in torch.randperm(self.num_samples, generator=g).tolist()]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         perm = self.permutation(self.epoch)
