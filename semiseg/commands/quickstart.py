@@ -12,7 +12,8 @@ gain, and leaves a study folder:
     runs/quickstart/runs/<arm>_1-8_s0/     each run: config, split, checkpoints, metrics (`semiseg report` it)
     runs/quickstart/predictions/           a few test scenes: image | truth | supervised | semi-supervised
 
-The default 200 iterations fit 5 minutes on a 2-core CPU and are too few for the unlabeled scenes to pay;
+The default 200 iterations fit 5 minutes on a 2-core CPU and are too few for the unlabeled scenes to pay (at 200
+steps even all 1,000 labels score no better than 31: training steps limit the model, not labels);
 `--iters 3000` and `--iters 1500` are the payoff study's schedules (configs/synthetic/study_payoff_unet.yaml), where
 they did (56% and 32% of the gap to the all-label model closed with 125 labels, over two seeds).
 One seed is a demonstration, not a result: BENCHMARKS.md has the comparison over seeds and label fractions.
