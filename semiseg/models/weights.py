@@ -14,7 +14,8 @@ layout                      what is converted
 ``resnet_deep_stem``        ResNet-v1c (3x3 stem convolutions; UniMatch's ``pretrained/resnet50.pth``): as
                             ``torchvision_resnet``, into a DeepLabV3+ built with ``deep_stem=True``
 ``unimatch_deeplabv3plus``  UniMatch's DeepLabV3+ (ResNet): head renamed to bubbliiiing's names, the biases its
-                            head convolutions do not have added as zeros (the same outputs)
+                            head convolutions do not have added as zeros, the decoder's input channels reordered
+                            (its concatenation order is the reverse of ours): the same outputs
 ``torchvision_mobilenet_v2`` torchvision MobileNetV2: ``backbone.`` added, ``features.18``/``classifier`` dropped
 ``bubbliiiing_deeplabv3plus`` bubbliiiing DeepLabV3+ MobileNetV2 (and its CSAIL ``mobilenet_v2.pth.tar``
                             backbone): MobileNetV2 block indices renamed to torchvision's nesting
