@@ -285,7 +285,9 @@ def choose_precision(precision: str, channels_last: bool | str, device: torch.de
     entries = _read_cache(path)
     entry = next((e for e in entries if e.get("machine") == machine and e.get("workload") == work), None)
     remeasure = os.environ.get("SEMISEG_REMEASURE", "").strip().lower() not in ("", "0", "false", "no")
-    times = None if entry is None or remeasure else _cached_times(entry, candidates)
+    # The decision is made on the milliseconds the cache stores, unrounded, on both paths: a cache hit then chooses
+    # exactly what the measurement that wrote it chose (rounded times once flipped a tie at the noise margin).
+    times = None if entry is None or remeasure else _cached_times_ms(entry, candidates)
     if times is not None:
         head = f"cached measurement ({str(entry.get('measured', '?'))[:10]})"
         measured_size = entry.get("measured_size")
@@ -296,7 +298,7 @@ def choose_precision(precision: str, channels_last: bool | str, device: torch.de
     else:
         try:
             seconds = (measure or measure_modes)(workload, candidates)
-            times = {m: float(seconds[m]) for m in candidates if m in seconds}
+            times = {m: 1000 * float(seconds[m]) for m in candidates if m in seconds}
         except Exception as e:  # a model the probe cannot run: the exact mode, nothing cached
             warnings.warn(f"precision auto: timing {workload.key} failed ({type(e).__name__}: {e}); using "
                           f"{mode_name(*candidates[0])}", stacklevel=2)
@@ -305,11 +307,11 @@ def choose_precision(precision: str, channels_last: bool | str, device: torch.de
         measured_size, clock = workload.measured_size, workload.clock
         entries = [e for e in entries if e is not entry] + [{
             "machine": machine, "workload": work,
-            "times_ms": {mode_name(*m): round(1000 * t, 3) if math.isfinite(t) else None for m, t in times.items()},
+            "times_ms": {mode_name(*m): t if math.isfinite(t) else None for m, t in times.items()},
             "measured_size": list(measured_size) if measured_size else None, "clock": workload.clock,
             "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}]
         head, tail = "measured", f"cached in {_short_path(path)}" if _write_cache(path, entries) else "not cached"
-    times_ms = {mode_name(*m): 1000 * t for m, t in times.items()}
+    times_ms = {mode_name(*m): t for m, t in times.items()}
     finite = {m: t for m, t in times.items() if math.isfinite(t)}
     if not finite:
         p, cl = candidates[0]
@@ -326,11 +328,11 @@ def choose_precision(precision: str, channels_last: bool | str, device: torch.de
     return PrecisionChoice(chosen[0], chosen[1], f"{reason}; {tail}", requested, times_ms)
 
 
-def _cached_times(entry: dict, candidates: list[tuple[str, bool]]) -> dict[tuple[str, bool], float] | None:
-    """Seconds per mode from a cache entry (None: a failed mode -> inf); None when a candidate is missing."""
+def _cached_times_ms(entry: dict, candidates: list[tuple[str, bool]]) -> dict[tuple[str, bool], float] | None:
+    """Milliseconds per mode from a cache entry (None: a failed mode -> inf); None when a candidate is missing."""
     try:
         raw = {m: entry["times_ms"][mode_name(*m)] for m in candidates}
-        return {m: math.inf if v is None else float(v) / 1000 for m, v in raw.items()}
+        return {m: math.inf if v is None else float(v) for m, v in raw.items()}
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -154,6 +154,18 @@ def test_within_the_noise_margin_the_simpler_mode_is_kept(cache):
     assert (choice.precision, choice.channels_last) == ("bf16", False)
 
 
+def test_a_cache_hit_chooses_what_the_measurement_chose_at_the_noise_margin(cache):
+    # fp32 is 5.00004% slower than fp32 + channels_last: just outside the margin, so channels_last is chosen.
+    # Times rounded to the microsecond in the cache (1.05 ms) put it inside and chose fp32 on the next run.
+    seconds = {("fp32", False): 1.0500004e-3, ("fp32", True): 1.0e-3}
+    measured = choose_precision("fp32", "auto", CPU, workload(), measure=FakeTimer(seconds))
+    never = FakeTimer({})
+    cached = choose_precision("fp32", "auto", CPU, workload(), measure=never)
+    assert never.calls == [] and "cached measurement" in cached.reason
+    assert (measured.precision, measured.channels_last) == (cached.precision, cached.channels_last) == ("fp32", True)
+    assert cached.times_ms == measured.times_ms
+
+
 def test_fixed_values_narrow_the_candidates(cache):
     fake = FakeTimer(times(("bf16", True)))
     choice = choose_precision("fp32", "auto", CPU, workload(), measure=fake)
