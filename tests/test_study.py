@@ -222,6 +222,20 @@ def test_changed_settings_are_refused(tmp_path):
         st.run_study(changed, str(out), dry_run=True, echo=lambda s: None)
 
 
+def test_table_only_refuses_finished_runs_made_with_other_settings(tmp_path, capsys):
+    path, out, specs = _one_seed_study_with_finished_runs(tmp_path)
+    adv = specs["adv_1-8_s0"]
+    dump_config(load_config(adv.recipe, adv.overrides), os.path.join(adv.run_dir, "config.yaml"))
+    assert main(["study", path, "--out", str(out), "--table-only"]) == 0
+    changed = write_study(tmp_path, open(path).read().replace("optim.lr=0.02", "optim.lr=0.05"))
+    before = (out / "study.md").read_text()
+    capsys.readouterr()
+    assert main(["study", changed, "--out", str(out), "--table-only"]) == 2
+    err = capsys.readouterr().err
+    assert adv.run_dir in err and "optim.lr: run has 0.02, study asks 0.05" in err
+    assert (out / "study.md").read_text() == before  # the table of the old settings is left as it was
+
+
 def test_train_seconds_sums_sessions():
     events = [{"kind": "start", "time": 100.0}, {"kind": "train", "time": 110.0},
               {"kind": "resume", "time": 500.0}, {"kind": "train", "time": 520.0}, {"kind": "eval", "time": 530.0}]

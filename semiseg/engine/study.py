@@ -782,6 +782,19 @@ class _Lock:
         self.file.close()
 
 
+def _refuse_changed_settings(specs: list[RunSpec]) -> None:
+    """StudyError naming every run folder whose config.yaml differs from what the study now asks for."""
+    problems = []
+    for spec in specs:
+        diff = config_mismatch(spec)
+        if diff:
+            problems.append(f"{spec.run_dir}:\n    " + "\n    ".join(diff))
+    if problems:
+        raise StudyError("these runs were made with other settings than the study now asks for (a table mixing "
+                         "them would compare different experiments):\n  " + "\n  ".join(problems)
+                         + "\nmove them away (or use another --out), or undo the change to the study or recipe")
+
+
 def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = None, only: list[str] | None = None,
               dry_run: bool = False, table_only: bool = False, echo: Callable[[str], None] = print,
               nice: dict[str, int] | None = None) -> int:
@@ -793,6 +806,8 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
     if only and not selected:
         raise StudyError(f"--only {' '.join(only)} matches none of the runs: {', '.join(s.name for s in specs)}")
     if table_only:
+        # a finished run made with other settings would put another experiment in the table under this study's name
+        _refuse_changed_settings([s for s in specs if final_evaluation(s) is not None])
         write_results(study, specs, out_dir, echo)
         return 0
     check_eval_split(study, selected, echo)
@@ -801,16 +816,7 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
     # the lock first: the states of the folders are only stable while no other study writes into them
     with contextlib.nullcontext() if dry_run else _Lock(out_dir):
         states = [(s, run_state(s)) for s in selected]
-        problems = []
-        for spec, state in states:
-            if state in ("done", "trained", "partial"):
-                diff = config_mismatch(spec)
-                if diff:
-                    problems.append(f"{spec.run_dir}:\n    " + "\n    ".join(diff))
-        if problems:
-            raise StudyError("these runs were made with other settings than the study now asks for (a table mixing "
-                             "them would compare different experiments):\n  " + "\n  ".join(problems)
-                             + "\nmove them away (or use another --out), or undo the change to the study or recipe")
+        _refuse_changed_settings([spec for spec, state in states if state in ("done", "trained", "partial")])
 
         actions = {"done": "skip (done)", "trained": "evaluate", "partial": "resume + evaluate",
                    "new": "train + evaluate", "broken": "move aside, train + evaluate"}
