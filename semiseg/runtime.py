@@ -255,11 +255,14 @@ def _format_times(times_ms: dict[str, float]) -> str:
 
 
 def choose_precision(precision: str, channels_last: bool | str, device: torch.device,
-                     workload: Workload | None = None, *, measure: Callable | None = None) -> PrecisionChoice:
+                     workload: Workload | None = None, *, measure: Callable | None = None,
+                     previous: tuple[str, bool] | None = None) -> PrecisionChoice:
     """A concrete precision and layout for ``workload`` on ``device``, measured where ``"auto"`` leaves a choice.
 
     ``measure(workload, modes) -> {mode: seconds}`` defaults to :func:`measure_modes` (tests pass a fake).
     Without a ``workload`` (nothing to time) a CPU ``"auto"`` stays fp32 / contiguous.
+    ``previous``: the mode a resumed run trained in so far. It is kept while it is within the noise margin of the
+    fastest here (a run should not change its numerics at a resume for a tie); a slower one is left, and said.
     """
     resolve_precision(precision, device)  # validates (unknown names, fp16 on CPU)
     resolve_channels_last(channels_last, device)
@@ -323,7 +326,16 @@ def choose_precision(precision: str, channels_last: bool | str, device: torch.de
     if head == "measured" and workload.retimed:
         reason += (f"; {' and '.join(mode_name(*m) for m in workload.retimed)} were within {PROBE_MARGIN:.0%} there and "
                    f"were timed again at the full {workload.size[0]}x{workload.size[1]} crop (shown scaled to the probe)")
-    if chosen != fastest:
+    previous = tuple(previous) if previous is not None else None
+    if previous is not None and previous != chosen and previous in finite:
+        slower = finite[previous] / finite[fastest]
+        if slower <= 1 + NOISE_MARGIN:
+            chosen = previous
+            reason += f"; the run trained in {mode_name(*previous)} so far, within {NOISE_MARGIN:.0%} of the fastest here: kept"
+        else:
+            reason += (f"; the run trained in {mode_name(*previous)} so far, {slower:.2g}x the fastest here: it continues "
+                       f"in {mode_name(*chosen)} (set train.precision / train.channels_last to keep a mode)")
+    elif chosen != fastest:
         reason += f"; {mode_name(*fastest)} is within {NOISE_MARGIN:.0%}: the simpler {mode_name(*chosen)} is kept"
     return PrecisionChoice(chosen[0], chosen[1], f"{reason}; {tail}", requested, times_ms)
 

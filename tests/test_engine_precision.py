@@ -166,6 +166,25 @@ def test_a_cache_hit_chooses_what_the_measurement_chose_at_the_noise_margin(cach
     assert cached.times_ms == measured.times_ms
 
 
+def test_a_resumed_run_keeps_its_mode_while_it_is_about_as_fast(cache):
+    # fp32 + channels_last 3% slower than fp32: a fresh run takes fp32, a run that trained in fp32 + CL keeps it
+    seconds = {("fp32", False): 0.100, ("fp32", True): 0.103, ("bf16", False): 0.300, ("bf16", True): 0.290}
+    fresh = choose_precision("auto", "auto", CPU, workload(), measure=FakeTimer(seconds))
+    assert (fresh.precision, fresh.channels_last) == ("fp32", False)
+    kept = choose_precision("auto", "auto", CPU, workload(), measure=FakeTimer(seconds), previous=("fp32", True))
+    assert (kept.precision, kept.channels_last) == ("fp32", True)
+    assert "the run trained in fp32+CL so far, within 5% of the fastest here: kept" in kept.reason
+    # a machine where the run's bf16 is 2.9x slower: it moves to the fastest simple mode, and says so
+    moved = choose_precision("auto", "auto", CPU, workload(), measure=FakeTimer(seconds), previous=("bf16", True))
+    assert (moved.precision, moved.channels_last) == ("fp32", False)
+    assert "the run trained in bf16+CL so far, 2.9x the fastest here: it continues in fp32" in moved.reason
+    # a mode the configuration no longer allows is not brought back
+    narrowed = choose_precision("fp32", False, CPU, workload(), measure=FakeTimer(seconds), previous=("bf16", True))
+    assert (narrowed.precision, narrowed.channels_last) == ("fp32", False)
+    same = choose_precision("auto", "auto", CPU, workload(), measure=FakeTimer(seconds), previous=("fp32", False))
+    assert "so far" not in same.reason
+
+
 def test_fixed_values_narrow_the_candidates(cache):
     fake = FakeTimer(times(("bf16", True)))
     choice = choose_precision("fp32", "auto", CPU, workload(), measure=fake)

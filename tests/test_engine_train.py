@@ -97,6 +97,31 @@ def test_resume_continues_exactly(tmp_path, accum):
     assert all(torch.equal(a_opt[k]["momentum_buffer"], b_opt[k]["momentum_buffer"]) for k in a_opt)
 
 
+def test_a_resume_keeps_the_runs_precision_where_it_is_about_as_fast(tmp_path, monkeypatch):
+    """precision auto decides again at a resume (the machine may have changed); a tie must not change the numerics."""
+    import semiseg.runtime as runtime
+
+    monkeypatch.setenv("SEMISEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SEMISEG_REMEASURE", "1")
+    speeds = {}
+    monkeypatch.setattr(runtime, "measure_modes", lambda workload, modes: {m: speeds[m] for m in modes})
+    cfg = config(tmp_path, "auto", **{"train.precision": "auto", "train.channels_last": "auto",
+                                      "train.iterations": 6, "train.eval_interval": 0})
+    speeds.update({("fp32", False): 0.10, ("fp32", True): 0.05, ("bf16", False): 0.30, ("bf16", True): 0.30})
+    Trainer(cfg, cfg.run_dir, progress=False).fit(stop_at=2)
+    assert load_checkpoint(os.path.join(cfg.run_dir, "last.pt"))["precision"] == {"precision": "fp32",
+                                                                                   "channels_last": True}
+    speeds[("fp32", True)] = 0.103  # now a tie with fp32: a fresh run would take the simpler fp32
+    Trainer(cfg, cfg.run_dir, resume=True, progress=False).fit(stop_at=4)
+    speeds[("fp32", True)] = 0.20  # now 2x slower: the run moves to fp32, and the log says why
+    Trainer(cfg, cfg.run_dir, resume=True, progress=False).fit()
+    segments = [e for e in read_metrics(cfg.run_dir) if e["kind"] in ("start", "resume")]
+    assert [(e["precision"], e["channels_last"]) for e in segments] == [("fp32", True), ("fp32", True), ("fp32", False)]
+    assert "within 5% of the fastest here: kept" in segments[1]["precision_reason"]
+    assert "2x the fastest here: it continues in fp32" in segments[2]["precision_reason"]
+    assert load_checkpoint(os.path.join(cfg.run_dir, "last.pt"))["precision"]["channels_last"] is False
+
+
 def test_resume_command_line_extends_training(tmp_path, capsys):
     base = tiny_overrides(output_dir=str(tmp_path), name="cli", **{"train.iterations": 4, "train.eval_interval": 0,
                                                                     "train.log_interval": 1})

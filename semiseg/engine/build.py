@@ -117,11 +117,13 @@ def build_model(cfg: Config, num_classes: int, *, pretrained: bool = True, verbo
 
 
 def precision_choice(cfg: Config, model: nn.Module, num_classes: int, device: torch.device, *, task: str, batch: int,
-                     precision: str | None = None, channels_last: bool | str | None = None):
+                     precision: str | None = None, channels_last: bool | str | None = None,
+                     previous: tuple[str, bool] | None = None):
     """``train.precision`` / ``train.channels_last`` (or the given values) made concrete for this model on ``device``.
 
     ``"auto"`` on a CPU times ``model`` (a copy of it) at the run's crop -- a training step for ``task="train"``,
     a forward for ``task="infer"`` (at the sliding window when evaluation slides) -- see semiseg/runtime.py.
+    ``previous``: the mode a resumed run trained in (kept where it is about as fast).
     """
     from semiseg.runtime import Workload, choose_precision
 
@@ -131,7 +133,8 @@ def precision_choice(cfg: Config, model: nn.Module, num_classes: int, device: to
     key = f"{cfg.model.name} {json.dumps(cfg.model.options, sort_keys=True, default=str)} classes={num_classes}"
     workload = Workload(model, key, task, (int(size[0]), int(size[1])), int(batch), int(num_classes))
     return choose_precision(precision or cfg.train.precision,
-                            cfg.train.channels_last if channels_last is None else channels_last, device, workload)
+                            cfg.train.channels_last if channels_last is None else channels_last, device, workload,
+                            previous=previous)
 
 
 def model_normalization(cfg: Config, model: nn.Module) -> str:

@@ -85,6 +85,14 @@ def check_resume_changes(saved: dict, cfg: Config) -> None:
         )
 
 
+def saved_mode(ckpt: dict[str, Any] | None) -> tuple[str, bool] | None:
+    """The (precision, channels_last) a checkpoint was trained in; None for a fresh run or an older checkpoint."""
+    mode = (ckpt or {}).get("precision")
+    if isinstance(mode, dict) and isinstance(mode.get("precision"), str) and isinstance(mode.get("channels_last"), bool):
+        return mode["precision"], mode["channels_last"]
+    return None
+
+
 class Trainer:
     """Builds a run from a config and trains it: ``Trainer(cfg, run_dir).fit()``.
 
@@ -135,7 +143,7 @@ class Trainer:
         train_set, val_set = self._build_datasets()
         model = self._build_model(train_set, val_set, pretrained=ckpt is None)
         split, labeled, unlabeled = self._build_split(train_set, ckpt)
-        model = self._place_model(model)
+        model = self._place_model(model, previous=saved_mode(ckpt))
         train_model = self._build_optimizer(model)
         self._build_method(train_model, labeled, unlabeled)
         self._build_validation(val_set)
@@ -210,8 +218,9 @@ class Trainer:
         unlabeled = Subset(train_set, unlabeled_idx) if unlabeled_idx else None
         return split, labeled, unlabeled
 
-    def _place_model(self, model: nn.Module) -> nn.Module:
-        """SyncBatchNorm under DDP, the precision and memory format ("auto": measured by rank 0), the device."""
+    def _place_model(self, model: nn.Module, previous: tuple[str, bool] | None = None) -> nn.Module:
+        """SyncBatchNorm under DDP, the precision and memory format ("auto": measured by rank 0; a resumed run keeps
+        its ``previous`` mode where it is about as fast), the device."""
         cfg = self.cfg
         if cfg.model.sync_bn and self.world_size > 1:
             if self.device.type != "cuda":
@@ -224,7 +233,7 @@ class Trainer:
         choice = None
         if self.is_main:
             choice = build.precision_choice(cfg, model, self.num_classes, self.device, task="train",
-                                            batch=min(2, self.per_rank_batch))
+                                            batch=min(2, self.per_rank_batch), previous=previous)
             print(choice.line, flush=True)
         self.precision_choice = choice = dist.broadcast_object(choice)
         self.precision, self.channels_last = choice.precision, choice.channels_last
@@ -480,6 +489,7 @@ class Trainer:
             "world_size": self.world_size,
             "best": dict(self.best),
             "metrics": self.last_eval,
+            "precision": {"precision": self.precision, "channels_last": self.channels_last},
         }
 
     def _save(self, best: bool) -> None:
