@@ -399,6 +399,26 @@ def test_runs_table_shows_the_pseudo_labels_each_semi_supervised_run_ended_on(tm
     assert pseudo_label_summary([{"kind": "train", "iteration": 100, "loss": 1.0}], 100) is None
 
 
+def test_table_only_with_only_shows_the_matching_runs_and_still_records_every_run(tmp_path, capsys):
+    import shutil
+
+    path, out, specs = _one_seed_study_with_finished_runs(tmp_path)
+    assert main(["study", path, "--out", str(out), "--table-only"]) == 0
+    shutil.rmtree(specs["adv_1-8_s0"].run_dir)  # its result now lives only in study.json
+    capsys.readouterr()
+    assert main(["study", path, "--out", str(out), "--table-only", "--only", "supervised_*"]) == 0
+    md = (out / "study.md").read_text()
+    assert "Runs shown: those matching `supervised_*`." in md
+    assert "| supervised | 1/8 | 125 | 1 | **30.0** |" in md and "| supervised | all | 1000 | 1 | **50.0** |" in md
+    assert "| adv |" not in md and "adv_1-8_s0" not in md
+    record = json.loads((out / "study.json").read_text())
+    assert record["only"] == ["supervised_*"] and {r["arm"] for r in record["rows"]} == {"supervised"}
+    adv = next(r for r in record["runs"] if r["name"] == "adv_1-8_s0")
+    assert adv["miou"] == 0.34 and adv["kept"] is True  # the narrowed table did not drop the kept record
+    assert main(["study", path, "--out", str(out), "--table-only"]) == 0
+    assert "| adv_1-8_s0 | 34.0 (kept) |" in (out / "study.md").read_text()
+
+
 def test_table_only_keeps_results_whose_run_folders_are_gone(tmp_path, capsys):
     """Deleting run folders (checkpoints are big) or moving machines must not erase finished results from the table;
     a result is only kept for the same experiment, and an old study.json that cannot be kept is backed up."""

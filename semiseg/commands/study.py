@@ -6,6 +6,7 @@ table that says whether the unlabeled images help.
     semiseg study STUDY.yaml --jobs 1 --set train.iterations=4000      # one run at a time, a change for every run
     semiseg study STUDY.yaml --only 'supervised_*'                      # some runs first (shell-style patterns)
     semiseg study STUDY.yaml --table-only                              # table and plot from the finished runs
+    semiseg study STUDY.yaml --table-only --only 'supervised_*' 'bcp_*'   # ... of some runs (the arms compared)
 
 The study file format is described in semiseg/engine/study.py and the README. Runs go to
 OUT/runs/<arm>_<labels>_s<seed> (OUT: --out, default runs/studies/<study name>), their output to OUT/logs/;
@@ -29,7 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="runs at once (default: the file's jobs, else min(2, cores)); each gets cores // jobs threads")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="recipe overrides for every run, after the file's and the arms' set")
-    parser.add_argument("--only", nargs="+", metavar="PATTERN", help="run only the runs whose name matches (fnmatch)")
+    parser.add_argument("--only", nargs="+", metavar="PATTERN", help="run only the runs whose name matches (fnmatch); with --table-only, "
+                        "the table and plot of only those")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the runs, their state and the commands; run nothing")
     mode.add_argument("--table-only", action="store_true", help="write the table and plot from the finished runs")

@@ -696,8 +696,15 @@ def _kept_results(specs: list[RunSpec], results: list[dict], previous: Any) -> t
     return out, kept, lost
 
 
-def write_results(study: Study, specs: list[RunSpec], out_dir: str, echo: Callable[[str], None] = print) -> dict:
-    """study.md, study.json and study.png from the run folders; returns the JSON record."""
+def _matches(name: str, only: list[str] | None) -> bool:
+    return not only or any(fnmatch.fnmatchcase(name, p) for p in only)
+
+
+def write_results(study: Study, specs: list[RunSpec], out_dir: str, echo: Callable[[str], None] = print,
+                  only: list[str] | None = None) -> dict:
+    """study.md, study.json and study.png from the run folders; returns the JSON record. ``only`` (name patterns)
+    narrows the table, the plot and the lists to the matching runs; study.json still records every run (it is the
+    record that keeps the results of run folders that are gone)."""
     from semiseg.atomic import atomic_write_text
 
     json_path = os.path.join(out_dir, "study.json")
@@ -712,16 +719,22 @@ def write_results(study: Study, specs: list[RunSpec], out_dir: str, echo: Callab
         echo(f"note: {len(lost)} finished run(s) in {json_path} have no run folder any more and were made with other "
              f"settings than the study now asks for (or by an older semiseg): {', '.join(lost)}; "
              f"the old study.json is kept as {backup}")
-    tags = list(dict.fromkeys(s.labels.tag for s in sorted(specs, key=lambda s: s.labels.sort_key())))
+    shown_specs = [s for s in specs if _matches(s.name, only)]
+    shown = [r for r in results if _matches(r["name"], only)]
+    tags = list(dict.fromkeys(s.labels.tag for s in sorted(shown_specs, key=lambda s: s.labels.sort_key())))
     label_text = {s.labels.tag: s.labels.text for s in specs}
-    rows = summarize(results, baseline=study.baseline, arms=list(study.arms), labels=tags, seeds=study.seeds)
+    arms = [a for a in study.arms if any(s.arm == a for s in shown_specs)]
+    rows = summarize(shown, baseline=study.baseline, arms=arms, labels=tags, seeds=study.seeds)
     table = markdown_table(rows, eval_split=study.eval_split, label_text=label_text)
-    missing = [r["name"] for r in results if not r["done"]]
-    text = f"# Study {study.name}\n\nStudy file: `{study.path}`\n\n{table}\n\n## Runs\n\n{runs_table(results)}\n"
+    missing = [r["name"] for r in shown if not r["done"]]
+    selection = f"Runs shown: those matching {' '.join(f'`{p}`' for p in only)}.\n\n" if only else ""
+    text = (f"# Study {study.name}\n\nStudy file: `{study.path}`\n\n{selection}{table}\n\n"
+            f"## Runs\n\n{runs_table(shown)}\n")
     if any(r.get("class_iou") for r in rows):
         text += f"\n## Per class\n\n{class_table(rows, label_text)}\n"
     if study.group_by is not None:
-        text += f"\n## Per group\n\n{groups_table(results, study.group_by)}\n"
+        text += f"\n## Per group\n\n{groups_table(shown, study.group_by)}\n"
+    kept = [name for name in kept if _matches(name, only)]
     if kept:
         text += (f"\nKept from the previous study.json ({len(kept)}; their run folders are gone, the settings are the "
                  f"study's): {', '.join(kept)}.\n")
@@ -730,14 +743,14 @@ def write_results(study: Study, specs: list[RunSpec], out_dir: str, echo: Callab
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, "study.md"), text)
     record = {"study": study.name, "file": study.path, "eval_split": study.eval_split, "group_by": study.group_by,
-              "baseline": study.baseline,
+              "baseline": study.baseline, "only": only or None,
               "seeds": study.seeds, "rows": rows, "runs": results, "missing": missing}
     from semiseg.metrics import to_json_dict
 
     atomic_write_text(json_path, json.dumps(to_json_dict(record), indent=1))
     echo(table)
     if missing:
-        echo(f"\n{len(missing)} of {len(results)} runs not finished: {', '.join(missing)}")
+        echo(f"\n{len(missing)} of {len(shown)} runs not finished: {', '.join(missing)}")
     try:
         png = plot(rows, os.path.join(out_dir, "study.png"), title=study.name, eval_split=study.eval_split,
                    baseline=study.baseline)
@@ -802,13 +815,13 @@ def run_study(study: Study, out_dir: str | None = None, *, jobs: int | None = No
     ``nice``: {arm: niceness}, see :func:`execute`."""
     out_dir = os.path.abspath(out_dir or default_out_dir(study))
     specs = expand(study, out_dir)
-    selected = [s for s in specs if not only or any(fnmatch.fnmatchcase(s.name, p) for p in only)]
+    selected = [s for s in specs if _matches(s.name, only)]
     if only and not selected:
         raise StudyError(f"--only {' '.join(only)} matches none of the runs: {', '.join(s.name for s in specs)}")
     if table_only:
         # a finished run made with other settings would put another experiment in the table under this study's name
-        _refuse_changed_settings([s for s in specs if final_evaluation(s) is not None])
-        write_results(study, specs, out_dir, echo)
+        _refuse_changed_settings([s for s in selected if final_evaluation(s) is not None])
+        write_results(study, specs, out_dir, echo, only=only)
         return 0
     check_eval_split(study, selected, echo)
     jobs, threads = jobs_and_threads(jobs or study.jobs)
