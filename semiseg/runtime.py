@@ -331,7 +331,8 @@ def choose_precision(precision: str, channels_last: bool | str, device: torch.de
         slower = finite[previous] / finite[fastest]
         if slower <= 1 + NOISE_MARGIN:
             chosen = previous
-            reason += f"; the run trained in {mode_name(*previous)} so far, within {NOISE_MARGIN:.0%} of the fastest here: kept"
+            reason += (f"; the run trained in {mode_name(*previous)} so far, within {NOISE_MARGIN:.0%} of the fastest "
+                       "here: kept")
         else:
             reason += (f"; the run trained in {mode_name(*previous)} so far, {slower:.2g}x the fastest here: it continues "
                        f"in {mode_name(*chosen)} (set train.precision / train.channels_last to keep a mode)")

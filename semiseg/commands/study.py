@@ -30,8 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="runs at once (default: the file's jobs, else min(2, cores)); each gets cores // jobs threads")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="recipe overrides for every run, after the file's and the arms' set")
-    parser.add_argument("--only", nargs="+", metavar="PATTERN", help="run only the runs whose name matches (fnmatch); with --table-only, "
-                        "the table and plot of only those")
+    parser.add_argument("--only", nargs="+", metavar="PATTERN",
+                        help="run only the runs whose name matches (fnmatch); with --table-only, the table of only those")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the runs, their state and the commands; run nothing")
     mode.add_argument("--table-only", action="store_true", help="write the table and plot from the finished runs")
