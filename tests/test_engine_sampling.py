@@ -88,3 +88,29 @@ def test_a_dataset_smaller_than_a_batch_is_repeated_with_other_augmentations():
     # a dataset of one batch or more keeps its single permutation per epoch
     assert EpochBatchSampler(20, 4, seed=1).repeats == 1 and len(EpochBatchSampler(20, 4, seed=1)) == 5
     assert len(EpochBatchSampler(8, 2, seed=0, world_size=8)) == 1  # 8 images over 8 processes x 2: repeated once
+
+
+def test_an_item_is_drawn_under_its_seed_in_every_generator_and_the_callers_are_untouched():
+    import random
+
+    import numpy as np
+
+    from semiseg.engine.sampling import SeededDataset
+
+    class Draws(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return torch.rand(3), random.random(), float(np.random.rand())
+
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    expected = Draws()[0]
+    torch.manual_seed(7)
+    before = torch.rand(2)
+    torch.manual_seed(7)
+    got = SeededDataset(Draws())[(0, 123)]
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+    assert torch.equal(torch.rand(2), before)  # the caller's stream goes on as if nothing was drawn

@@ -54,7 +54,9 @@ class SeededDataset(Dataset):
         py_state, np_state = random.getstate(), np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                # the CPU generator is all fork_rng saves and data loading draws from; torch.manual_seed would also
+                # visit every accelerator's generators, ~0.4 ms per item (2% of a 64 px quickstart step)
+                torch.default_generator.manual_seed(seed)
                 random.seed(seed)
                 np.random.seed(seed % (2**32))
                 return self.dataset[index]
