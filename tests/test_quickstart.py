@@ -18,8 +18,8 @@ from semiseg.config import load_config
 from semiseg.data.splits import Split
 from semiseg.data.synthetic import DEFAULT_LENGTH as SYNTHETIC_LENGTH
 from semiseg.engine.checkpoint import load_checkpoint
-from semiseg.engine.quickstart import (LONG_STUDY_ITERATIONS, QUICKSTART, STUDY_ITERATIONS, quickstart_config,
-                                      run_priorities, semi_options)
+from semiseg.engine.quickstart import (LONG_STUDY_ITERATIONS, QUICKSTART, SMALL_SCENES_SEMI, STUDY_ITERATIONS,
+                                      _budget_note, quickstart_config, run_priorities, semi_options, write_study)
 
 
 @pytest.mark.slow
@@ -46,9 +46,12 @@ def test_quickstart_fast_trains_both_arms_on_one_split_and_reports_the_gain(tmp_
     assert "test_00000_panel.png" in preds and "test_00001_semi-supervised.png" in preds and len(preds) == 6
     assert Image.open(os.path.join(run, "predictions", "test_00000_panel.png")).size == (4 * 256 + 12, 256)
 
-    # a second quickstart never touches the first one
-    assert main(["quickstart", "--fast", "--run-dir", run, "--predictions", "0", "train.iterations=2"]) == 0
+    # a second quickstart never touches the first one (and --small-scenes' arm trains: per-class selection + BCP)
+    assert main(["quickstart", "--fast", "--small-scenes", "--run-dir", run, "--predictions", "0",
+                 "train.iterations=2"]) == 0
     assert os.path.isdir(run + "-2") and load_checkpoint(os.path.join(sup, "last.pt"))["iteration"] == 20
+    small = load_config(os.path.join(run + "-2", "runs", "semi-supervised_1-8_s0", "config.yaml"))
+    assert small.method.options["paste_labeled"] is True and small.method.options["per_class_keep"] == 0.5
 
 
 def test_quickstart_config_is_the_documented_one():
@@ -74,6 +77,31 @@ def test_quickstart_config_is_the_documented_one():
     longer = quickstart_config(iterations=LONG_STUDY_ITERATIONS)
     assert longer.train.iterations == 3000 and longer.optim == study.optim  # warm-up: the recipe's 150 steps
     assert semi_options(LONG_STUDY_ITERATIONS) == study.method.options
+
+
+def test_small_scenes_is_the_study_that_measured_it(tmp_path):
+    """BENCHMARKS.md reports --small-scenes' gains from configs/synthetic/study_quickstart_64px.yaml: the quickstart's
+    two runs must be exactly that study's seed-0 runs (machine keys aside), and the default must not change."""
+    from semiseg.config import config_to_dict
+    from semiseg.engine.study import _diff, _without_machine_keys, expand, load_study
+
+    study = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic", "study_quickstart_64px.yaml")
+    measured = {s.arm: s for s in expand(load_study(study), str(tmp_path / "m")) if s.seed == 0}
+    os.makedirs(tmp_path / "q")
+    cfg = quickstart_config(small_scenes=True)
+    assert cfg.data.crop_size == [64, 64] and cfg.train.iterations == 800 and cfg.optim.warmup_iters == 80
+    quick = {s.arm: s for s in expand(load_study(write_study(str(tmp_path / "q"), cfg, small_scenes=True)),
+                                      str(tmp_path / "q"))}
+    for ours, theirs in (("supervised", "supervised"), ("semi-supervised", "semi")):
+        a, b = (config_to_dict(load_config(s.recipe, s.overrides)) for s in (quick[ours], measured[theirs]))
+        for config in (a, b):
+            config["data"].pop("num_workers")  # a machine setting: the quickstart's scene worker
+        assert _diff(_without_machine_keys(a), _without_machine_keys(b)) == [], ours
+    assert semi_options(800, small_scenes=True) == {**semi_options(800), **SMALL_SCENES_SEMI}
+    assert quickstart_config().data.crop_size == [128, 128] and "per_class_keep" not in semi_options(200)
+    # the printed note points the default's user to the regime that pays, and says where it was measured
+    assert "--small-scenes" in _budget_note(200) and "+3.0 / +8.0 / +5.8" in _budget_note(800, small_scenes=True)
+    assert "were not measured" in _budget_note(500, small_scenes=True)
 
 
 def test_quickstart_draws_scenes_in_a_worker_only_where_a_core_can_be_spared(monkeypatch):
