@@ -21,6 +21,27 @@ def test_samples_are_deterministic_and_splits_differ():
     assert not np.array_equal(a.read(0)[0], SyntheticShapes("train", seed=1).read(0)[0])
 
 
+def test_rendered_scenes_are_cached_within_budget_and_callers_cannot_change_them(monkeypatch):
+    import pickle
+
+    from semiseg.data import synthetic
+
+    ds = SyntheticShapes("train", size=64)
+    first = ds.read(3)
+    first[0][:] = 0  # a caller writing into its copy
+    again = ds.read(3)
+    fresh = synthetic.render_scene(ds.stream(3), 64, 64)
+    assert np.array_equal(again[0], fresh[0]) and np.array_equal(again[1], fresh[1])
+    assert list(ds._rendered) == [3]
+    assert pickle.loads(pickle.dumps(ds))._rendered == {}  # a spawned worker starts empty
+    # past the budget a scene is rendered each time, still the same scene
+    monkeypatch.setattr(synthetic, "RENDER_CACHE_BYTES", 64 * 64 * 4 + 1)
+    small = SyntheticShapes("train", size=64)
+    for i in (0, 1, 0):
+        assert np.array_equal(small.read(i)[0], SyntheticShapes("train", size=64).render(small.stream(i))[0])
+    assert list(small._rendered) == [0]
+
+
 def test_contract_attributes_and_sample_types():
     ds = build_dataset("synthetic", split="val", length=5, size=(64, 96))
     assert len(ds) == 5 and ds.names == [f"val_{i:05d}" for i in range(5)]
