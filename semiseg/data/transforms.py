@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from .errors import DataError
+from .strong_augment import StrongAugment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -141,24 +142,25 @@ class ToPlainTensors(v2.Transform):
         return out.long() if isinstance(inpt, tv_tensors.Mask) else out
 
 
-def build_strong_augment(*, blur_kernel: int = 9) -> v2.Compose:
+def build_strong_augment(*, blur_kernel: int = 9) -> StrongAugment:
     """Photometric "strong" augmentation for semi-supervised methods, on uint8 RGB images.
 
-    Colour jitter (p=0.8), grayscale (p=0.2), Gaussian blur (p=0.5). Masks are untouched by these ops.
+    Colour jitter (p=0.8), grayscale (p=0.2), Gaussian blur (p=0.5). Masks are untouched by these ops. A
+    ``v2.Compose`` that also augments a whole batch at once (semiseg/data/strong_augment.py).
     """
-    return v2.Compose([
-        v2.RandomApply([v2.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        v2.RandomApply([v2.GaussianBlur(kernel_size=blur_kernel, sigma=(0.1, 2.0))], p=0.5),
-    ])
+    return StrongAugment(blur_kernel=blur_kernel)
 
 
 def strong_augment_batch(images: torch.Tensor, normalization: str = "imagenet", augment: v2.Compose | None = None) -> torch.Tensor:
     """Strong view of an already normalised batch (N, 3, H, W): denormalise, augment each image with its
     own random parameters, normalise again. For methods that need weak and strong views of one crop."""
     augment = augment or build_strong_augment()
-    out = [normalize(augment(tv_tensors.Image(denormalize(x, normalization))), normalization) for x in images]
-    return torch.stack(out).to(images.device, images.dtype)
+    plain = denormalize(images, normalization)
+    if isinstance(augment, StrongAugment):  # the same draws and pixels as the loop below, without its overhead
+        out = augment.batch(plain)
+    else:
+        out = torch.stack([augment(tv_tensors.Image(x)).as_subclass(torch.Tensor) for x in plain])
+    return normalize(out, normalization).to(images.device, images.dtype)
 
 
 def build_photometric_distortion(brightness: Sequence[float] | None = None) -> v2.Compose:
