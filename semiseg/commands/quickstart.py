@@ -16,7 +16,7 @@ The default 200 iterations fit 5 minutes on a 2-core CPU and are too few for the
 steps even all 1,000 labels score no better than 31: training steps limit the model, not labels);
 `--small-scenes` is the shortest regime measured where they pay: 64 px scenes, 800 iterations, and the
 semi-supervised arm with per-class selection and Bidirectional Copy-Paste (+3.0 / +8.0 / +5.8 test mIoU over three
-seeds; about 7 minutes on a 2-core CPU without bf16). `--iters 3000` and `--iters 1500` are the payoff study's
+seeds; about 5 minutes on a 2-core CPU without bf16). `--iters 3000` and `--iters 1500` are the payoff study's
 schedules (configs/synthetic/study_payoff_unet.yaml), where they did too (56% and 32% of the gap to the all-label
 model closed with 125 labels, over two seeds).
 One seed is a demonstration, not a result: BENCHMARKS.md has the comparison over seeds and label fractions.

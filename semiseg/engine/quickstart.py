@@ -37,8 +37,9 @@ SMALL_SCENES = {"data.options": {"size": 64}, "data.crop_size": [64, 64], "train
                 "train.checkpoint_interval": 400}
 # ... and the arm, whose confident pseudo labels were 98% background there, gains once each class keeps its most
 # confident half of the pixels (per_class_keep) and the labeled images are pasted into the unlabeled ones and back
-# (Bidirectional Copy-Paste, as in the CamVid arm): test mIoU +3.0 / +8.0 / +5.8 over seeds 0-2. It takes 6.7 minutes
-# on a 2-core AMD EPYC Zen 3 without bf16, over the default's 5-minute budget; at 500 steps, which fit, it did not pay.
+# (Bidirectional Copy-Paste, as in the CamVid arm): test mIoU +3.0 / +8.0 / +5.8 over seeds 0-2. It takes 5.2 minutes
+# on a 2-core AMD EPYC Zen 3 without bf16 (BENCHMARKS.md, Q9), over the default's 5-minute budget; at 500 steps it did
+# not pay.
 SMALL_SCENES_SEMI = {"per_class_keep": 0.5, "paste_labeled": True, "cutmix_prob": 1.0, "cutmix_area": [0.44, 0.44]}
 SMALL_SCENES_GAINS = (3.0, 8.0, 5.8)
 STUDY_ITERATIONS = 1500  # the payoff study's third regime: `semiseg quickstart --iters 1500`
@@ -201,7 +202,7 @@ def _budget_note(iterations: int, small_scenes: bool = False) -> str:
     unsup = iterations - semi_options(iterations)["unsup_start"]
     return (f"At {iterations} iterations the unlabeled loss has run for {unsup} of them, too few to pay (at 200, 31 "
             "labeled scenes score as well as all 1,000: steps limit the model, not labels). "
-            f"`semiseg quickstart --small-scenes` (about 7 minutes on 2 cores) is the shortest regime measured where "
+            f"`semiseg quickstart --small-scenes` (about 5 minutes on 2 cores) is the shortest regime measured where "
             f"they pay ({gains} test mIoU over three seeds); the payoff study's: `--iters {STUDY_ITERATIONS}` or "
             f"`--iters {LONG_STUDY_ITERATIONS}` (README, BENCHMARKS.md).\n")
 
