@@ -83,7 +83,7 @@ def test_small_scenes_is_the_study_that_measured_it(tmp_path):
     """BENCHMARKS.md reports --small-scenes' gains from configs/synthetic/study_quickstart_64px.yaml: the quickstart's
     two runs must be exactly that study's seed-0 runs (machine keys aside), and the default must not change."""
     from semiseg.config import config_to_dict
-    from semiseg.engine.study import _diff, _without_machine_keys, expand, load_study
+    from semiseg.engine.study import expand, experiment_diff, load_study
 
     study = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic", "study_quickstart_64px.yaml")
     measured = {s.arm: s for s in expand(load_study(study), str(tmp_path / "m")) if s.seed == 0}
@@ -96,7 +96,7 @@ def test_small_scenes_is_the_study_that_measured_it(tmp_path):
         a, b = (config_to_dict(load_config(s.recipe, s.overrides)) for s in (quick[ours], measured[theirs]))
         for config in (a, b):
             config["data"].pop("num_workers")  # a machine setting: the quickstart's scene worker
-        assert _diff(_without_machine_keys(a), _without_machine_keys(b)) == [], ours
+        assert experiment_diff(a, b) == [], ours
     assert semi_options(800, small_scenes=True) == {**semi_options(800), **SMALL_SCENES_SEMI}
     assert quickstart_config().data.crop_size == [128, 128] and "per_class_keep" not in semi_options(200)
     # the printed note points the default's user to the regime that pays, and says where it was measured

@@ -222,6 +222,14 @@ def test_changed_settings_are_refused(tmp_path):
         st.run_study(changed, str(out), dry_run=True, echo=lambda s: None)
 
 
+def test_experiment_diff_ignores_machine_keys_and_leaves_its_inputs_alone():
+    want = {"name": "a", "train": {"threads": 1, "iterations": 800}, "optim": {"lr": 0.01}}
+    have = {"name": "b", "train": {"threads": 2, "iterations": 800}, "optim": {"lr": 0.5}}
+    assert st.experiment_diff(want, have) == ["optim.lr: run has 0.5, study asks 0.01"]
+    assert want["train"]["threads"] == 1 and have["name"] == "b"  # copies were trimmed, not the caller's dicts
+    assert st.experiment_diff(want, {**want, "name": "c", "train": {"threads": 4, "iterations": 800}}) == []
+
+
 def test_table_only_refuses_finished_runs_made_with_other_settings(tmp_path, capsys):
     path, out, specs = _one_seed_study_with_finished_runs(tmp_path)
     adv = specs["adv_1-8_s0"]

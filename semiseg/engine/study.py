@@ -34,6 +34,7 @@ module parses no command line: that is ``semiseg/commands/study.py``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fnmatch
 import hashlib
 import json
@@ -399,8 +400,13 @@ def config_mismatch(spec: RunSpec) -> list[str]:
         have = config_to_dict(load_config(saved))
     except ConfigError as e:
         return [f"its config.yaml cannot be read ({e})"]
-    want = config_to_dict(load_config(spec.recipe, spec.overrides))
-    return _diff(_without_machine_keys(want), _without_machine_keys(have))
+    return experiment_diff(config_to_dict(load_config(spec.recipe, spec.overrides)), have)
+
+
+def experiment_diff(want: dict, have: dict) -> list[str]:
+    """Where two resolved configs (as dicts) describe different experiments: one line per key that differs, the
+    machine keys (threads, device, ...) aside; [] when they are the same experiment. The inputs are not changed."""
+    return _diff(_without_machine_keys(copy.deepcopy(want)), _without_machine_keys(copy.deepcopy(have)))
 
 
 def _without_machine_keys(config: dict) -> dict:
