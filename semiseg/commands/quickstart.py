@@ -39,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, help=f"training iterations of each run (default {QUICKSTART['train.iterations']})")
     parser.add_argument("--small-scenes", action="store_true",
                         help="64 px scenes, 800 iterations, the arm with per-class selection and copy-paste: the "
-                        "shortest regime where the unlabeled scenes paid (~7 min on 2 cores)")
+                        "shortest regime where the unlabeled scenes paid (~5 min on 2 cores)")
     parser.add_argument("--fast", action="store_true", help=f"{FAST_ITERATIONS} iterations on less data: checks the pipeline, not the model")
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: 2 when there are 2+ cores)")
     parser.add_argument("--predictions", type=int, default=4, help="test scenes to render into predictions/")

@@ -43,15 +43,14 @@ class StrongAugment(v2.Compose):
         blur = v2.GaussianBlur(kernel_size=blur_kernel, sigma=(0.1, 2.0))
         super().__init__([v2.RandomApply([jitter], p=0.8), gray, v2.RandomApply([blur], p=0.5)])
         self.jitter, self.gray, self.blur = jitter, gray, blur
-        self.jitter_p, self.blur_p = self.transforms[0].p, self.transforms[2].p
 
     def _draw(self) -> _Draw:
         # the draws of RandomApply / RandomGrayscale / GaussianBlur's forward, in Compose's order
-        jitter = None if torch.rand(1) >= self.jitter_p else self.jitter.make_params([])
+        jitter = None if torch.rand(1) >= self.transforms[0].p else self.jitter.make_params([])
         if jitter is not None:
             jitter["fn_idx"] = jitter["fn_idx"].tolist()
         grayscale = not torch.rand(1) >= self.gray.p
-        sigma = None if torch.rand(1) >= self.blur_p else self.blur.make_params([])["sigma"]
+        sigma = None if torch.rand(1) >= self.transforms[2].p else self.blur.make_params([])["sigma"]
         return _Draw(jitter, grayscale, sigma)
 
     def batch(self, images: torch.Tensor) -> torch.Tensor:
