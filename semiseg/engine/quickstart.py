@@ -11,37 +11,43 @@ import os
 import sys
 import time
 
+from typing import Callable
+
 import yaml
 
-# The regime: the payoff study's third regime (BENCHMARKS.md; configs/synthetic/study_payoff_unet.yaml), read from
+from semiseg.engine.quickstart_schedule import Schedule, choose_schedule
+
+# The recipes: the payoff study's third regime (BENCHMARKS.md; configs/synthetic/study_payoff_unet.yaml), read from
 # its shipped recipes so the two cannot drift apart: the small U-Net from scratch on 1,000 synthetic scenes of which
-# 1/8 (125) keep their labels, whole 128x128 scenes with flips and quarter turns, batch 16, AdamW. The study measures
-# what the unlabeled scenes are worth at 1,500 iterations (`--iters 1500`, third regime: 32% of the gap to the
-# all-label model closed) and 3,000 (`--iters 3000`, fourth regime: 56%); the default is shorter so that the first
-# command fits 5 minutes on a 2-core CPU.
+# 1/8 (125) keep their labels, whole scenes with flips and quarter turns, batch 16, AdamW. The study measures what the
+# unlabeled scenes are worth on its 128 px scenes at 1,500 iterations (`--large-scenes --iters 1500`, third regime:
+# 32% of the gap to the all-label model closed) and 3,000 (`--large-scenes --iters 3000`, fourth regime: 56%).
 SUPERVISED_RECIPE = "synthetic/unet_small_1-8"
 SEMI_RECIPE = "synthetic/consistency_unet_small_tuned_1-8"
-# What the quickstart changes in the supervised recipe.
+# What the quickstart changes in the supervised recipe, in both regimes.
 QUICKSTART = {
     "name": "quickstart",
     "data.val_options": {"length": 200},  # 200 validation and 200 test scenes
-    "train.iterations": 200,  # sized for 5 minutes on a 2-core CPU without native bf16 (BENCHMARKS.md, Quickstart)
     "train.eval_interval": 0,  # validate at the end only: the runs are scored on test, nothing is picked on val
-    "train.checkpoint_interval": 100,
     "train.log_interval": 20,
 }
-# `--small-scenes`: the shortest regime measured where the unlabeled scenes pay (BENCHMARKS.md, "Quickstart", Q5-Q8;
-# configs/synthetic/study_quickstart_64px.yaml). On 64 px scenes (a quarter of the pixels) with 800 steps 125 labels
-# are 5.9 val mIoU short of all 1,000 (at the default's 200 steps on 128 px they are not short at all) ...
+# The default regime: the shortest measured where the unlabeled scenes pay, within 5 minutes on a 2-core CPU without
+# native bf16 (BENCHMARKS.md, "Quickstart", Q5-Q10; configs/synthetic/study_quickstart_64px.yaml). On 64 px scenes (a
+# quarter of the pixels) with 800 steps 125 labels are 5.9 val mIoU short of all 1,000 (at 200 steps on 128 px they
+# are not short at all) ...
 SMALL_SCENES = {"data.options": {"size": 64}, "data.crop_size": [64, 64], "train.iterations": 800,
                 "train.checkpoint_interval": 400}
 # ... and the arm, whose confident pseudo labels were 98% background there, gains once each class keeps its most
 # confident half of the pixels (per_class_keep) and the labeled images are pasted into the unlabeled ones and back
-# (Bidirectional Copy-Paste, as in the CamVid arm): test mIoU +3.0 / +8.0 / +5.8 over seeds 0-2. It takes 5.2 minutes
-# on a 2-core AMD EPYC Zen 3 without bf16 (BENCHMARKS.md, Q9), over the default's 5-minute budget; at 500 steps it did
-# not pay.
+# (Bidirectional Copy-Paste, as in the CamVid arm): test mIoU over seeds 0-2 +3.0 / +8.0 / +5.8 with one thread per run
+# (side by side), +2.9 / +6.8 / +6.7 with two (one after the other; two threads sum in another order). On a 2-core
+# AMD EPYC Zen 3 without bf16 it takes 4.8 minutes one after the other, 5.4 side by side (Q10; quickstart_schedule.py
+# chooses between them); at 500 steps it did not pay.
 SMALL_SCENES_SEMI = {"per_class_keep": 0.5, "paste_labeled": True, "cutmix_prob": 1.0, "cutmix_area": [0.44, 0.44]}
-SMALL_SCENES_GAINS = (3.0, 8.0, 5.8)
+SMALL_SCENES_GAINS = {1: (3.0, 8.0, 5.8), 2: (2.9, 6.8, 6.7)}  # threads per run -> test mIoU gains, seeds 0, 1, 2
+# `--large-scenes`: the payoff study's 128 px scenes and its recipes' arm; 200 iterations fit 5 minutes (4.1 on the
+# Zen 3) but are too few for the unlabeled scenes to pay (at 200 steps the labels do not limit: BENCHMARKS.md).
+LARGE_SCENES = {"train.iterations": 200, "train.checkpoint_interval": 100}
 STUDY_ITERATIONS = 1500  # the payoff study's third regime: `semiseg quickstart --iters 1500`
 LONG_STUDY_ITERATIONS = 3000  # its fourth regime (the same recipes, twice the steps): `--iters 3000`
 SEED = 0
@@ -61,9 +67,9 @@ DEFAULT_RUN_DIR = os.path.join("runs", "quickstart")
 
 
 def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool = False, jobs: int | None = None,
-                      small_scenes: bool = False):
+                      large_scenes: bool = False):
     """The base recipe both runs share (supervised; the semi-supervised arm changes only ``method``).
-    ``small_scenes``: SMALL_SCENES (64 px, 800 iterations) instead of the default 128 px and 200 iterations.
+    The default regime is SMALL_SCENES (64 px, 800 iterations); ``large_scenes``: LARGE_SCENES (128 px, 200).
 
     ``jobs``: runs at once (default: 2 when there are 2+ cores). Only runs side by side on one thread each draw their
     scenes in a worker, the setting measured: next to a run on several threads a worker process could stall its
@@ -72,8 +78,7 @@ def quickstart_config(overrides=(), *, iterations: int | None = None, fast: bool
 
     recipe = load_config(SUPERVISED_RECIPE)
     values = dict(QUICKSTART)
-    if small_scenes:
-        values.update(SMALL_SCENES)
+    values.update(LARGE_SCENES if large_scenes else SMALL_SCENES)
     if fast:
         values.update({"train.iterations": FAST_ITERATIONS, "train.eval_interval": 0, "train.checkpoint_interval": 10,
                        "data.options": {"length": 32, "size": 64}, "data.crop_size": [64, 64],
@@ -111,27 +116,27 @@ def _shrink(iterations: int, recipe_iterations: int) -> float:
     return min(1.0, iterations / recipe_iterations)
 
 
-def semi_options(iterations: int, small_scenes: bool = False) -> dict:
-    """The semi-supervised recipe's method options, its supervised warm-up and ramp shrunk for a short run (and
-    SMALL_SCENES_SEMI added for ``small_scenes``)."""
+def semi_options(iterations: int, large_scenes: bool = False) -> dict:
+    """The semi-supervised recipe's method options, its supervised warm-up and ramp shrunk for a short run, and
+    SMALL_SCENES_SEMI added unless ``large_scenes`` (the payoff study's recipe as it is)."""
     from semiseg.config import load_config
 
     recipe = load_config(SEMI_RECIPE)
     options = dict(recipe.method.options)
     for key in ("unsup_start", "unsup_rampup"):
         options[key] = round(options.get(key, 0) * _shrink(iterations, recipe.train.iterations))
-    if small_scenes:
+    if not large_scenes:
         options.update(SMALL_SCENES_SEMI)
     return options
 
 
-def write_study(run_dir: str, cfg, small_scenes: bool = False) -> str:
+def write_study(run_dir: str, cfg, large_scenes: bool = False) -> str:
     """recipe.yaml (the shared base) and study.yaml (two arms, one split, one seed) in ``run_dir``."""
     from semiseg.atomic import atomic_write_text
     from semiseg.config import dump_config
 
     dump_config(cfg, os.path.join(run_dir, "recipe.yaml"))
-    options = yaml.safe_dump(semi_options(cfg.train.iterations, small_scenes), default_flow_style=True,
+    options = yaml.safe_dump(semi_options(cfg.train.iterations, large_scenes), default_flow_style=True,
                              width=10_000).strip()
     study = {
         "name": "quickstart",
@@ -188,27 +193,51 @@ def write_predictions(run_dirs: dict[str, str], cfg, out: str, count: int) -> st
     return out
 
 
-def _budget_note(iterations: int, small_scenes: bool = False) -> str:
-    """What a short quickstart can and cannot show, said where its numbers are printed."""
-    gains = " / ".join(f"{g:+.1f}" for g in SMALL_SCENES_GAINS)
-    if small_scenes:
-        if iterations == SMALL_SCENES["train.iterations"]:
-            return (f"This regime gained {gains} test mIoU over seeds 0, 1 and 2 (BENCHMARKS.md, Quickstart, Q7); "
-                    "the seed-to-seed spread is a few points.\n")
-        return (f"--small-scenes was measured at {SMALL_SCENES['train.iterations']} iterations ({gains} over three "
-                f"seeds); {iterations} were not measured (at 500 it did not pay).\n")
+def _gains(threads: int) -> str:
+    return " / ".join(f"{g:+.1f}" for g in SMALL_SCENES_GAINS[1 if threads == 1 else 2])
+
+
+def _budget_note(iterations: int, large_scenes: bool = False, threads: int = 1) -> str:
+    """What a quickstart of ``iterations`` can and cannot show, said where its numbers are printed."""
+    default = SMALL_SCENES["train.iterations"]
+    if not large_scenes:
+        if iterations == default:
+            measured = "one thread per run" if threads == 1 else "two threads per run" + \
+                ("" if threads == 2 else f" (this machine gave each {threads}: another summation order again)")
+            return (f"This regime gained {_gains(threads)} test mIoU over seeds 0, 1 and 2 with {measured} "
+                    "(BENCHMARKS.md, Quickstart, Q7 and Q10); the seed-to-seed spread is a few points.\n")
+        return (f"The 64 px regime was measured at {default} iterations ({_gains(threads)} over three seeds); "
+                f"{iterations} were not measured (at 500 it did not pay).\n")
     if iterations >= STUDY_ITERATIONS:
         return ""
-    unsup = iterations - semi_options(iterations)["unsup_start"]
+    unsup = iterations - semi_options(iterations, large_scenes=True)["unsup_start"]
     return (f"At {iterations} iterations the unlabeled loss has run for {unsup} of them, too few to pay (at 200, 31 "
             "labeled scenes score as well as all 1,000: steps limit the model, not labels). "
-            f"`semiseg quickstart --small-scenes` (about 5 minutes on 2 cores) is the shortest regime measured where "
-            f"they pay ({gains} test mIoU over three seeds); the payoff study's: `--iters {STUDY_ITERATIONS}` or "
-            f"`--iters {LONG_STUDY_ITERATIONS}` (README, BENCHMARKS.md).\n")
+            f"The default `semiseg quickstart` (64 px scenes, {default} iterations, about 5 minutes on 2 cores) is the "
+            f"shortest regime measured where they pay ({_gains(1)} test mIoU over three seeds); the payoff "
+            f"study's: `--large-scenes --iters {STUDY_ITERATIONS}` or `--iters {LONG_STUDY_ITERATIONS}` (README, "
+            "BENCHMARKS.md).\n")
+
+
+def plan_jobs(jobs: int | None, *, fast: bool = False, large_scenes: bool = False,
+              choose: Callable[[int], Schedule] | None = None) -> Schedule:
+    """How many runs at once: the user's ``--jobs``; else, for the default regime on 2+ cores, what this machine's
+    threads measure (quickstart_schedule.py); else side by side wherever there are 2 cores (the setting the
+    128 px regime and `--fast` were measured and tested in)."""
+    from semiseg.engine.study import jobs_and_threads
+    from semiseg.engine.threads import available_cores
+
+    if jobs is not None:
+        return Schedule(jobs_and_threads(jobs)[0], "--jobs")
+    cores = available_cores()
+    if cores >= 2 and not fast and not large_scenes:
+        return (choose or choose_schedule)(cores)
+    jobs = jobs_and_threads(None)[0]
+    return Schedule(jobs, "one core" if cores < 2 else "the setting this regime was measured in")
 
 
 def run_quickstart(overrides=(), *, run_dir: str = DEFAULT_RUN_DIR, iterations: int | None = None, fast: bool = False,
-                   jobs: int | None = None, predictions: int = 4, small_scenes: bool = False) -> int:
+                   jobs: int | None = None, predictions: int = 4, large_scenes: bool = False) -> int:
     """Train and score both arms into a new study folder (``run_dir``, or ``run_dir-2`` ... when it exists), print
     the table; returns the exit code."""
     from semiseg.config import ConfigError
@@ -217,9 +246,10 @@ def run_quickstart(overrides=(), *, run_dir: str = DEFAULT_RUN_DIR, iterations: 
     from semiseg.engine.study import StudyError, jobs_and_threads, load_study, run_study
 
     start = time.perf_counter()
-    jobs, _ = jobs_and_threads(jobs)
+    schedule = plan_jobs(jobs, fast=fast, large_scenes=large_scenes)
+    jobs, threads = jobs_and_threads(schedule.jobs)
     try:
-        cfg = quickstart_config(overrides, iterations=iterations, fast=fast, jobs=jobs, small_scenes=small_scenes)
+        cfg = quickstart_config(overrides, iterations=iterations, fast=fast, jobs=jobs, large_scenes=large_scenes)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -229,9 +259,11 @@ def run_quickstart(overrides=(), *, run_dir: str = DEFAULT_RUN_DIR, iterations: 
     n_labeled = round(cfg.data.labeled.fraction * n_train)
     print(f"semiseg quickstart: do {n_train - n_labeled} unlabeled scenes help a model that has {n_labeled} labeled "
           f"ones?\n{cfg.model.name} from scratch, {cfg.data.crop_size[0]}px crops, {cfg.train.iterations} iterations "
-          f"of batch {cfg.data.batch_size}; supervised and semi-supervised side by side ({jobs} at a time) -> {run_dir}")
+          f"of batch {cfg.data.batch_size}; supervised and semi-supervised -> {run_dir}\n"
+          f"schedule: {jobs} run{'s' if jobs > 1 else ''} at a time on {threads} thread{'s' if threads > 1 else ''} "
+          f"each ({schedule.reason})")
     try:
-        study = load_study(write_study(run_dir, cfg, small_scenes))
+        study = load_study(write_study(run_dir, cfg, large_scenes))
         code = run_study(study, run_dir, jobs=jobs, echo=lambda line: print(line, flush=True),
                          nice=run_priorities(jobs))
     except (StudyError, ConfigError) as e:
@@ -255,7 +287,7 @@ def run_quickstart(overrides=(), *, run_dir: str = DEFAULT_RUN_DIR, iterations: 
     print(f"\nfinished in {minutes:.1f} min; test mIoU after {cfg.train.iterations} iterations each:\n"
           f"  {rows[0]:<{width}}  {sup:5.1f}\n"
           f"  {rows[1]:<{width}}  {semi:5.1f}  (gain {semi - sup:+.1f})\n"
-          f"{_budget_note(cfg.train.iterations, small_scenes)}"
+          f"{_budget_note(cfg.train.iterations, large_scenes, threads)}"
           "One seed: BENCHMARKS.md has this comparison over seeds and label fractions, with its spread.\n"
           f"study folder {run_dir}:\n"
           f"  study.md           the table; study.yaml + recipe.yaml rerun it: semiseg study {run_dir}/study.yaml --out {run_dir}\n"
