@@ -48,8 +48,8 @@ SMALL_SCENES_GAINS = {1: (3.0, 8.0, 5.8), 2: (2.9, 6.8, 6.7)}  # threads per run
 # `--large-scenes`: the payoff study's 128 px scenes and its recipes' arm; 200 iterations fit 5 minutes (4.1 on the
 # Zen 3) but are too few for the unlabeled scenes to pay (at 200 steps the labels do not limit: BENCHMARKS.md).
 LARGE_SCENES = {"train.iterations": 200, "train.checkpoint_interval": 100}
-STUDY_ITERATIONS = 1500  # the payoff study's third regime: `semiseg quickstart --iters 1500`
-LONG_STUDY_ITERATIONS = 3000  # its fourth regime (the same recipes, twice the steps): `--iters 3000`
+STUDY_ITERATIONS = 1500  # the payoff study's third regime: `semiseg quickstart --large-scenes --iters 1500`
+LONG_STUDY_ITERATIONS = 3000  # its fourth regime (the same recipes, twice the steps): `--large-scenes --iters 3000`
 SEED = 0
 # One DataLoader worker per loader: drawing the scenes is ~22% of a step (4.4 ms CPU per scene, 16-32 per step), and
 # a worker draws them on whichever core is free. The two runs go side by side, so this pays once the short supervised
