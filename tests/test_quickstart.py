@@ -195,3 +195,13 @@ def test_measure_step_seconds_times_the_model_and_restores_the_thread_count():
     before = torch.get_num_threads()
     seconds = measure_step_seconds(1, size=16, rounds=1)
     assert 0 < seconds < 60 and torch.get_num_threads() == before
+
+
+def test_small_scenes_is_still_accepted_and_excludes_large_scenes(capsys):
+    from semiseg.cli import build_parser
+
+    args = build_parser("quickstart").parse_args(["quickstart", "--small-scenes"])  # the default since Q10; old commands still run
+    assert args.small_scenes and not args.large_scenes
+    with pytest.raises(SystemExit):
+        build_parser("quickstart").parse_args(["quickstart", "--small-scenes", "--large-scenes"])
+    assert "not allowed with" in capsys.readouterr().err
