@@ -31,7 +31,7 @@ def test_quickstart_fast_trains_both_arms_on_one_split_and_reports_the_gain(tmp_
     assert main(["quickstart", "--fast", "--run-dir", run, "--predictions", "2"]) == 0
     out = capsys.readouterr().out
     assert "supervised on 4 labeled scenes" in out and "semi-supervised, + 28 unlabeled scenes" in out
-    assert "gain" in out and run in out
+    assert "gain" in out and run in out and "--fast checks that every piece runs" in out
     assert {"study.md", "study.json", "study.yaml", "recipe.yaml", "runs", "logs", "predictions"} <= set(os.listdir(run))
     sup, semi = (os.path.join(run, "runs", f"{arm}_1-8_s0") for arm in ("supervised", "semi-supervised"))
     a, b = load_config(os.path.join(sup, "config.yaml")), load_config(os.path.join(semi, "config.yaml"))
