@@ -210,31 +210,38 @@ def _short_path(path: Path) -> str:
     return "~" + text[len(home):] if home not in ("", "/") and text.startswith(home + os.sep) else text
 
 
-def _read_cache(path: Path) -> list[dict]:
-    """The cache's entries; an unreadable or malformed file is ignored with a warning (it is only a cache)."""
+def remeasure_requested() -> bool:
+    """``SEMISEG_REMEASURE`` set to anything but empty / 0 / false / no: the machine caches are ignored and rewritten."""
+    return os.environ.get("SEMISEG_REMEASURE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def read_cache(path: Path, what: str = "precision cache", valid: Callable[[dict], bool] | None = None) -> list[dict]:
+    """A measurement cache's entries (those ``valid`` accepts; default: the precision cache's); an unreadable or
+    malformed file is ignored with a warning naming ``what`` (it is only a cache)."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (FileNotFoundError, NotADirectoryError):
         return []
     except (OSError, ValueError) as e:
-        warnings.warn(f"ignoring the unreadable precision cache {path} ({e}); it will be rewritten", stacklevel=3)
+        warnings.warn(f"ignoring the unreadable {what} {path} ({e}); it will be rewritten", stacklevel=3)
         return []
     entries = data.get("entries") if isinstance(data, dict) else None
     if not isinstance(entries, list) or data.get("format") != CACHE_FORMAT:
-        warnings.warn(f"ignoring the precision cache {path}: not a semiseg format-{CACHE_FORMAT} cache; it will be "
+        warnings.warn(f"ignoring the {what} {path}: not a semiseg format-{CACHE_FORMAT} cache; it will be "
                       "rewritten", stacklevel=3)
         return []
-    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("times_ms"), dict)]
+    valid = valid or (lambda e: isinstance(e.get("times_ms"), dict))
+    return [e for e in entries if isinstance(e, dict) and valid(e)]
 
 
-def _write_cache(path: Path, entries: list[dict]) -> bool:
+def write_cache(path: Path, entries: list[dict], what: str = "precision cache") -> bool:
     """Temp file + rename: a reader sees the old file or the new one. Failure (read-only home) only warns."""
     try:
         atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "entries": entries[-200:]}, indent=1))
         return True
     except OSError as e:
-        warnings.warn(f"could not write the precision cache {path} ({e}); the next run measures again", stacklevel=3)
+        warnings.warn(f"could not write the {what} {path} ({e}); the next run measures again", stacklevel=3)
         return False
 
 
@@ -285,9 +292,9 @@ def choose_precision(precision: str, channels_last: bool | str, device: torch.de
 
     path = cache_file()
     machine, work = machine_fingerprint(), workload.describe()
-    entries = _read_cache(path)
+    entries = read_cache(path)
     entry = next((e for e in entries if e.get("machine") == machine and e.get("workload") == work), None)
-    remeasure = os.environ.get("SEMISEG_REMEASURE", "").strip().lower() not in ("", "0", "false", "no")
+    remeasure = remeasure_requested()
     # The decision is made on the milliseconds the cache stores, unrounded, on both paths: a cache hit then chooses
     # exactly what the measurement that wrote it chose (rounded times once flipped a tie at the noise margin).
     times = None if entry is None or remeasure else _cached_times_ms(entry, candidates)
@@ -313,7 +320,7 @@ def choose_precision(precision: str, channels_last: bool | str, device: torch.de
             "times_ms": {mode_name(*m): t if math.isfinite(t) else None for m, t in times.items()},
             "measured_size": list(measured_size) if measured_size else None, "clock": workload.clock,
             "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}]
-        head, tail = "measured", f"cached in {_short_path(path)}" if _write_cache(path, entries) else "not cached"
+        head, tail = "measured", f"cached in {_short_path(path)}" if write_cache(path, entries) else "not cached"
     times_ms = {mode_name(*m): t for m, t in times.items()}
     finite = {m: t for m, t in times.items() if math.isfinite(t)}
     if not finite:
@@ -566,5 +573,5 @@ def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScal
 __all__ = [
     "PRECISIONS", "MODES", "NOISE_MARGIN", "PROBE_MARGIN", "mode_name", "resolve_device", "resolve_precision", "resolve_channels_last",
     "autocast", "make_grad_scaler", "Workload", "PrecisionChoice", "choose_precision", "measure_modes", "decide",
-    "settle_tie_at_full_crop", "machine_fingerprint", "cache_file",
+    "settle_tie_at_full_crop", "machine_fingerprint", "cache_file", "read_cache", "write_cache", "remeasure_requested",
 ]

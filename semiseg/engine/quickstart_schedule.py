@@ -13,8 +13,6 @@ backward on 48), on half the threads and on all of them, a few seconds once per 
 from __future__ import annotations
 
 import datetime
-import json
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,7 +24,6 @@ from typing import Callable
 # other breaks even at about 1.6x of the passes, so it is chosen from 1.7x (a margin); below, side by side.
 MIN_SPEEDUP = 1.7
 CACHE_NAME = "schedule.json"
-CACHE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -65,37 +62,22 @@ def measure_step_seconds(threads: int, *, size: int = 64, rounds: int = 3) -> fl
         torch.set_num_threads(before)
 
 
-def _cache_path() -> str:
-    from semiseg.runtime import cache_file
-
-    return str(cache_file().with_name(CACHE_NAME))
-
-
-def _read(path: str) -> list[dict]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        entries = data["entries"] if data.get("format") == CACHE_FORMAT else []
-        return [e for e in entries if isinstance(e, dict)]
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-        warnings.warn(f"ignoring the unreadable schedule cache {path} ({e}); it will be rewritten", stacklevel=3)
-        return []
+def _timed(entry: dict) -> bool:
+    """A cache entry with the two step times (half the threads, all of them)."""
+    seconds = entry.get("seconds")
+    return isinstance(seconds, list) and len(seconds) == 2 and all(isinstance(v, (int, float)) for v in seconds)
 
 
 def choose_schedule(cores: int, *, measure: Callable[[int], float] = measure_step_seconds) -> Schedule:
     """Side by side (2 jobs) or one after the other (1 job) for a machine with ``cores`` cores (2 or more)."""
-    from semiseg.atomic import atomic_write_text
-    from semiseg.runtime import machine_fingerprint
+    from semiseg.runtime import cache_file, machine_fingerprint, read_cache, remeasure_requested, write_cache
 
     half = max(1, cores // 2)
     machine = {**machine_fingerprint(), "threads": [half, cores]}
-    path = _cache_path()
-    entries = _read(path)
+    path = cache_file().with_name(CACHE_NAME)  # beside precision.json
+    entries = read_cache(path, "schedule cache", _timed)
     entry = next((e for e in entries if e.get("machine") == machine), None)
-    remeasure = os.environ.get("SEMISEG_REMEASURE", "").strip().lower() not in ("", "0", "false", "no")
-    if entry is not None and not remeasure and isinstance(entry.get("seconds"), list) and len(entry["seconds"]) == 2:
+    if entry is not None and not remeasure_requested():
         low, high = (float(s) for s in entry["seconds"])
         source = f"cached {str(entry.get('measured', '?'))[:10]} in {path}; SEMISEG_REMEASURE=1 measures again"
     else:
@@ -107,11 +89,7 @@ def choose_schedule(cores: int, *, measure: Callable[[int], float] = measure_ste
         entries = [e for e in entries if e is not entry] + [{
             "machine": machine, "seconds": [low, high],
             "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}]
-        try:
-            atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "entries": entries[-50:]}, indent=1))
-            source = f"measured, cached in {path}"
-        except OSError as e:
-            source = f"measured, not cached ({e})"
+        source = f"measured, cached in {path}" if write_cache(path, entries, "schedule cache") else "measured, not cached"
     speedup = low / high
     timing = (f"a semi-supervised step's model passes {1000 * low:.0f} ms on {half} thread{'s' if half > 1 else ''}, "
               f"{1000 * high:.0f} ms on {cores}: {speedup:.2f}x")
