@@ -228,6 +228,12 @@ def test_experiment_diff_ignores_machine_keys_and_leaves_its_inputs_alone():
     assert st.experiment_diff(want, have) == ["optim.lr: run has 0.5, study asks 0.01"]
     assert want["train"]["threads"] == 1 and have["name"] == "b"  # copies were trimmed, not the caller's dicts
     assert st.experiment_diff(want, {**want, "name": "c", "train": {"threads": 4, "iterations": 800}}) == []
+    # the same data in another folder (another machine) is the same experiment; other data is not
+    here = {**want, "data": {"root": "../shared/data/camvid", "kind": "camvid"}}
+    there = {**want, "data": {"root": "/data/camvid", "kind": "camvid"}}
+    assert st.experiment_diff(here, there) == [] and st.config_digest(here) == st.config_digest(there)
+    assert st.experiment_diff(here, {**there, "data": {"root": "/data/voc", "kind": "voc"}}) == [
+        "data.kind: run has 'voc', study asks 'camvid'"]
 
 
 def test_table_only_refuses_finished_runs_made_with_other_settings(tmp_path, capsys):
@@ -425,6 +431,21 @@ def test_table_only_with_only_shows_the_matching_runs_and_still_records_every_ru
     assert adv["miou"] == 0.34 and adv["kept"] is True  # the narrowed table did not drop the kept record
     assert main(["study", path, "--out", str(out), "--table-only"]) == 0
     assert "| adv_1-8_s0 | 34.0 (kept) |" in (out / "study.md").read_text()
+
+
+def test_a_run_folder_trimmed_to_its_small_files_is_still_done(tmp_path, capsys):
+    """Checkpoints are big: a run folder kept (or committed) without last.pt still holds its final result."""
+    path, out, specs = _one_seed_study_with_finished_runs(tmp_path)
+    spec = specs["adv_1-8_s0"]
+    os.remove(os.path.join(spec.run_dir, "last.pt"))
+    assert st.run_state(spec) == "done" and st.commands(spec, st.run_state(spec), threads=1) == []
+    assert main(["study", path, "--out", str(out), "--table-only"]) == 0
+    md = (out / "study.md").read_text()
+    assert "| adv | 1/8 | 125 | 1 | **34.0** |" in md and "(kept)" not in md and "Not finished" not in md
+    # an evaluation of an earlier checkpoint is not the run's result, with or without last.pt
+    result = json.load(open(spec.eval_file))
+    json.dump({**result, "iteration": spec.iterations - 1}, open(spec.eval_file, "w"))
+    assert st.final_evaluation(spec) is None and st.run_state(spec) == "broken"
 
 
 def test_table_only_keeps_results_whose_run_folders_are_gone(tmp_path, capsys):

@@ -61,7 +61,10 @@ ARM_KEYS = ("recipe", "set")
 # Keys the grid sets per run; a `set` that changed them would silently break the pairing.
 GRID_KEYS = ("train.seed", "data.labeled.fraction", "data.labeled.count", "data.labeled.id_file", "data.labeled.seed")
 # Keys that may differ between a run's saved config and the study without making it another experiment.
-MACHINE_KEYS = ("name", "output_dir", "train.threads")
+# Keys that say where or how a run was made, not what it is: the same experiment on another machine has its data in
+# another folder (data.root) and may use another thread count. What the data is (kind, classes, which images are
+# labeled: split.txt) stays part of the experiment.
+MACHINE_KEYS = ("name", "output_dir", "train.threads", "data.root")
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -336,7 +339,8 @@ def run_state(spec: RunSpec) -> str:
     """What a run folder holds, from what semiseg writes there:
 
     * ``done``: the held-out evaluation of the final last.pt is recorded (eval_<split>_last.json), per group
-      when the study has ``group_by`` (an evaluation without its groups is made again);
+      when the study has ``group_by`` (an evaluation without its groups is made again); last.pt itself may have
+      been deleted since;
     * ``trained``: training finished (the final evaluation is logged and last.pt was written after it);
     * ``partial``: a last.pt to resume from;
     * ``new``: no folder, or an empty one;
@@ -359,10 +363,13 @@ def run_state(spec: RunSpec) -> str:
 
 
 def final_evaluation(spec: RunSpec) -> dict | None:
-    """The run's recorded evaluation of its final last.pt (eval_<split>_last.json), or None."""
+    """The run's recorded evaluation of its final last.pt (eval_<split>_last.json), or None.
+
+    The checkpoint itself need not be there any more: a run folder trimmed to its small files (last.pt deleted to
+    save space, or the folder copied elsewhere without it) still holds its result; the evaluation records the
+    iteration it scored, and only the final one counts."""
     result = _read_json(spec.eval_file)
     if (isinstance(result, dict) and result.get("iteration") == spec.iterations
-            and os.path.isfile(os.path.join(spec.run_dir, "last.pt"))
             and os.path.basename(str(result.get("checkpoint", ""))) == "last.pt"):
         return result
     return None
@@ -405,7 +412,7 @@ def config_mismatch(spec: RunSpec) -> list[str]:
 
 def experiment_diff(want: dict, have: dict) -> list[str]:
     """Where two resolved configs (as dicts) describe different experiments: one line per key that differs, the
-    machine keys (threads, device, ...) aside; [] when they are the same experiment. The inputs are not changed."""
+    machine keys (MACHINE_KEYS: threads, the data's folder, ...) aside; [] when they are the same experiment. The inputs are not changed."""
     return _diff(_without_machine_keys(copy.deepcopy(want)), _without_machine_keys(copy.deepcopy(have)))
 
 
@@ -415,8 +422,9 @@ def _without_machine_keys(config: dict) -> dict:
         d = config
         *parents, leaf = key.split(".")
         for p in parents:
-            d = d[p]
-        d.pop(leaf, None)
+            d = d.get(p) if isinstance(d, dict) else None
+        if isinstance(d, dict):
+            d.pop(leaf, None)
     return config
 
 
