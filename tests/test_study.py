@@ -381,6 +381,25 @@ def test_table_only_from_run_folders(tmp_path, capsys):
     assert (out / "study.png").stat().st_size > 0
 
 
+def test_plot_pairs_each_seed_across_the_arms():
+    """The right panel draws one line per (label setting, seed) through the arms that ran it, baseline first; a seed
+    with one arm only has nothing to pair and draws nothing."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    def res(arm, tag, seed, miou, n):
+        return {"arm": arm, "labels": tag, "seed": seed, "miou": miou, "n_labeled": n, "train_seconds": 1.0}
+
+    results = [res("sup", "12", 1, 0.287, 12), res("sup", "12", 2, 0.268, 12), res("x", "12", 1, 0.363, 12),
+               res("x", "12", 2, 0.389, 12), res("sup", "46", 1, 0.395, 46), res("x", "46", 2, 0.41, 46)]
+    rows = report.summarize(results, baseline="sup", arms=["sup", "x"], labels=["12", "46"], seeds=[1, 2])
+    ax = Figure().add_subplot()
+    report._plot_paired(ax, rows, ["sup", "x"])
+    lines = {line.get_label(): [round(y, 1) for y in line.get_ydata()] for line in ax.get_lines()}
+    assert lines == {"12 labeled, seed 1": [28.7, 36.3], "12 labeled, seed 2": [26.8, 38.9]}
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["sup", "x"]
+
+
 def _one_seed_study_with_finished_runs(tmp_path):
     """A study of 1/8 labels, seed 0 (supervised, adv, the ceiling), each run finished: (path, out, specs)."""
     path = write_study(tmp_path, STUDY.replace("labels: [0.125, 50]", "labels: [0.125]").replace("seeds: [0, 1]",

@@ -221,12 +221,13 @@ def class_table(rows: list[dict], label_text: dict[str, str]) -> str:
 
 
 def plot(rows: list[dict], path: str, *, title: str, eval_split: str, baseline: str) -> str:
-    """mIoU against the number of labeled images (log x), one line per arm, the ceiling dashed.
-    Raises ImportError without matplotlib."""
+    """Two panels: left, mIoU against the number of labeled images (log x), one line per arm, the ceiling dashed;
+    right, every seed's runs paired: one line per (label setting, seed) through the arms, baseline first, so a gain
+    that holds on every seed reads as lines that all rise. Raises ImportError without matplotlib."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.2), dpi=120)
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(11.0, 4.4), dpi=120)
+    ax, paired = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     arms = list(dict.fromkeys(r["arm"] for r in rows if r["labels"] != "all"))
     for arm in arms:
         pts = sorted((r["n_labeled"], r) for r in rows if r["arm"] == arm and r["labels"] != "all"
@@ -240,7 +241,8 @@ def plot(rows: list[dict], path: str, *, title: str, eval_split: str, baseline: 
     for r in rows:
         if r["labels"] == "all" and r["n"]:
             n = f" {r['n_labeled']}" if r["n_labeled"] is not None else ""
-            ax.axhline(100 * r["mean"], linestyle="--", color="gray", label=f"{baseline} with all{n} labels")
+            for panel in (ax, paired):
+                panel.axhline(100 * r["mean"], linestyle="--", color="gray", label=f"{baseline} with all{n} labels")
     ax.set_xscale("log")
     ticks = sorted({r["n_labeled"] for r in rows if r["labels"] != "all" and r["n"] and r["n_labeled"] is not None})
     if ticks:  # the label counts themselves, not powers of ten
@@ -250,10 +252,33 @@ def plot(rows: list[dict], path: str, *, title: str, eval_split: str, baseline: 
     ax.set_ylabel(f"mIoU on {eval_split} (%)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    _plot_paired(paired, rows, arms)
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def _plot_paired(ax, rows: list[dict], arms: list[str]) -> None:
+    """The right panel of ``plot``: per label setting and seed, that seed's mIoU in each arm that has it."""
+    tags = list(dict.fromkeys(r["labels"] for r in rows if r["labels"] != "all"))
+    for tag in tags:
+        by_arm = {r["arm"]: r["miou"] for r in rows if r["labels"] == tag}
+        seeds = sorted({s for vals in by_arm.values() for s in vals})
+        for seed in seeds:
+            pts = [(i, 100 * by_arm[a][seed]) for i, a in enumerate(arms) if seed in by_arm.get(a, {})]
+            if len(pts) < 2:  # nothing to pair with
+                continue
+            n = next((r["n_labeled"] for r in rows if r["labels"] == tag and r["n_labeled"] is not None), tag)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=f"{n} labeled, seed {seed}")
+    ax.set_xticks(range(len(arms)), arms, rotation=15)
+    ax.set_xlim(-0.4, len(arms) - 0.6)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("each seed, paired")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
 
 
 __all__ = ["format_duration", "train_seconds", "verdict", "summarize", "markdown_table", "runs_table", "groups_table",
