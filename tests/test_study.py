@@ -230,7 +230,8 @@ def test_experiment_diff_ignores_machine_keys_and_leaves_its_inputs_alone():
     assert st.experiment_diff(want, {**want, "name": "c", "train": {"threads": 4, "iterations": 800}}) == []
     # the same data in another folder (another machine) is the same experiment; other data is not
     here = {**want, "data": {"root": "../shared/data/camvid", "kind": "camvid"}}
-    there = {**want, "data": {"root": "/data/camvid", "kind": "camvid"}}
+    there = {**want, "data": {"root": "/data/camvid", "kind": "camvid"},
+             "train": {**want["train"], "precision": "fp32", "channels_last": True}}  # `auto` resolves per machine
     assert st.experiment_diff(here, there) == [] and st.config_digest(here) == st.config_digest(there)
     assert st.experiment_diff(here, {**there, "data": {"root": "/data/voc", "kind": "voc"}}) == [
         "data.kind: run has 'voc', study asks 'camvid'"]
@@ -413,13 +414,18 @@ def _one_seed_study_with_finished_runs(tmp_path):
 
 def test_runs_table_shows_the_pseudo_labels_each_semi_supervised_run_ended_on(tmp_path):
     path, out, specs = _one_seed_study_with_finished_runs(tmp_path)
+    # the precision each training segment ran in (here resumed on a machine where `auto` chose another)
+    with open(os.path.join(specs["supervised_1-8_s0"].run_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"kind": "start", "iteration": 0, "time": 1.0, "threads": 1, "precision": "bf16"}) + "\n")
+        f.write(json.dumps({"kind": "resume", "iteration": 5, "time": 2.0, "threads": 1, "precision": "fp32"}) + "\n")
     # 10 iterations: the last 10% is step 10 only; AdvSemiSeg logs its self-taught share as semi_ratio
     with open(os.path.join(specs["adv_1-8_s0"].run_dir, "metrics.jsonl"), "a") as f:
         for it, ratio in [(5, 0.9), (9, 0.8), (10, 0.02)]:
             f.write(json.dumps({"kind": "train", "iteration": it, "loss": 1.0, "semi_ratio": ratio}) + "\n")
     assert main(["study", path, "--out", str(out), "--table-only"]) == 0
     runs = (out / "study.md").read_text().split("## Runs", 1)[1]
-    assert "| train time | pseudo labels kept / right (last 10% of steps) |" in runs
+    assert "| threads | precision | train time | pseudo labels kept / right (last 10% of steps) |" in runs
+    assert "| supervised_1-8_s0 | 30.0 | 10 | 125 | 1 | bf16, fp32 |" in runs and "| adv_1-8_s0 | 34.0 | 10 | 125 | 1 | - |" in runs
     assert "| adv_1-8_s0 | 34.0 |" in runs and runs.split("| adv_1-8_s0 |", 1)[1].split("\n")[0].endswith(" 2% / - |")
     assert runs.split("| supervised_1-8_s0 |", 1)[1].split("\n")[0].endswith(" - |")
     record = json.loads((out / "study.json").read_text())

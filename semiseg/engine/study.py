@@ -62,9 +62,11 @@ ARM_KEYS = ("recipe", "set")
 GRID_KEYS = ("train.seed", "data.labeled.fraction", "data.labeled.count", "data.labeled.id_file", "data.labeled.seed")
 # Keys that may differ between a run's saved config and the study without making it another experiment.
 # Keys that say where or how a run was made, not what it is: the same experiment on another machine has its data in
-# another folder (data.root) and may use another thread count. What the data is (kind, classes, which images are
-# labeled: split.txt) stays part of the experiment.
-MACHINE_KEYS = ("name", "output_dir", "train.threads", "data.root")
+# another folder (data.root), another thread count, and the numeric mode that is fastest there (precision `auto`
+# already differs between CPUs; every mode semiseg offers trains correctly; the runs table shows what each run used).
+# What the data is (kind, classes, which images are labeled: split.txt) stays part of the experiment.
+MACHINE_KEYS = ("name", "output_dir", "train.threads", "data.root", "train.device", "train.precision",
+                "train.channels_last", "train.compile")
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -686,6 +688,8 @@ def collect(spec: RunSpec) -> dict:
         "train_seconds": train_seconds(events) if done else None,
         "pseudo_labels": pseudo_label_summary(events, spec.iterations) if done else None,
         "threads": starts[-1].get("threads") if starts else None,
+        # what the machine ran (precision `auto` resolved), per training segment when a resume changed it
+        "precision": ", ".join(dict.fromkeys(str(e["precision"]) for e in starts if e.get("precision"))) or None,
         "run_dir": spec.run_dir, "config_digest": spec.digest,
     }
 

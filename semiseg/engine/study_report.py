@@ -175,7 +175,7 @@ def markdown_table(rows: list[dict], *, eval_split: str, label_text: dict[str, s
 def runs_table(results: list[dict]) -> str:
     """One line per run; with a column for the pseudo labels when a semi-supervised run logged them."""
     pseudo = any(r.get("pseudo_labels") for r in results)
-    head = "| run | mIoU | iterations | labeled | threads | train time |"
+    head = "| run | mIoU | iterations | labeled | threads | precision | train time |"
     if pseudo:
         head += " pseudo labels kept / right (last 10% of steps) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -183,7 +183,7 @@ def runs_table(results: list[dict]) -> str:
         miou = (_pct(r["miou"]) + (" (kept)" if r.get("kept") else "")) if r["done"] else "not done"
         line = (f"| {r['name']} | {miou} | {r['iteration'] or '-'} | "
                 f"{r['n_labeled'] if r['n_labeled'] is not None else '-'} | {r['threads'] or '-'} | "
-                f"{format_duration(r['train_seconds'])} |")
+                f"{r.get('precision') or '-'} | {format_duration(r['train_seconds'])} |")
         if pseudo:
             p = r.get("pseudo_labels") or {}
             line += " - |" if not p else f" {format_share(p.get('kept'))} / {format_share(p.get('right'))} |"
