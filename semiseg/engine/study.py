@@ -60,7 +60,6 @@ STUDY_KEYS = ("name", "recipe", "set", "arms", "baseline", "labels", "full_label
 ARM_KEYS = ("recipe", "set")
 # Keys the grid sets per run; a `set` that changed them would silently break the pairing.
 GRID_KEYS = ("train.seed", "data.labeled.fraction", "data.labeled.count", "data.labeled.id_file", "data.labeled.seed")
-# Keys that may differ between a run's saved config and the study without making it another experiment.
 # Keys that say where or how a run was made, not what it is: the same experiment on another machine has its data in
 # another folder (data.root), another thread count, and the numeric mode that is fastest there (precision `auto`
 # already differs between CPUs; every mode semiseg offers trains correctly; the runs table shows what each run used).
@@ -414,7 +413,8 @@ def config_mismatch(spec: RunSpec) -> list[str]:
 
 def experiment_diff(want: dict, have: dict) -> list[str]:
     """Where two resolved configs (as dicts) describe different experiments: one line per key that differs, the
-    machine keys (MACHINE_KEYS: threads, the data's folder, ...) aside; [] when they are the same experiment. The inputs are not changed."""
+    machine keys (MACHINE_KEYS: threads, the data's folder, precision, ...) aside; [] when they are the same
+    experiment. The inputs are not changed."""
     return _diff(_without_machine_keys(copy.deepcopy(want)), _without_machine_keys(copy.deepcopy(have)))
 
 
