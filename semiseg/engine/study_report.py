@@ -266,11 +266,11 @@ def _plot_paired(ax, rows: list[dict], arms: list[str]) -> None:
     for tag in tags:
         by_arm = {r["arm"]: r["miou"] for r in rows if r["labels"] == tag}
         seeds = sorted({s for vals in by_arm.values() for s in vals})
+        n = next((r["n_labeled"] for r in rows if r["labels"] == tag and r["n_labeled"] is not None), tag)
         for seed in seeds:
             pts = [(i, 100 * by_arm[a][seed]) for i, a in enumerate(arms) if seed in by_arm.get(a, {})]
             if len(pts) < 2:  # nothing to pair with
                 continue
-            n = next((r["n_labeled"] for r in rows if r["labels"] == tag and r["n_labeled"] is not None), tag)
             ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=f"{n} labeled, seed {seed}")
     ax.set_xticks(range(len(arms)), arms, rotation=15)
     ax.set_xlim(-0.4, len(arms) - 0.6)
