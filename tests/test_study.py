@@ -660,3 +660,17 @@ def test_shipped_study_files_expand(path, tmp_path):
     study = st.load_study(path)
     specs = st.expand(study, str(tmp_path))  # every run's recipe and overrides load
     assert len(specs) == len(study.seeds) * (len(study.labels) * len(study.arms) + study.full_labels)
+
+
+def test_study_json_records_run_folders_relative_to_the_study_folder(tmp_path, capsys):
+    """A committed or copied study folder must not point at the machine it was made on."""
+    import shutil
+
+    path, out, specs = _one_seed_study_with_finished_runs(tmp_path)
+    assert main(["study", path, "--out", str(out), "--table-only"]) == 0
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(out), str(moved))
+    runs = json.loads((moved / "study.json").read_text())["runs"]
+    adv = next(r for r in runs if r["name"] == "adv_1-8_s0")
+    assert adv["run_dir"] == os.path.join("runs", "adv_1-8_s0")
+    assert os.path.isfile(os.path.join(moved, adv["run_dir"], "metrics.jsonl"))

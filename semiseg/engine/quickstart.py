@@ -279,7 +279,7 @@ def run_quickstart(overrides=(), *, run_dir: str = DEFAULT_RUN_DIR, iterations: 
     if code or not all(runs.get(a, {}).get("done") for a in ARMS):
         print(f"error: a run did not finish; its log is in {run_dir}/logs/", file=sys.stderr)
         return 1
-    run_dirs = {arm: runs[arm]["run_dir"] for arm in ARMS}
+    run_dirs = {arm: os.path.join(run_dir, runs[arm]["run_dir"]) for arm in ARMS}  # recorded relative to the study folder
     if predictions:
         write_predictions(run_dirs, cfg, os.path.join(run_dir, "predictions"), predictions)
     sup, semi = (100 * runs[a]["miou"] for a in ARMS)

@@ -760,9 +760,12 @@ def write_results(study: Study, specs: list[RunSpec], out_dir: str, echo: Callab
         text += f"\nNot finished yet ({len(missing)}): {', '.join(missing)}. Run the study again to finish them.\n"
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, "study.md"), text)
+    # run folders recorded relative to OUT, so a study folder copied or committed elsewhere still points at its runs
+    recorded = [{**r, "run_dir": os.path.relpath(r["run_dir"], out_dir)} if os.path.isabs(r.get("run_dir") or "")
+                else r for r in results]
     record = {"study": study.name, "file": study.path, "eval_split": study.eval_split, "group_by": study.group_by,
               "baseline": study.baseline, "only": only or None,
-              "seeds": study.seeds, "rows": rows, "runs": results, "missing": missing}
+              "seeds": study.seeds, "rows": rows, "runs": recorded, "missing": missing}
     from semiseg.metrics import to_json_dict
 
     atomic_write_text(json_path, json.dumps(to_json_dict(record), indent=1))
